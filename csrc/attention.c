@@ -1,0 +1,3 @@
+/* attention.c: filled in by the attention kernel work. */
+#include "fastdecode.h"
+#include "simd.h"

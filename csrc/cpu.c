@@ -1,0 +1,60 @@
+/* cpu.c: which SIMD level the kernels run at, and how many threads.
+ * The default level is the best one the CPU and OS support; fd_set_level
+ * can only lower it, so a forced level never executes an instruction the
+ * machine lacks. */
+#include "fastdecode.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef FD_BUILD_FLAGS
+#define FD_BUILD_FLAGS "unknown"
+#endif
+
+int fd_level = -1;
+int fd_num_threads = 1;
+
+int fd_cpu_max_level(void) {
+#if FD_HAVE_X86_LEVELS && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    /* __builtin_cpu_supports also checks that the OS saves the wide registers */
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return FD_LEVEL_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return FD_LEVEL_AVX2;
+#endif
+    return FD_LEVEL_PORTABLE;
+}
+
+int fd_set_level(int level) {
+    int best = fd_cpu_max_level();
+    if (level < FD_LEVEL_PORTABLE) level = FD_LEVEL_PORTABLE;
+    fd_level = level > best ? best : level;
+    return fd_level;
+}
+
+int fd_set_num_threads(int n) {
+    fd_num_threads = n < 1 ? 1 : n;
+    return fd_num_threads;
+}
+
+int fd_openmp_enabled(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int fd_openmp_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+const char *fd_build_flags(void) { return FD_BUILD_FLAGS; }

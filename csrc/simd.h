@@ -1,0 +1,233 @@
+/* simd.h: one small vector vocabulary, mapped onto the SIMD level this
+ * translation unit is compiled for. Every kernel file is compiled three
+ * times (portable, avx2, avx512; see CMakeLists.txt) and FD_FN() gives each
+ * copy's symbols their own suffix, so cpu.c can choose one at run time.
+ *
+ * vf is a vector of FD_VLEN floats. The portable level is plain scalar C
+ * (FD_VLEN 1): the same kernel source then reads as the reference loop.
+ */
+#ifndef FD_SIMD_H
+#define FD_SIMD_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define FD_CAT2(a, b) a##_##b
+#define FD_CAT(a, b) FD_CAT2(a, b)
+
+#if defined(FD_LEVEL_avx512)
+#define FD_LEVEL avx512
+#elif defined(FD_LEVEL_avx2)
+#define FD_LEVEL avx2
+#else
+#define FD_LEVEL portable
+#endif
+#define FD_FN(name) FD_CAT(name, FD_LEVEL)
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ------------------------------------------------------------------------
+ * Vector vocabulary
+ * ------------------------------------------------------------------------ */
+#if defined(FD_LEVEL_avx512)
+#include <immintrin.h>
+#define FD_VLEN 16
+typedef __m512 vf;
+typedef __m512i vi;
+static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf vf_set1(float x) { return _mm512_set1_ps(x); }
+static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf vf_fmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline vf vf_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vi vf_to_int(vf a) { return _mm512_cvtps_epi32(a); }
+static inline vf vf_from_bits(vi a) { return _mm512_castsi512_ps(a); }
+static inline vi vi_add_shift23(vi n) { return _mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23); }
+static inline float vf_reduce_max(vf v) { return _mm512_reduce_max_ps(v); }
+static inline float vf_reduce_add(vf v) { return _mm512_reduce_add_ps(v); }
+/* lanes where a is below lim are set to zero */
+static inline vf vf_zero_below(vf a, vf x, float lim) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(lim), _CMP_GE_OQ), a);
+}
+/* nonzero if any lane is NaN */
+static inline int vf_any_nan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) != 0; }
+/* vd: a double accumulator wide enough to take one vf */
+typedef struct { __m512d lo, hi; } vd;
+static inline vd vd_zero(void) { vd a = {_mm512_setzero_pd(), _mm512_setzero_pd()}; return a; }
+static inline vd vd_add_vf(vd a, vf v) {
+    a.lo = _mm512_add_pd(a.lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    a.hi = _mm512_add_pd(a.hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+    return a;
+}
+static inline double vd_reduce(vd a) { return _mm512_reduce_add_pd(_mm512_add_pd(a.lo, a.hi)); }
+
+#elif defined(FD_LEVEL_avx2)
+#include <immintrin.h>
+#define FD_VLEN 8
+typedef __m256 vf;
+typedef __m256i vi;
+static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+static inline vf vf_set1(float x) { return _mm256_set1_ps(x); }
+static inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf vf_fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
+static inline vf vf_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vi vf_to_int(vf a) { return _mm256_cvtps_epi32(a); }
+static inline vf vf_from_bits(vi a) { return _mm256_castsi256_ps(a); }
+static inline vi vi_add_shift23(vi n) { return _mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23); }
+static inline float vf_reduce_max(vf v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+static inline float vf_reduce_add(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline vf vf_zero_below(vf a, vf x, float lim) {
+    return _mm256_and_ps(a, _mm256_cmp_ps(x, _mm256_set1_ps(lim), _CMP_GE_OQ));
+}
+static inline int vf_any_nan(vf a) { return _mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)) != 0; }
+typedef struct { __m256d lo, hi; } vd;
+static inline vd vd_zero(void) { vd a = {_mm256_setzero_pd(), _mm256_setzero_pd()}; return a; }
+static inline vd vd_add_vf(vd a, vf v) {
+    a.lo = _mm256_add_pd(a.lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    a.hi = _mm256_add_pd(a.hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    return a;
+}
+static inline double vd_reduce(vd a) {
+    __m256d s = _mm256_add_pd(a.lo, a.hi);
+    __m128d t = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+}
+
+#else /* portable: one lane, plain C */
+#define FD_VLEN 1
+typedef float vf;
+typedef int32_t vi;
+static inline vf vf_load(const float *p) { return *p; }
+static inline void vf_store(float *p, vf v) { *p = v; }
+static inline vf vf_set1(float x) { return x; }
+static inline vf vf_add(vf a, vf b) { return a + b; }
+static inline vf vf_sub(vf a, vf b) { return a - b; }
+static inline vf vf_mul(vf a, vf b) { return a * b; }
+static inline vf vf_fmadd(vf a, vf b, vf c) { return a * b + c; }
+/* same NaN rule as the x86 max/min: the second operand when unordered */
+static inline vf vf_max(vf a, vf b) { return a > b ? a : b; }
+static inline vf vf_min(vf a, vf b) { return a < b ? a : b; }
+static inline vf vf_round(vf a) { return nearbyintf(a); }
+static inline vi vf_to_int(vf a) { return (vi)a; }
+static inline vf vf_from_bits(vi a) { float f; memcpy(&f, &a, 4); return f; }
+static inline vi vi_add_shift23(vi n) { return (vi)((uint32_t)(n + 127) << 23); }
+static inline float vf_reduce_max(vf v) { return v; }
+static inline float vf_reduce_add(vf v) { return v; }
+static inline vf vf_zero_below(vf a, vf x, float lim) { return x >= lim ? a : 0.0f; }
+static inline int vf_any_nan(vf a) { return a != a; }
+typedef double vd;
+static inline vd vd_zero(void) { return 0.0; }
+static inline vd vd_add_vf(vd a, vf v) { return a + (double)v; }
+static inline double vd_reduce(vd a) { return a; }
+#endif
+
+/* ------------------------------------------------------------------------
+ * exp(x) for float, vectorized.
+ * Cody-Waite range reduction x = n*ln2 + r, |r| <= ln2/2, then a degree-6
+ * polynomial for e^r (Cephes' expf coefficients), then scaling by 2^n
+ * (AVX-512: scalef; else built in the exponent bits). Inputs are clamped to [-87.3, 88.7] so 2^n
+ * stays a normal float; results for x < -87.3 are flushed to +0 (exp(-87.3)
+ * is 1.2e-38: nothing a softmax can see). NaN propagates through the
+ * polynomial only when callers do not clamp it away, so kernels test for
+ * NaN themselves. Measured error: tests/test_softmax.py::test_exp_ulp.
+ * ------------------------------------------------------------------------ */
+#define FD_EXP_LO (-87.3f)
+#define FD_EXP_HI (88.7f)
+
+static inline vf vf_exp(vf x) {
+    const vf log2e = vf_set1(1.44269504088896341f);
+    const vf ln2_hi = vf_set1(0.693359375f);
+    const vf ln2_lo = vf_set1(-2.12194440e-4f);
+#if defined(FD_LEVEL_avx512)
+    /* scalef computes p * 2^n with IEEE overflow/underflow, so only the
+     * low end needs clamping (to keep r finite for x = -inf); 2^-150 and
+     * below round to +0 by themselves. */
+    vf xc = vf_min(vf_max(x, vf_set1(-104.0f)), vf_set1(FD_EXP_HI));
+#else
+    vf xc = vf_min(vf_max(x, vf_set1(FD_EXP_LO)), vf_set1(FD_EXP_HI));
+#endif
+    vf n = vf_round(vf_mul(xc, log2e));
+    vf r = vf_sub(xc, vf_mul(n, ln2_hi));
+    r = vf_sub(r, vf_mul(n, ln2_lo));
+    vf p = vf_set1(1.9875691500e-4f);
+    p = vf_fmadd(p, r, vf_set1(1.3981999507e-3f));
+    p = vf_fmadd(p, r, vf_set1(8.3334519073e-3f));
+    p = vf_fmadd(p, r, vf_set1(4.1665795894e-2f));
+    p = vf_fmadd(p, r, vf_set1(1.6666665459e-1f));
+    p = vf_fmadd(p, r, vf_set1(5.0000001201e-1f));
+    vf r2 = vf_mul(r, r);
+    p = vf_fmadd(p, r2, vf_add(r, vf_set1(1.0f)));
+#if defined(FD_LEVEL_avx512)
+    return _mm512_scalef_ps(p, n);
+#else
+    vf scale = vf_from_bits(vi_add_shift23(vf_to_int(n)));
+    return vf_zero_below(vf_mul(p, scale), x, FD_EXP_LO);
+#endif
+}
+
+/* The same function on one float, for the scalar tails: identical results
+ * to a vector lane, up to fused vs separate multiply-add. */
+static inline float fd_expf(float x) {
+    float xc = x > FD_EXP_LO ? x : FD_EXP_LO; /* NaN clamps to LO, as in vf_exp */
+    xc = xc < FD_EXP_HI ? xc : FD_EXP_HI;
+    float n = nearbyintf(xc * 1.44269504088896341f);
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + (r + 1.0f);
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return x >= FD_EXP_LO ? p * scale : 0.0f;
+}
+
+/* ------------------------------------------------------------------------
+ * Threads: one global count, set from Python, used by every parallel region
+ * through num_threads(); omp_set_num_threads would only bind the caller.
+ * ------------------------------------------------------------------------ */
+extern int fd_num_threads;
+extern int fd_level;
+
+/* Body of an unsuffixed entry point: call the copy for the level in use.
+ * An expression, so non-void kernels can `return FD_DISPATCH(...)`. */
+#if FD_HAVE_X86_LEVELS
+#define FD_DISPATCH(name, args) \
+    (fd_level >= 2 ? name##_avx512 args : fd_level == 1 ? name##_avx2 args : name##_portable args)
+#else
+#define FD_DISPATCH(name, args) (name##_portable args)
+#endif
+/* The entry points are compiled once, with the portable copy. */
+#if defined(FD_LEVEL_avx512) || defined(FD_LEVEL_avx2)
+#define FD_ENTRY_POINTS 0
+#else
+#define FD_ENTRY_POINTS 1
+#endif
+
+#endif /* FD_SIMD_H */

@@ -1,0 +1,70 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""The C backend: thin, typed wrappers over csrc/ that release the GIL.
+
+Nothing here validates: fastdecode.ops has already checked dtypes, shapes,
+contiguity and ranges, and hands over C-contiguous float32 arrays.
+"""
+from libc.stdint cimport int64_t
+
+cdef extern from "fastdecode.h":
+    int fd_level
+    int fd_num_threads
+    int fd_cpu_max_level()
+    int fd_set_level(int level)
+    int fd_set_num_threads(int n)
+    int fd_openmp_enabled()
+    int fd_openmp_max_threads()
+    const char *fd_build_flags()
+    void fd_softmax_f32(float *out, const float *x, int64_t rows, int64_t n, int take_log) nogil
+
+LEVELS = ("portable", "avx2", "avx512")
+
+
+# ---------------------------------------------------------------------------
+# Run-time configuration
+# ---------------------------------------------------------------------------
+
+def cpu_max_level():
+    """Best SIMD level this CPU and OS support, as a name."""
+    return LEVELS[fd_cpu_max_level()]
+
+
+def set_level(str name):
+    """Use SIMD level `name` (never above what the CPU supports); returns the level used."""
+    return LEVELS[fd_set_level(LEVELS.index(name))]
+
+
+def get_level():
+    return LEVELS[fd_level] if fd_level >= 0 else LEVELS[0]
+
+
+def set_num_threads(int n):
+    return fd_set_num_threads(n)
+
+
+def get_num_threads():
+    return fd_num_threads
+
+
+def openmp_enabled():
+    return bool(fd_openmp_enabled())
+
+
+def openmp_max_threads():
+    return fd_openmp_max_threads()
+
+
+def build_flags():
+    return fd_build_flags().decode()
+
+
+# ---------------------------------------------------------------------------
+# Softmax
+# ---------------------------------------------------------------------------
+
+def softmax_rows(float[:, ::1] out, const float[:, ::1] x, bint log):
+    """out, x: [rows, n] float32"""
+    with nogil:
+        fd_softmax_f32(&out[0, 0] if out.shape[0] * out.shape[1] else NULL,
+                       &x[0, 0] if x.shape[0] * x.shape[1] else NULL,
+                       x.shape[0], x.shape[1], log)

@@ -1,0 +1,202 @@
+"""The benchmark harness: interleaved timing, medians, ratios, JSON.
+
+Every case names its contenders (callables with no arguments, inputs bound
+in advance). For each thread count the harness sets the same count on every
+library (fastdecode's OpenMP, PyTorch, NumPy's BLAS through threadpoolctl),
+then runs rounds in which each contender takes one timed sample, in rotated
+order, so slow drifts of a shared machine hit every contender alike. A
+sample times enough calls to last about ``sample_s``; the reported figure is
+the median time per call over all rounds.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+BASELINE = "fastdecode-c"
+
+
+@dataclasses.dataclass
+class Case:
+    kernel: str  # "softmax", "sampling", ...
+    name: str  # shape and parameters, as printed
+    contenders: dict[str, Callable[[], object]]
+    params: dict = dataclasses.field(default_factory=dict)  # for JSON and plots
+    baseline: str = BASELINE
+
+
+# ---------------------------------------------------------------------------
+# Peers and threads
+# ---------------------------------------------------------------------------
+
+def optional_import(name: str):
+    """The module, or None when the peer is not installed (the case then skips it)."""
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+def resolve_threads(spec: str) -> list[int]:
+    """'1,all' -> [1, os.cpu_count()] (deduplicated, in order)."""
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        n = os.cpu_count() or 1 if part == "all" else int(part)
+        if n < 1:
+            raise ValueError(f"thread counts must be >= 1; got {part!r}")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the block with n threads in every library that has a pool."""
+    import fastdecode
+
+    before_fd = fastdecode.get_num_threads()
+    fastdecode.set_num_threads(n)
+    torch = sys.modules.get("torch")
+    before_torch = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(n)
+    tpc = optional_import("threadpoolctl")
+    limiter = tpc.threadpool_limits(limits=n) if tpc else contextlib.nullcontext()
+    try:
+        with limiter:
+            yield
+    finally:
+        fastdecode.set_num_threads(before_fd)
+        if torch:
+            torch.set_num_threads(before_torch)
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import fastdecode
+
+    torch = sys.modules.get("torch")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None),
+        "fastdecode": fastdecode.__version__,
+        "simd": fastdecode.get_simd(),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------
+
+def _calls_per_sample(fn, sample_s: float) -> int:
+    fn()  # warm-up: first-call costs (allocation, lazy init) are not the steady state
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    return max(1, min(10_000, int(sample_s / max(dt, 1e-7))))
+
+
+def time_case(case: Case, rounds: int, sample_s: float) -> dict[str, float]:
+    """Median seconds per call of each contender, sampled in rotated order."""
+    names = list(case.contenders)
+    number = {k: _calls_per_sample(case.contenders[k], sample_s) for k in names}
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            fn, n = case.contenders[k], number[k]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[k].append((time.perf_counter() - t0) / n)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def run(cases: list[Case], thread_counts: list[int], rounds: int = 15, sample_s: float = 0.005,
+        progress=None) -> list[dict]:
+    """Time every case at every thread count; one result row per (case, threads)."""
+    rows = []
+    for n in thread_counts:
+        with threads(n):
+            for case in cases:
+                med = time_case(case, rounds, sample_s)
+                base = med.get(case.baseline)
+                rows.append({
+                    "kernel": case.kernel, "case": case.name, "threads": n, "params": case.params,
+                    "baseline": case.baseline,
+                    "median_s": med,
+                    # how many times faster the baseline is than each contender
+                    "speedup": {k: (v / base if base else None) for k, v in med.items() if k != case.baseline},
+                })
+                if progress is not None:
+                    progress(rows[-1])
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------
+
+def _fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table: one line per (case, threads, contender)."""
+    lines = ["| kernel | case | threads | contender | median | baseline speed-up |",
+             "|---|---|---:|---|---:|---:|"]
+    for row in rows:
+        for k, v in row["median_s"].items():
+            sp = "baseline" if k == row["baseline"] else f"{row['speedup'][k]:.2f}x"
+            lines.append(f"| {row['kernel']} | {row['case']} | {row['threads']} | {k} | {_fmt_time(v)} | {sp} |")
+    return "\n".join(lines)
+
+
+def write_json(path: str, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"machine": machine(), "results": rows}, f, indent=2)
+
+
+def main(modules: list, argv=None, description: str = "") -> int:
+    """Command-line entry shared by bench/*.py: --threads, --quick, --json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", default="1,all", help="thread counts, e.g. '1,all' (default) or '2'")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="timed samples per contender (default 15, quick 5)")
+    parser.add_argument("--json", metavar="PATH", help="write results as JSON")
+    args = parser.parse_args(argv)
+    cases = [c for m in modules for c in m.cases(args.quick)]
+    rounds = args.rounds or (5 if args.quick else 15)
+    print(json.dumps(machine()), file=sys.stderr)
+    rows = run(cases, resolve_threads(args.threads), rounds=rounds,
+               progress=lambda r: print(f"  {r['kernel']} {r['case']} threads={r['threads']} done", file=sys.stderr))
+    print(table(rows))
+    if args.json:
+        write_json(args.json, rows)
+    return 0
