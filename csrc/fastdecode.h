@@ -38,5 +38,7 @@ const char *fd_build_flags(void);
 /* out, x: [rows, n]; log != 0 gives log_softmax. Row rules: a NaN or +inf
  * anywhere, or every entry -inf, makes the whole row NaN. May be in place. */
 FD_LEVELS(void, fd_softmax_f32, (float *out, const float *x, int64_t rows, int64_t n, int take_log))
+/* out, x: [n]. The kernels' exp (simd.h), exposed so tests can measure it. */
+FD_LEVELS(void, fd_exp_f32, (float *out, const float *x, int64_t n))
 
 #endif /* FASTDECODE_H */

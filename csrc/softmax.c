@@ -1,7 +1,7 @@
 /* softmax.c: softmax and log_softmax over the rows of a [rows, n] array.
  *
  * Three passes per row: max; exp(x - max) with the sum kept in double;
- * scale by 1/sum (or, for log_softmax, subtract max + log(sum)). A long row
+ * scale by 1/sum (or, for log_softmax, subtract max, then log(sum)). A long row
  * that would leave cores idle (decode: one row of 50k-150k logits) is split
  * across threads, each pass on its own chunk with a barrier between passes.
  */
@@ -80,12 +80,13 @@ static void row_scale(float *out, int64_t n, float s) {
     for (; i < n; i++) out[i] *= s;
 }
 
-/* out, x: [n]. out = x - shift */
-static void row_shift(float *out, const float *x, int64_t n, float shift) {
-    vf sv = vf_set1(shift);
+/* out, x: [n]. out = (x - m) - ls; subtracting m first keeps log(sum)
+ * from vanishing into a huge m (log_softmax of [1e30, 1e30] is -log 2). */
+static void row_shift(float *out, const float *x, int64_t n, float m, float ls) {
+    vf mv = vf_set1(m), lv = vf_set1(ls);
     int64_t i = 0;
-    for (; i + FD_VLEN <= n; i += FD_VLEN) vf_store(out + i, vf_sub(vf_load(x + i), sv));
-    for (; i < n; i++) out[i] = x[i] - shift;
+    for (; i + FD_VLEN <= n; i += FD_VLEN) vf_store(out + i, vf_sub(vf_sub(vf_load(x + i), mv), lv));
+    for (; i < n; i++) out[i] = (x[i] - m) - ls;
 }
 
 static void row_fill(float *out, int64_t n, float v) {
@@ -97,7 +98,7 @@ static int row_undefined(float m, int nan) { return nan || m == INFINITY || m ==
 
 /* out = the finishing pass over [n] given the row's max m and sum s */
 static void row_finish(float *out, const float *x, int64_t n, float m, double s, int take_log) {
-    if (take_log) row_shift(out, x, n, (float)((double)m + log(s)));
+    if (take_log) row_shift(out, x, n, m, (float)log(s));
     else row_scale(out, n, (float)(1.0 / s));
 }
 
@@ -171,4 +172,19 @@ void FD_FN(fd_softmax_f32)(float *out, const float *x, int64_t rows, int64_t n, 
 void fd_softmax_f32(float *out, const float *x, int64_t rows, int64_t n, int take_log) {
     FD_DISPATCH(fd_softmax_f32, (out, x, rows, n, take_log));
 }
+#endif
+
+/* ----------------------------------------------------------------------------
+ * The vectorized exp on its own, so tests can measure its error in ulp.
+ * ---------------------------------------------------------------------------- */
+
+/* out, x: [n] */
+void FD_FN(fd_exp_f32)(float *out, const float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + FD_VLEN <= n; i += FD_VLEN) vf_store(out + i, vf_exp(vf_load(x + i)));
+    for (; i < n; i++) out[i] = fd_expf(x[i]);
+}
+
+#if FD_ENTRY_POINTS
+void fd_exp_f32(float *out, const float *x, int64_t n) { FD_DISPATCH(fd_exp_f32, (out, x, n)); }
 #endif

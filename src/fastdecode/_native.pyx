@@ -16,6 +16,7 @@ cdef extern from "fastdecode.h":
     int fd_openmp_max_threads()
     const char *fd_build_flags()
     void fd_softmax_f32(float *out, const float *x, int64_t rows, int64_t n, int take_log) nogil
+    void fd_exp_f32(float *out, const float *x, int64_t n) nogil
 
 LEVELS = ("portable", "avx2", "avx512")
 
@@ -68,3 +69,10 @@ def softmax_rows(float[:, ::1] out, const float[:, ::1] x, bint log):
         fd_softmax_f32(&out[0, 0] if out.shape[0] * out.shape[1] else NULL,
                        &x[0, 0] if x.shape[0] * x.shape[1] else NULL,
                        x.shape[0], x.shape[1], log)
+
+
+def exp_f32(float[::1] out, const float[::1] x):
+    """out, x: [n] float32. The kernels' exp, for accuracy tests."""
+    if x.shape[0]:
+        with nogil:
+            fd_exp_f32(&out[0], &x[0], x.shape[0])

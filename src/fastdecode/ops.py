@@ -106,7 +106,7 @@ def softmax(x, axis=-1, *, out=None):
 
 
 def log_softmax(x, axis=-1, *, out=None):
-    """``log(softmax(x))`` along ``axis``, computed as ``x - max - log(sum(exp(x - max)))``
+    """``log(softmax(x))`` along ``axis``, computed as ``(x - max) - log(sum(exp(x - max)))``
     so it stays finite where softmax underflows. ``-inf`` entries stay ``-inf``;
     undefined rows give NaN, as in :func:`softmax`."""
     return _softmax(x, axis, out, True)

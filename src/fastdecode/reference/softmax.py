@@ -12,4 +12,4 @@ def log_softmax(x):  # [..., n] -> [..., n]
     with np.errstate(invalid="ignore", divide="ignore"):
         m = x.max(axis=-1, keepdims=True)
         s = np.exp(x - m).sum(axis=-1, keepdims=True, dtype=np.float64)
-        return (x - (m + np.log(s))).astype(x.dtype)
+        return ((x - m) - np.log(s)).astype(x.dtype)
