@@ -23,12 +23,33 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .benchmarks import harness
+
+    names = harness.KERNEL_MODULES if args.kernels == "all" else [k.strip() for k in args.kernels.split(",")]
+    unknown = [k for k in names if k not in harness.KERNEL_MODULES]
+    if unknown:
+        raise ValueError(f"--kernels: unknown {', '.join(unknown)}; choose from {', '.join(harness.KERNEL_MODULES)}")
+    modules = harness.available_modules(names)
+    if not modules:
+        raise ValueError("no benchmark modules are available in this build")
+    harness.execute(args, modules)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastdecode", description="Fast transformer decoding on the CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="version, backends, SIMD level, threads")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("bench", help="benchmark fastdecode against NumPy, SciPy, PyTorch, transformers")
+    from .benchmarks import harness
+
+    harness.add_arguments(p)
+    p.add_argument("--kernels", default="all", help="comma-separated: softmax,sampling,attention,decode (default all)")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -181,22 +181,66 @@ def write_json(path: str, rows: list[dict]) -> None:
         json.dump({"machine": machine(), "results": rows}, f, indent=2)
 
 
-def main(modules: list, argv=None, description: str = "") -> int:
-    """Command-line entry shared by bench/*.py: --threads, --quick, --json."""
-    import argparse
+KERNEL_MODULES = ("softmax", "sampling", "attention", "decode")
 
-    parser = argparse.ArgumentParser(description=description)
+
+def available_modules(names=KERNEL_MODULES) -> list:
+    """The benchmark modules of fastdecode.benchmarks that exist in this build."""
+    import importlib
+
+    mods = []
+    for name in names:
+        try:
+            mods.append(importlib.import_module(f"fastdecode.benchmarks.{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"fastdecode.benchmarks.{name}":
+                raise
+    return mods
+
+
+def add_arguments(parser) -> None:
     parser.add_argument("--threads", default="1,all", help="thread counts, e.g. '1,all' (default) or '2'")
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and rounds")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and rounds (about a minute)")
     parser.add_argument("--rounds", type=int, default=None, help="timed samples per contender (default 15, quick 5)")
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
-    args = parser.parse_args(argv)
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG: time per call and speed-ups, one panel per kernel")
+
+
+def execute(args, modules: list) -> list[dict]:
+    """Run the cases of `modules` as the parsed arguments say; print the table."""
+    from tqdm import tqdm
+
+    peers = {name: optional_import(name) is not None for name in ("scipy", "torch", "transformers")}
+    for name, present in peers.items():
+        if not present:
+            print(f"note: {name} is not installed; its contenders are skipped", file=sys.stderr)
     cases = [c for m in modules for c in m.cases(args.quick)]
+    thread_counts = resolve_threads(args.threads)
     rounds = args.rounds or (5 if args.quick else 15)
+    if rounds < 1:
+        raise ValueError(f"--rounds must be >= 1; got {rounds}")
     print(json.dumps(machine()), file=sys.stderr)
-    rows = run(cases, resolve_threads(args.threads), rounds=rounds,
-               progress=lambda r: print(f"  {r['kernel']} {r['case']} threads={r['threads']} done", file=sys.stderr))
+    with tqdm(total=len(cases) * len(thread_counts), desc="benchmarks", unit="case", file=sys.stderr) as bar:
+        def progress(row):
+            bar.set_postfix_str(f"{row['kernel']} {row['case']} {row['threads']}T")
+            bar.update()
+
+        rows = run(cases, thread_counts, rounds=rounds, progress=progress)
     print(table(rows))
     if args.json:
         write_json(args.json, rows)
+    if args.plot:
+        from .plot import plot
+
+        plot(rows, args.plot)
+    return rows
+
+
+def main(modules: list, argv=None, description: str = "") -> int:
+    """Command-line entry shared by bench/*.py."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser)
+    execute(parser.parse_args(argv), modules)
     return 0
