@@ -78,13 +78,17 @@ def _softmax(x, axis, out, log: bool):
     x = float_array(x, "x")
     axis = normalize_axis(axis, x.ndim)
     result = np.empty(x.shape, x.dtype) if out is None else check_out(out, x.shape, x.dtype)
-    last = x.ndim - 1
-    xt = x if axis == last else np.moveaxis(x, axis, -1)  # [..., n]
-    rt = result if axis == last else np.moveaxis(result, axis, -1)  # [..., n]
-    n = xt.shape[-1]
-    if xt.size == 0:
+    if x.size == 0:
         return result
-    x2 = np.ascontiguousarray(xt).reshape(-1, n)  # [rows, n]
+    n = x.shape[axis]
+    if axis == x.ndim - 1 and x.flags.c_contiguous and result.flags.c_contiguous:
+        # the decode-loop case: no copies, no transposes
+        x2 = x if x.ndim == 2 else x.reshape(-1, n)  # [rows, n]
+        _backend.active().softmax_rows(result if x.ndim == 2 else result.reshape(x2.shape), x2, log)
+        return result
+    xt = np.moveaxis(x, axis, -1)  # [..., n]
+    rt = np.moveaxis(result, axis, -1)  # [..., n]
+    x2 = np.ascontiguousarray(xt).reshape(-1, n)  # [rows, n], copied once if needed
     r2 = _writable_target(rt, x2.shape)
     if r2 is None:  # out is strided: compute, then copy in
         r2 = np.empty(x2.shape, x.dtype)
