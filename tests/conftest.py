@@ -39,3 +39,14 @@ def simd(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many malformed inputs each public function received (tests/test_fuzz.py)."""
+    try:
+        from fuzzing import COUNTS
+    except ImportError:
+        return
+    if COUNTS:
+        terminalreporter.write_line("fuzz inputs tried per function: " +
+                                    ", ".join(f"{k}={v}" for k, v in sorted(COUNTS.items())))

@@ -21,6 +21,8 @@ LSM_RTOL, LSM_ATOL = 1e-5, 2e-5
 def oracle(x, axis=-1, log=False):
     """float64 softmax with NaN for undefined rows (NaN, +inf, all -inf)."""
     x64 = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    if x64.size == 0:
+        return np.moveaxis(x64.copy(), -1, axis)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         m = x64.max(axis=-1, keepdims=True)
         bad = np.isnan(m) | (m == np.inf) | (m == -np.inf)
