@@ -44,6 +44,7 @@ static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vf_fmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vf_fnmadd(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); } /* c - a*b */
 static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 static inline vf vf_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
@@ -80,6 +81,7 @@ static inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vf_fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vf_fnmadd(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
 static inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 static inline vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
 static inline vf vf_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
@@ -126,6 +128,7 @@ static inline vf vf_add(vf a, vf b) { return a + b; }
 static inline vf vf_sub(vf a, vf b) { return a - b; }
 static inline vf vf_mul(vf a, vf b) { return a * b; }
 static inline vf vf_fmadd(vf a, vf b, vf c) { return a * b + c; }
+static inline vf vf_fnmadd(vf a, vf b, vf c) { return c - a * b; }
 /* same NaN rule as the x86 max/min: the second operand when unordered */
 static inline vf vf_max(vf a, vf b) { return a > b ? a : b; }
 static inline vf vf_min(vf a, vf b) { return a < b ? a : b; }
@@ -170,8 +173,8 @@ static inline vf vf_exp(vf x) {
     vf xc = vf_min(vf_max(x, vf_set1(FD_EXP_LO)), vf_set1(FD_EXP_HI));
 #endif
     vf n = vf_round(vf_mul(xc, log2e));
-    vf r = vf_sub(xc, vf_mul(n, ln2_hi));
-    r = vf_sub(r, vf_mul(n, ln2_lo));
+    vf r = vf_fnmadd(n, ln2_hi, xc);
+    r = vf_fnmadd(n, ln2_lo, r);
     vf p = vf_set1(1.9875691500e-4f);
     p = vf_fmadd(p, r, vf_set1(1.3981999507e-3f));
     p = vf_fmadd(p, r, vf_set1(8.3334519073e-3f));
