@@ -8,6 +8,7 @@ characters split over tokens).
 from __future__ import annotations
 
 import atexit
+import copy
 import functools
 import os
 import shutil
@@ -91,11 +92,15 @@ def build(kind: str, directory: str, dtype=None, **overrides):
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(config).eval()
     randomize(model, seed=sum(map(ord, kind)))
-    if dtype is not None:  # stored as dtype; the reference is float32 holding the same rounded values
-        model = model.to(dtype)
-    model.save_pretrained(directory)
+    if dtype is None:
+        model.save_pretrained(directory)
+    else:  # stored as dtype; the reference stays float32 (its rotary buffers too) with the rounded weights
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(dtype).to(torch.float32))
+        copy.deepcopy(model).to(dtype).save_pretrained(directory)
     shutil.copy(tokenizer_file(), os.path.join(directory, "tokenizer.json"))
-    return model.to(torch.float32).eval()
+    return model
 
 
 @functools.cache

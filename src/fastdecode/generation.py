@@ -80,7 +80,7 @@ class GenerationResult:
     token_ids: list  # the new tokens (a final stop token included)
     text: str  # their text (stop tokens and stop strings excluded)
     prompt_ids: list
-    finish_reason: str  # "length" | "eos" | "stop"
+    finish_reason: str  # "length", "eos" (the checkpoint's), "stop" (a stop string or id of yours)
     stopped_by: object  # the stop string or token id that ended it, else None
     timing: Timing
 
@@ -112,10 +112,10 @@ def next_tokens(logits, gen: GenerationConfig, rng, history) -> np.ndarray:  # l
 # ---------------------------------------------------------------------------
 
 class _Sequence:
-    def __init__(self, prompt_ids, tokenizer, stop_ids: set, stop_strings: list):
+    def __init__(self, prompt_ids, tokenizer, eos_ids: set, stop_ids: set, stop_strings: list):
         self.prompt_ids = prompt_ids
         self.token_ids: list[int] = []
-        self.stop_ids, self.stop_strings = stop_ids, stop_strings
+        self.eos_ids, self.stop_ids, self.stop_strings = eos_ids, stop_ids, stop_strings
         self.text_stream = tokenizer.stream(context=prompt_ids) if tokenizer is not None else None
         self.text = ""  # all text so far (stop string excluded once found)
         self.shown = 0  # characters of text handed out as pieces
@@ -125,8 +125,8 @@ class _Sequence:
     def add(self, token: int, last: bool) -> str:
         """Record a token; return the text piece safe to show now."""
         self.token_ids.append(token)
-        if token in self.stop_ids:
-            self.finish_reason, self.stopped_by = "eos", token
+        if token in self.eos_ids or token in self.stop_ids:
+            self.finish_reason, self.stopped_by = "eos" if token in self.eos_ids else "stop", token
             last = True
         elif self.text_stream is not None:
             self.text += self.text_stream.push(token)
@@ -168,6 +168,11 @@ class _Sequence:
 # The loop
 # ---------------------------------------------------------------------------
 
+def is_batch(prompt) -> bool:
+    """A list of prompts (texts or id lists), rather than one prompt?"""
+    return not isinstance(prompt, str) and len(prompt) > 0 and (isinstance(prompt[0], str) or np.ndim(prompt[0]) > 0)
+
+
 def _prompts(model, prompt) -> tuple[list, bool]:
     """(list of id lists, batched?) from a str, ids, or a list of either."""
     def ids_of(p):
@@ -180,7 +185,7 @@ def _prompts(model, prompt) -> tuple[list, bool]:
             raise TypeError(f"a prompt must be a str or a 1-D sequence of token ids; got {ids.dtype} {ids.shape}")
         return [int(i) for i in ids]
 
-    batched = not isinstance(prompt, str) and len(prompt) > 0 and not np.isscalar(prompt[0])
+    batched = is_batch(prompt)
     prompts = [ids_of(p) for p in (prompt if batched else [prompt])]
     v = model.config.vocab_size
     for ids in prompts:
@@ -194,11 +199,12 @@ def _prompts(model, prompt) -> tuple[list, bool]:
     return prompts, batched
 
 
-def _stops(model, gen: GenerationConfig) -> tuple[set, list]:
+def _stops(model, gen: GenerationConfig) -> tuple[set, set, list]:
+    """(eos ids, other stop ids, stop strings)"""
     stop = gen.stop
     stop = [] if stop is None else [stop] if isinstance(stop, (str, int, np.integer)) else list(stop)
-    ids = set() if gen.ignore_eos else set(model.eos_token_ids)
-    strings = []
+    eos = set() if gen.ignore_eos else set(model.eos_token_ids)
+    ids, strings = set(), []
     for s in stop:
         if isinstance(s, str):
             if not s:
@@ -210,7 +216,7 @@ def _stops(model, gen: GenerationConfig) -> tuple[set, list]:
             raise TypeError(f"stop must hold str and int items; got {type(s).__name__}")
     if strings and model.tokenizer is None:
         raise ValueError("stop strings need a tokenizer (this model has no tokenizer.json)")
-    return ids, strings
+    return eos, ids - eos, strings
 
 
 def _check(gen: GenerationConfig):
@@ -234,7 +240,7 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
     _check(gen)
     gen = gen.merged(model.generation_defaults)
     prompts, batched = _prompts(model, prompt)
-    stop_ids, stop_strings = _stops(model, gen)
+    stops = _stops(model, gen)
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     lengths = np.array([len(p) for p in prompts], np.int64)
     need = int(lengths.max()) + gen.max_new_tokens - 1  # the last token is never fed back
@@ -242,7 +248,7 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
         raise ContextOverflowError(
             f"prompt ({int(lengths.max())} tokens) + max_new_tokens ({gen.max_new_tokens}) needs {need} positions; "
             f"the model takes at most {model.config.max_positions}")
-    seqs = [_Sequence(p, model.tokenizer, stop_ids, stop_strings) for p in prompts]
+    seqs = [_Sequence(p, model.tokenizer, *stops) for p in prompts]
     cache = KVCache(model.config, len(prompts), need)
     tokens = np.zeros((len(prompts), int(lengths.max())), np.int64)
     for i, p in enumerate(prompts):
@@ -286,7 +292,7 @@ def generate(model, prompt, gen: GenerationConfig, rng=None):
 
 def stream(model, prompt, gen: GenerationConfig, rng=None) -> Iterator[StreamToken]:
     """Yields StreamToken(id, text piece) per token of one prompt; returns the GenerationResult."""
-    if not isinstance(prompt, str) and len(prompt) and not np.isscalar(prompt[0]):
+    if is_batch(prompt):
         raise ValueError("stream() takes one prompt; use generate() for a batch")
     loop = steps(model, prompt, gen, rng)
     while True:
