@@ -314,6 +314,12 @@ def save_model(model, out: Path):
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0,
                      max_new_tokens=64).save_pretrained(out)
+    # transformers 5 nests RoPE settings under "rope_parameters"; also write the
+    # flat pre-5 key so older transformers and hand-written loaders find it.
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.setdefault("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def load_back(out: Path):
