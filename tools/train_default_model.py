@@ -60,23 +60,30 @@ _SKIP_PREFIXES = ("test/", "site-packages/", "dist-packages/", "pydoc_data/",
 
 
 def paragraphs(text: str):
-    """Split reST-ish text into paragraphs, each re-flowed onto one line.
-
-    Indented blocks in the docs are code, grammar rules or tables; re-flowing
-    them would make word soup, so they are dropped instead.
-    """
+    """Split reST-ish text into paragraphs, each re-flowed onto one line."""
     text = textwrap.dedent(text.expandtabs(4))
     for block in re.split(r"\n\s*\n", text):
-        lines = [ln for ln in block.split("\n")
+        lines = [ln.strip() for ln in block.split("\n")
                  if ln.strip() and not _RULE.match(ln)]
-        if not lines or any(ln.startswith(" ") for ln in lines):
-            continue
-        yield re.sub(r"\s+", " ", " ".join(ln.strip() for ln in lines)).strip()
+        if lines:
+            p = re.sub(r"\s+", " ", " ".join(lines)).strip()
+            # Sphinx roles (:attr:`x`) and ``literals`` -> "x", as the topics text writes code.
+            p = re.sub(r":[a-z]+(?::[a-z]+)*:`~?([^`]+)`", r'"\1"', p)
+            yield re.sub(r"``([^`]+)``", r'"\1"', p)
+
+
+# Code and grammar that survive the letter-ratio test below: BNF rules,
+# definitions, assignments, doctest prompts.
+_CODE = re.compile(r"::=|\bdef \w+\(|\bclass \w+[:(]|\w+ = \S|>>>|^\.\.\. |\w\(\)\.")
 
 
 def is_prose(p: str) -> bool:
-    """Keep paragraphs that read as sentences, not code or signatures."""
-    if p.startswith((">>>", "...", "$", "%", "{", "[", "(")):
+    """Keep paragraphs that read as sentences, not code or signatures.
+
+    Indented blocks are tested like the rest: in docstrings they are often
+    parameter descriptions (prose), in the reference they are mostly code.
+    """
+    if p.startswith((">>>", "...", "$", "%", "{", "[", "(")) or _CODE.search(p):
         return False
     if len(p.split()) < 5:
         return False
@@ -219,11 +226,15 @@ def make_model(args, vocab_size: int):
     return LlamaForCausalLM(cfg)
 
 
-def lr_at(step: int, total: int, args) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+def lr_at(step: int, total: int, args, time_frac: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak.
+
+    time_frac (elapsed / budget) lets a wall-clock run still anneal fully when
+    the shared machine gets slower than the calibration said.
+    """
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    progress = min(1.0, (step - args.warmup) / max(1, total - args.warmup))
+    progress = min(1.0, max(time_frac, (step - args.warmup) / max(1, total - args.warmup)))
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -278,12 +289,15 @@ def train(model, train_ids, val_ids, args):
     total = args.steps or calibrate_steps(model, opt, train_ids, args,
                                           np.random.default_rng(args.seed + 1))
     print(f"training for {total} steps of {args.batch}x{args.seq_len} tokens", flush=True)
-    deadline = time.perf_counter() + args.minutes * 60
+    budget = args.minutes * 60
     start, history, step = time.perf_counter(), [], 0
     model.train()
     for step in range(total):
+        # With --steps the schedule is step-exact (reproducible); without, it
+        # also follows the clock, keeping 8% of the budget for evals and saving.
+        time_frac = 0.0 if args.steps else (time.perf_counter() - start) / (0.92 * budget)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, args)
+            group["lr"] = lr_at(step, total, args, time_frac)
         x = random_batch(train_ids, args.batch, args.seq_len, rng)
         loss = lm_loss(model, x)
         loss.backward()
@@ -298,7 +312,7 @@ def train(model, train_ids, val_ids, args):
             vl = evaluate(model, val_ids, args.seq_len)
             history.append((step + 1, vl))
             print(f"  val loss {vl:.3f} (ppl {math.exp(vl):.1f})", flush=True)
-        if time.perf_counter() > deadline:
+        if time_frac >= 1.0 or time.perf_counter() - start > budget:
             print(f"time budget reached, stopping at step {step + 1}", flush=True)
             break
     return step + 1, time.perf_counter() - start, history
@@ -508,7 +522,10 @@ def main(argv=None):
         steps=steps, tokens_seen=steps * args.batch * args.seq_len,
         train_seconds=seconds, val_loss=val_loss, lr=args.lr, warmup=args.warmup,
         weight_decay=args.weight_decay, seed=args.seed,
-        command=f"python tools/train_default_model.py --steps {steps} --minutes {max(args.minutes, 30):g}",
+        command=(f"python tools/train_default_model.py --steps {steps} --minutes {args.minutes:g}"
+                 if args.steps == steps else
+                 f"python tools/train_default_model.py --minutes {args.minutes:g}  "
+                 f"# wall-clock schedule: ran {steps} steps here"),
     )
     write_card(args.out, info, samples)
     (args.out / "training_log.json").write_text(json.dumps(
