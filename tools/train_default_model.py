@@ -404,8 +404,9 @@ def write_card(out: Path, info: dict, samples: list):
         "* docstrings of the pure-Python stdlib modules (read with `ast`, tests excluded);",
         "* docstrings of the interpreter's built-in C modules (`sys`, `builtins`, ...).",
         "",
-        "Paragraphs were re-flowed to one line, indented blocks (code, grammar, tables)",
-        "and code-like paragraphs dropped, and duplicate paragraphs removed. All of this",
+        "Paragraphs were re-flowed to one line, Sphinx roles and ``literals`` turned into",
+        "\"quoted\" names (the reference's own style), paragraphs that look like code,",
+        "grammar rules or doctests dropped, and duplicates removed. All of this",
         "text is part of Python, under the Python Software Foundation License; the",
         "trained weights are shipped under the same terms as fastdecode.",
         "",
@@ -430,8 +431,27 @@ def write_card(out: Path, info: dict, samples: list):
         info["command"],
         "```",
         "",
+        "## Loading",
+        "",
+        "```python",
+        "from pathlib import Path",
+        "import fastdecode, torch",
+        "from tokenizers import Tokenizer",
+        "from transformers import AutoModelForCausalLM",
+        "d = Path(fastdecode.__file__).parent / \"models\" / \"default\"",
+        "tok = Tokenizer.from_file(str(d / \"tokenizer.json\"))",
+        "model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)",
+        "ids = torch.tensor([tok.encode(\"The list\").ids])  # starts with <|endoftext|>",
+        "print(tok.decode(model.generate(ids, max_new_tokens=40)[0].tolist(), skip_special_tokens=True))",
+        "```",
+        "",
+        "`config.json` holds RoPE theta both as transformers 5's `rope_parameters` and as",
+        "the flat `rope_theta` key that older readers expect.",
+        "",
         "## Samples",
         "",
+        "Expect documentation-flavoured English with the usual tiny-model faults:",
+        "greedy decoding falls into loops, and facts are made up.",
         "Via `transformers` `generate()` on the reloaded float16 files, 48 new tokens.",
         "Greedy decoding; sampled uses temperature 0.8, top-k 40, `torch.manual_seed(0)`.",
         "",
@@ -466,9 +486,50 @@ def parse_args(argv=None):
     ap.add_argument("--val-fraction", type=float, default=0.05)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--card-only", action="store_true",
+                    help="skip training: re-evaluate --out and rewrite MODEL_CARD.md")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 keeps results independent of the machine")
     return ap.parse_args(argv)
+
+
+def finish(args, train_docs, val_docs, tok, run: dict):
+    """Evaluate and sample the files as shipped, then write the card and log.
+
+    ``run`` holds what training measured (steps, time, val history, params,
+    hyper-parameters); it is also what ``training_log.json`` keeps, so the
+    card can be rebuilt later with --card-only without training again.
+    """
+    import transformers
+    train_ids, val_ids = encode_docs(tok, train_docs), encode_docs(tok, val_docs)
+    model, tok = load_back(args.out)
+    val_loss = evaluate(model, val_ids, run["seq_len"])
+    print(f"final val loss (fp16 reload) {val_loss:.3f}  ppl {math.exp(val_loss):.1f}", flush=True)
+    samples = []
+    for prompt in PROMPTS:
+        for mode, sample in (("greedy", False), ("sampled", True)):
+            text = generate(model, tok, prompt, sample, seed=0)
+            samples.append((prompt, mode, text))
+            print(f"[{mode}] {text!r}", flush=True)
+
+    cfg = json.loads((args.out / "config.json").read_text())
+    info = dict(
+        run, config=cfg, val_loss=val_loss,
+        rope_theta=(cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta")),
+        weights_bytes=(args.out / "model.safetensors").stat().st_size,
+        python=platform.python_version(), torch=torch.__version__,
+        transformers=transformers.__version__,
+        train_docs=len(train_docs), val_docs=len(val_docs),
+        train_chars=sum(map(len, train_docs)), val_chars=sum(map(len, val_docs)),
+        train_tokens=len(train_ids), val_tokens=len(val_ids),
+        tokens_seen=run["steps"] * run["batch"] * run["seq_len"])
+    log = {k: v for k, v in info.items() if k != "config"}
+    (args.out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    # Written twice so the size it reports includes the card itself.
+    for _ in range(2):
+        info["dir_bytes"] = dir_size(args.out)
+        write_card(args.out, info, samples)
+    print(f"wrote {args.out} ({dir_size(args.out) / 1e6:.2f} MB)", flush=True)
 
 
 def main(argv=None):
@@ -483,6 +544,16 @@ def main(argv=None):
     train_docs, val_docs = build_corpus(args.val_fraction, args.seed)
     print(f"corpus: {len(train_docs)} train docs ({sum(map(len, train_docs)):,} chars), "
           f"{len(val_docs)} val docs ({sum(map(len, val_docs)):,} chars)", flush=True)
+
+    if args.card_only:  # re-describe an existing model directory, no training
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(args.out / "tokenizer.json"))
+        keys = ("params", "steps", "train_seconds", "val_history", "command", "seq_len",
+                "batch", "lr", "warmup", "weight_decay", "seed")
+        log = json.loads((args.out / "training_log.json").read_text())
+        finish(args, train_docs, val_docs, tok, {k: log[k] for k in keys})
+        return
+
     tok = train_tokenizer(train_docs, args.vocab)
     train_ids, val_ids = encode_docs(tok, train_docs), encode_docs(tok, val_docs)
     print(f"tokenizer: vocab {tok.get_vocab_size()}, {len(train_ids):,} train / "
@@ -496,42 +567,14 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     save_model(model, args.out)
     save_tokenizer(tok, args.out, args.max_positions)
-
-    # Everything below uses the files as shipped, not the in-memory model.
-    model, tok = load_back(args.out)
-    val_loss = evaluate(model, val_ids, args.seq_len)
-    print(f"final val loss (fp16 reload) {val_loss:.3f}  ppl {math.exp(val_loss):.1f}", flush=True)
-    samples = []
-    for prompt in PROMPTS:
-        for mode, sample in (("greedy", False), ("sampled", True)):
-            text = generate(model, tok, prompt, sample, seed=0)
-            samples.append((prompt, mode, text))
-            print(f"[{mode}] {text!r}", flush=True)
-
-    cfg = json.loads((args.out / "config.json").read_text())
-    info = dict(
-        config=cfg, params=params, seq_len=args.seq_len, batch=args.batch,
-        rope_theta=(cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta")),
-        weights_bytes=(args.out / "model.safetensors").stat().st_size,
-        dir_bytes=dir_size(args.out) + 8192,  # + the card itself, roughly
-        python=platform.python_version(), torch=torch.__version__,
-        transformers=transformers.__version__,
-        train_docs=len(train_docs), val_docs=len(val_docs),
-        train_chars=sum(map(len, train_docs)), val_chars=sum(map(len, val_docs)),
-        train_tokens=len(train_ids), val_tokens=len(val_ids),
-        steps=steps, tokens_seen=steps * args.batch * args.seq_len,
-        train_seconds=seconds, val_loss=val_loss, lr=args.lr, warmup=args.warmup,
-        weight_decay=args.weight_decay, seed=args.seed,
-        command=(f"python tools/train_default_model.py --steps {steps} --minutes {args.minutes:g}"
-                 if args.steps == steps else
-                 f"python tools/train_default_model.py --minutes {args.minutes:g}  "
-                 f"# wall-clock schedule: ran {steps} steps here"),
-    )
-    write_card(args.out, info, samples)
-    (args.out / "training_log.json").write_text(json.dumps(
-        {"val_history": history, **{k: v for k, v in info.items() if k != "config"}},
-        indent=2) + "\n")
-    print(f"wrote {args.out} ({dir_size(args.out) / 1e6:.2f} MB)", flush=True)
+    command = (f"python tools/train_default_model.py --steps {steps} --minutes {args.minutes:g}"
+               if args.steps == steps else
+               f"python tools/train_default_model.py --minutes {args.minutes:g}  "
+               f"# wall-clock schedule: ran {steps} steps here")
+    finish(args, train_docs, val_docs, tok, dict(
+        params=params, steps=steps, train_seconds=seconds, val_history=history,
+        command=command, seq_len=args.seq_len, batch=args.batch, lr=args.lr,
+        warmup=args.warmup, weight_decay=args.weight_decay, seed=args.seed))
 
 
 if __name__ == "__main__":
