@@ -8,11 +8,14 @@
  *   2. top-k: the k-th largest group max is a lower bound on the k-th
  *      largest logit (k groups reach it), so one compare pass collects a
  *      few candidates and a quickselect over them finds the threshold;
- *   3. top-p: the tokens with exp(z - max) < L = (1-p) S / 2n carry less
- *      than (1-p) S / 2 together, so the boundary lies among the rest: a
- *      compare pass collects those, and a weighted quickselect over them
- *      (mass instead of rank) finds the boundary logit; ties there are
- *      kept in id order while the mass above stays below p S;
+ *   3. top-p: S = sum exp(z - max) in one pass. The boundary logit lies
+ *      above two cheap bounds: the weighted selection (mass instead of
+ *      rank) over the group maxima, which carry at least their own mass,
+ *      and L, as the tokens below L = (1-p) S / 2n carry less than
+ *      (1-p) S / 2 together. A compare pass collects the tokens above the
+ *      higher bound, and a weighted quickselect over them finds the
+ *      boundary; ties there are kept in id order while the mass above
+ *      stays below p S;
  *   4. min-p: p_i >= min_p p_max, that is z_i - max >= log(min_p), a plain
  *      threshold on logits;
  *   5. draw: inverse CDF in token-id order over the kept tokens, with the
@@ -426,6 +429,19 @@ static int64_t top_p_cut(int32_t *id, float *cz, float *ce, int64_t nc, double t
     return c;
 }
 
+/* group: [ng] the scan's group maxima; gz, ge: [ng] scratch. A lower
+ * bound on top-p's boundary logit: each group whose max is >= zg holds at
+ * least its max's mass, so once those reach target (with a margin for
+ * rounding) the kept tokens all lie at or above zg. -inf when they never do
+ * (a flat row), and L's cut is all there is. */
+static float top_p_group_cut(const float *group, int64_t ng, float m, double target, float *gz, float *ge) {
+    memcpy(gz, group, (size_t)ng * sizeof(float));
+    target *= 1.0 + 1e-5;
+    if (exp_masked(ge, gz, ng, m, -INFINITY) < target) return -INFINITY;
+    double above;
+    return weighted_select(gz, ge, ng, target, &above);
+}
+
 /* The smallest float d with (double)d >= x: float compares then decide
  * exactly as the double compare of the reference does. */
 static float float_at_least(double x) {
@@ -507,13 +523,18 @@ static int run_row(row_result r, const float *x, int64_t n, const fd_sample_para
     if (top_p) {
         if (nc < 0) {
             mass = exp_masked(NULL, z, n, m, -INFINITY);
-            /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together;
-             * the 1e-3 margin covers vf_exp's rounding */
+            /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together,
+             * so the boundary lies above (the 1e-3 covers vf_exp's rounding) */
             float lo = (float)(log((1.0 - p->top_p) * mass / (2.0 * (double)n)) - 1e-3);
+            float zg = top_p_group_cut(s->group, ng, m, p->top_p * mass, s->sz, s->se);
+            lo = zg - m > lo ? zg - m : lo;
             nc = collect(s->id, s->cz, z, n, m, lo);
             exp_masked(s->ce, s->cz, nc, m, -INFINITY);
         }
         nc = top_p_cut(s->id, s->cz, s->ce, nc, p->top_p * mass, s->sz, s->se);
+    } else if (nc < 0 && dmin > -INFINITY) { /* min-p alone: a plain threshold, no S needed */
+        nc = collect(s->id, s->cz, z, n, m, dmin);
+        exp_masked(s->ce, s->cz, nc, m, -INFINITY);
     }
     if (nc >= 0) {
         if (dmin > -INFINITY) nc = keep_ge(s->id, s->cz, s->ce, nc, m, dmin);
@@ -521,19 +542,13 @@ static int run_row(row_result r, const float *x, int64_t n, const fd_sample_para
         if (r.pick) *r.pick = s->id[cdf_pick(s->ce, nc, p->u)];
         return 0;
     }
-    /* temperature and min-p only: one pass over the whole row */
+    /* temperature alone: every token, one pass over the whole row */
     if (r.out && !r.probs) {
-        vf mv = vf_set1(m), lo = vf_set1(dmin), ninf = vf_set1(-INFINITY);
-        int64_t i = 0;
-        for (; i + FD_VLEN <= n; i += FD_VLEN) {
-            vf v = vf_load(z + i);
-            vf_store(r.out + i, vf_where_ge(vf_sub(v, mv), lo, v, ninf));
-        }
-        for (; i < n; i++) r.out[i] = z[i] - m >= dmin ? z[i] : -INFINITY;
+        memmove(r.out, z, (size_t)n * sizeof(float));
         return 0;
     }
     float *e = r.out ? r.out : s->cz;
-    double w = exp_masked(e, z, n, m, dmin);
+    double w = exp_masked(e, z, n, m, -INFINITY);
     if (r.out) {
         vf sv = vf_set1((float)(1.0 / w));
         int64_t i = 0;
