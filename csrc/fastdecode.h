@@ -41,4 +41,47 @@ FD_LEVELS(void, fd_softmax_f32, (float *out, const float *x, int64_t rows, int64
 /* out, x: [n]. The kernels' exp (simd.h), exposed so tests can measure it. */
 FD_LEVELS(void, fd_exp_f32, (float *out, const float *x, int64_t n))
 
+/* ---- sampling.c -------------------------------------------------------- */
+/* One row's sampler settings, each at its neutral value when off; Python
+ * fills a [rows, 6] float64 array with this layout. */
+typedef struct {
+    double temperature; /* > 0; 0 = greedy (the argmax, lowest id on a tie) */
+    double top_k;       /* a whole number; 0 or >= n = off */
+    double top_p;       /* (0, 1]; 1 = off */
+    double min_p;       /* [0, 1]; 0 = off */
+    double penalty;     /* repetition penalty > 0; 1 = off */
+    double u;           /* [0, 1): the draw's uniform number */
+} fd_sample_params;
+
+/* What a row that cannot be sampled gets instead of a token id (status): */
+#define FD_ROW_NAN (-1)    /* a NaN in the row */
+#define FD_ROW_POSINF (-2) /* +inf in the row, or made by the penalty or temperature */
+#define FD_ROW_NEGINF (-3) /* every entry -inf */
+
+/* Previously seen tokens (repetition penalty), ragged rows: row r saw
+ * prev_ids[prev_offsets[r] .. prev_offsets[r+1]-1], each in [0, n);
+ * prev_ids: [n_prev], prev_offsets: [rows + 1]; both may be NULL in
+ * fd_sample_f32 / fd_process_logits_f32 (nothing seen). */
+
+/* ids: [rows] drawn token ids (or an FD_ROW_ code); x: [rows, n] logits;
+ * params: [rows]. Returns the number of bad rows, or -1 when scratch memory
+ * could not be allocated. No sort: threshold selection (sampling.c). */
+FD_LEVELS(int64_t, fd_sample_f32, (int64_t *ids, const float *x, int64_t rows, int64_t n,
+                                   const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                                   const int64_t *prev_offsets))
+/* out: [rows, n] the logits after every processor, filtered tokens at -inf
+ * (probs == 0), or the probabilities, filtered tokens at 0 (probs != 0);
+ * status: [rows] 0 or an FD_ROW_ code. params[r].u is not used. */
+FD_LEVELS(int64_t, fd_process_logits_f32, (float *out, int64_t *status, const float *x, int64_t rows, int64_t n,
+                                           const fd_sample_params *params, const int64_t *prev_ids,
+                                           int64_t n_prev, const int64_t *prev_offsets, int probs))
+/* ids: [rows] the first index of each row's max (or an FD_ROW_ code); x: [rows, n] */
+FD_LEVELS(int64_t, fd_argmax_f32, (int64_t *ids, const float *x, int64_t rows, int64_t n))
+/* out, x: [rows, n] (out may be x); penalty: [rows]. Each distinct seen id
+ * once: logit < 0 -> logit * penalty, else logit / penalty. Returns 0, or
+ * -1 when an in-place call could not allocate its copy. */
+FD_LEVELS(int64_t, fd_repetition_penalty_f32, (float *out, const float *x, int64_t rows, int64_t n,
+                                               const double *penalty, const int64_t *prev_ids, int64_t n_prev,
+                                               const int64_t *prev_offsets))
+
 #endif /* FASTDECODE_H */

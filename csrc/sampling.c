@@ -1,3 +1,673 @@
-/* sampling.c: filled in by the sampling kernel work. */
+/* sampling.c: the token sampler, in Hugging Face's order and with its rules
+ *
+ *     repetition penalty -> temperature -> top-k -> top-p -> min-p -> draw
+ *
+ * without sorting the vocabulary. Per row:
+ *   1. scan: z = penalized(x) / T, max(z), and the max of each group of
+ *      64 vectors' lanes (a NaN check rides along);
+ *   2. top-k: the k-th largest group max is a lower bound on the k-th
+ *      largest logit (k groups reach it), so one compare pass collects a
+ *      few candidates and a quickselect over them finds the threshold;
+ *   3. top-p: S = sum exp(z - max) in one pass. The boundary logit lies
+ *      above two cheap bounds: the weighted selection (mass instead of
+ *      rank) over the group maxima, which carry at least their own mass,
+ *      and L, as the tokens below L = (1-p) S / 2n carry less than
+ *      (1-p) S / 2 together. A compare pass collects the tokens above the
+ *      higher bound, and a weighted quickselect over them finds the
+ *      boundary; ties there are kept in id order while the mass above
+ *      stays below p S;
+ *   4. min-p: p_i >= min_p p_max, that is z_i - max >= log(min_p), a plain
+ *      threshold on logits;
+ *   5. draw: inverse CDF in token-id order over the kept tokens, with the
+ *      caller's u in [0, 1): the first token whose cumulative mass exceeds
+ *      u * total.
+ * Tokens are ranked by logit (descending), then id (ascending): the same
+ * order as by probability, without an exp that could round two logits
+ * together. Masses are float32 exp(z - max) summed in double.
+ *
+ * Rows run in parallel (OpenMP), each thread with its own scratch memory,
+ * allocated per call. Every entry through vf_exp (tails are padded), so a
+ * token's mass never depends on where it sits in an array.
+ */
 #include "fastdecode.h"
 #include "simd.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FD_GROUP (64 * FD_VLEN)   /* elements per top-k group block */
+#define FD_SUM_BLOCK 8            /* vectors summed in float before the double add */
+#define FD_CDF_BLOCK (4 * FD_VLEN) /* entries per block of the draw's walk */
+#define FD_SELECT_SMALL 16        /* below this, selection sorts by insertion */
+#define FD_SAMPLE_PAR_MIN (1 << 15) /* elements in all rows worth a parallel region */
+
+/* ----------------------------------------------------------------------------
+ * Scratch memory: one block per thread and call
+ * ---------------------------------------------------------------------------- */
+
+typedef struct {
+    float *z;     /* [n] the scaled row, when it is not the input itself */
+    float *group; /* [n / 64 + 2 FD_VLEN + 2] group maxima */
+    int32_t *id;  /* [n] candidate ids, ascending */
+    float *cz;    /* [n] candidate logits; the whole row's masses on the plain path */
+    float *ce;    /* [n] candidate masses exp(z - max) */
+    float *sz;    /* [n] selection copies, permuted */
+    float *se;    /* [n] */
+    void *base;
+} scratch;
+
+static int64_t group_capacity(int64_t n) { return n / 64 + 2 * FD_VLEN + 2; }
+
+static int scratch_alloc(scratch *s, int64_t n) {
+    int64_t ng = group_capacity(n);
+    float *f = malloc(((size_t)n * 7 + (size_t)ng) * sizeof(float) + 64);
+    s->base = f;
+    if (!f) return 0;
+    s->z = f;
+    s->cz = f + n;
+    s->ce = f + 2 * n;
+    s->sz = f + 3 * n;
+    s->se = f + 4 * n;
+    s->id = (int32_t *)(f + 5 * n);
+    s->group = f + 6 * n;
+    return 1;
+}
+
+/* ----------------------------------------------------------------------------
+ * Scan: scale, max, group maxima, NaN
+ * ---------------------------------------------------------------------------- */
+
+/* One block of vectors: returns the lane-wise max; dst = src / t when div. */
+static inline vf scan_block(float *dst, const float *src, int64_t len, vf tv, int div, vi *nan) {
+    vf g0 = vf_set1(-INFINITY), g1 = g0;
+    int64_t j = 0;
+    for (; j + 2 * FD_VLEN <= len; j += 2 * FD_VLEN) {
+        vf a = vf_load(src + j), b = vf_load(src + j + FD_VLEN);
+        if (div) {
+            a = vf_div(a, tv);
+            b = vf_div(b, tv);
+        }
+        if (dst) {
+            vf_store(dst + j, a);
+            vf_store(dst + j + FD_VLEN, b);
+        }
+        *nan = vi_nan_track(vi_nan_track(*nan, a), b);
+        g0 = vf_max(g0, a);
+        g1 = vf_max(g1, b);
+    }
+    for (; j < len; j += FD_VLEN) {
+        vf a = vf_load(src + j);
+        if (div) a = vf_div(a, tv);
+        if (dst) vf_store(dst + j, a);
+        *nan = vi_nan_track(*nan, a);
+        g0 = vf_max(g0, a);
+    }
+    return vf_max(g0, g1);
+}
+
+/* dst, src: [n] (dst NULL: read only; dst may be src); group: [group_capacity(n)] or NULL.
+ * dst = src / t when div. Returns max; *ngroup = group maxima written;
+ * *nan set when any entry is NaN. Groups: each lane of each block of
+ * FD_GROUP elements, then the lanes of the last whole vectors, then the
+ * scalar tail: a partition of the row, which is all top-k needs. */
+static float scan_row(float *dst, const float *src, int64_t n, float t, int div, float *group,
+                      int64_t *ngroup, int *nan) {
+    vf tv = vf_set1(t), mx = vf_set1(-INFINITY);
+    vi nanv = vi_zero();
+    int64_t i = 0, g = 0;
+    for (; i + FD_GROUP <= n; i += FD_GROUP) {
+        vf gm = scan_block(dst ? dst + i : NULL, src + i, FD_GROUP, tv, div, &nanv);
+        if (group) vf_store(group + g, gm);
+        g += FD_VLEN;
+        mx = vf_max(mx, gm);
+    }
+    int64_t whole = (n - i) / FD_VLEN * FD_VLEN;
+    if (whole) {
+        vf gm = scan_block(dst ? dst + i : NULL, src + i, whole, tv, div, &nanv);
+        if (group) vf_store(group + g, gm);
+        g += FD_VLEN;
+        mx = vf_max(mx, gm);
+        i += whole;
+    }
+    float m = vf_reduce_max(mx);
+    int bad = vi_reduce_max_u32(nanv) > 0x7f800000u;
+    if (i < n) {
+        float gm = -INFINITY;
+        for (; i < n; i++) {
+            float v = div ? src[i] / t : src[i];
+            if (dst) dst[i] = v;
+            bad |= v != v;
+            gm = v > gm ? v : gm;
+        }
+        if (group) group[g] = gm;
+        g++;
+        m = gm > m ? gm : m;
+    }
+    *ngroup = g;
+    *nan = bad;
+    return m;
+}
+
+/* z: [n]. The first i with z[i] == m. */
+static int64_t first_equal(const float *z, int64_t n, float m) {
+    vf mv = vf_set1(m);
+    int64_t i = 0;
+    for (; i + FD_VLEN <= n; i += FD_VLEN) {
+        uint32_t k = vf_mask_eq(vf_load(z + i), mv);
+        if (k) return i + __builtin_ctz(k);
+    }
+    for (; i < n; i++)
+        if (z[i] == m) return i;
+    return 0;
+}
+
+/* z: [n] (a copy of x), x: [n]; ids: [nids]. Each seen id once, from the
+ * original logit, so repeated ids change nothing more. Ids outside [0, n)
+ * are skipped: ops rejects them, and C does not trust its caller. */
+static void penalize(float *z, const float *x, int64_t n, const int64_t *ids, int64_t nids, float pen) {
+    for (int64_t j = 0; j < nids; j++) {
+        int64_t t = ids[j];
+        if ((uint64_t)t >= (uint64_t)n) continue;
+        float v = x[t];
+        z[t] = v < 0 ? v * pen : v / pen;
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * Masses
+ * ---------------------------------------------------------------------------- */
+
+/* e: [n] or NULL; z: [n]. e = exp(z - m) where z - m >= dmin, else 0;
+ * returns the sum in double. The tail goes through vf_exp too, padded. */
+static double exp_masked(float *e, const float *z, int64_t n, float m, float dmin) {
+    vf mv = vf_set1(m), lo = vf_set1(dmin), zero = vf_set1(0.0f);
+    vd acc = vd_zero();
+    int64_t i = 0;
+    while (i + FD_VLEN <= n) {
+        vf block = zero;
+        for (int j = 0; j < FD_SUM_BLOCK && i + FD_VLEN <= n; j++, i += FD_VLEN) {
+            vf d = vf_sub(vf_load(z + i), mv);
+            vf v = vf_where_ge(d, lo, vf_exp(d), zero);
+            if (e) vf_store(e + i, v);
+            block = vf_add(block, v);
+        }
+        acc = vd_add_vf(acc, block);
+    }
+    if (i < n) {
+        float pad[FD_VLEN];
+        for (int j = 0; j < FD_VLEN; j++) pad[j] = i + j < n ? z[i + j] : -INFINITY;
+        vf d = vf_sub(vf_load(pad), mv);
+        vf v = vf_where_ge(d, lo, vf_exp(d), zero);
+        vf_store(pad, v);
+        if (e)
+            for (int j = 0; i + j < n; j++) e[i + j] = pad[j];
+        acc = vd_add_vf(acc, v);
+    }
+    return vd_reduce(acc);
+}
+
+static inline float block_sum(const float *e) { /* FD_CDF_BLOCK entries */
+    vf a = vf_add(vf_load(e), vf_load(e + FD_VLEN));
+    vf b = vf_add(vf_load(e + 2 * FD_VLEN), vf_load(e + 3 * FD_VLEN));
+    return vf_reduce_add(vf_add(a, b));
+}
+
+/* e: [n] masses (n >= 1, some > 0). The inverse CDF in index order: the
+ * first i whose cumulative mass exceeds u * total. Block sums are
+ * recomputed, not stored: the same code gives the same sums both times. */
+static int64_t cdf_pick(const float *e, int64_t n, double u) {
+    int64_t nb = n / FD_CDF_BLOCK, i;
+    double total = 0.0;
+    for (int64_t b = 0; b < nb; b++) total += block_sum(e + b * FD_CDF_BLOCK);
+    for (i = nb * FD_CDF_BLOCK; i < n; i++) total += e[i];
+    double target = u * total, cum = 0.0;
+    for (int64_t b = 0; b < nb; b++) {
+        double s = block_sum(e + b * FD_CDF_BLOCK);
+        if (cum + s > target) {
+            double c = cum;
+            for (i = b * FD_CDF_BLOCK; i < (b + 1) * FD_CDF_BLOCK; i++) {
+                c += e[i];
+                if (c > target) return i;
+            }
+        }
+        cum += s;
+    }
+    for (i = nb * FD_CDF_BLOCK; i < n; i++) {
+        cum += e[i];
+        if (cum > target) return i;
+    }
+    for (i = n - 1; i > 0; i--) /* u * total rounded past the end: the last token with mass */
+        if (e[i] > 0) return i;
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Candidates: (id, logit, mass) in id order
+ * ---------------------------------------------------------------------------- */
+
+/* id, cz: [n] out; z: [n]. Appends every i with z[i] - shift >= lo; returns the count. */
+static int64_t collect(int32_t *id, float *cz, const float *z, int64_t n, float shift, float lo) {
+    vf sv = vf_set1(shift), lv = vf_set1(lo);
+    int64_t c = 0, i = 0;
+    for (; i + 4 * FD_VLEN <= n; i += 4 * FD_VLEN) {
+        uint32_t k0 = vf_mask_ge(vf_sub(vf_load(z + i), sv), lv);
+        uint32_t k1 = vf_mask_ge(vf_sub(vf_load(z + i + FD_VLEN), sv), lv);
+        uint32_t k2 = vf_mask_ge(vf_sub(vf_load(z + i + 2 * FD_VLEN), sv), lv);
+        uint32_t k3 = vf_mask_ge(vf_sub(vf_load(z + i + 3 * FD_VLEN), sv), lv);
+        if (!(k0 | k1 | k2 | k3)) continue;
+        uint32_t ks[4] = {k0, k1, k2, k3};
+        for (int q = 0; q < 4; q++)
+            for (uint32_t k = ks[q]; k; k &= k - 1) {
+                int64_t j = i + q * FD_VLEN + __builtin_ctz(k);
+                id[c] = (int32_t)j;
+                cz[c++] = z[j];
+            }
+    }
+    for (; i < n; i++)
+        if (z[i] - shift >= lo) {
+            id[c] = (int32_t)i;
+            cz[c++] = z[i];
+        }
+    return c;
+}
+
+/* id, cz, ce (ce may be NULL): [nc]. Keeps the entries with cz - shift >= lo, in order. */
+static int64_t keep_ge(int32_t *id, float *cz, float *ce, int64_t nc, float shift, float lo) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < nc; i++)
+        if (cz[i] - shift >= lo) {
+            id[c] = id[i];
+            cz[c] = cz[i];
+            if (ce) ce[c] = ce[i];
+            c++;
+        }
+    return c;
+}
+
+/* ----------------------------------------------------------------------------
+ * Selection (quickselect, three-way, descending): no sort of the row
+ * ---------------------------------------------------------------------------- */
+
+/* Pivot: median of three entries at pseudo-random places, so no input
+ * order makes the selection quadratic in practice. */
+static float pick_pivot(const float *a, int64_t lo, int64_t hi, uint64_t *seed) {
+    uint64_t span = (uint64_t)(hi - lo);
+    float v[3];
+    for (int j = 0; j < 3; j++) {
+        *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+        v[j] = a[lo + (int64_t)((*seed >> 33) % span)];
+    }
+    if (v[0] > v[1]) { float t = v[0]; v[0] = v[1]; v[1] = t; }
+    if (v[1] > v[2]) v[1] = v[2];
+    return v[0] > v[1] ? v[0] : v[1];
+}
+
+/* a: [n] (permuted), 1 <= k <= n. The k-th largest entry. */
+static float kth_largest(float *a, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n, want = k - 1;
+    uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
+    while (hi - lo > FD_SELECT_SMALL) {
+        float pv = pick_pivot(a, lo, hi, &seed);
+        int64_t gt = lo, i = lo, lt = hi; /* [lo,gt) > pv, [gt,lt) == pv, [lt,hi) < pv */
+        while (i < lt) {
+            float v = a[i];
+            if (v > pv) {
+                a[i++] = a[gt];
+                a[gt++] = v;
+            } else if (v < pv) {
+                a[i] = a[--lt];
+                a[lt] = v;
+            } else {
+                i++;
+            }
+        }
+        if (want < gt) hi = gt;
+        else if (want < lt) return pv;
+        else lo = lt;
+    }
+    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort, descending */
+        float v = a[i];
+        int64_t j = i;
+        for (; j > lo && a[j - 1] < v; j--) a[j] = a[j - 1];
+        a[j] = v;
+    }
+    return a[want];
+}
+
+/* z, e: [n] (permuted together), target > 0. The boundary logit zb of a
+ * weighted selection, ranked by z descending: mass(z > zb) < target <=
+ * mass(z >= zb); *above = mass(z > zb). When rounding leaves the whole
+ * mass below target, the smallest logit (every token stays). */
+static float weighted_select(float *z, float *e, int64_t n, double target, double *above) {
+    int64_t lo = 0, hi = n;
+    double acc = 0.0; /* mass of everything ranked above [lo, hi); stays < target */
+    uint64_t seed = 0xD1B54A32D192ED03ull ^ (uint64_t)n;
+    while (hi - lo > FD_SELECT_SMALL) {
+        float pv = pick_pivot(z, lo, hi, &seed);
+        int64_t gt = lo, i = lo, lt = hi;
+        double mg = 0.0, me = 0.0;
+        while (i < lt) {
+            float v = z[i], w = e[i];
+            if (v > pv) {
+                z[i] = z[gt], e[i] = e[gt];
+                z[gt] = v, e[gt] = w;
+                gt++, i++;
+                mg += w;
+            } else if (v < pv) {
+                lt--;
+                z[i] = z[lt], e[i] = e[lt];
+                z[lt] = v, e[lt] = w;
+            } else {
+                i++;
+                me += w;
+            }
+        }
+        if (acc + mg >= target) {
+            hi = gt;
+        } else if (acc + mg + me >= target) {
+            *above = acc + mg;
+            return pv;
+        } else {
+            acc += mg + me;
+            if (lt == hi) { /* everything counted, target not reached */
+                *above = acc - me;
+                return pv;
+            }
+            lo = lt;
+        }
+    }
+    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort by z, descending */
+        float v = z[i], w = e[i];
+        int64_t j = i;
+        for (; j > lo && z[j - 1] < v; j--) z[j] = z[j - 1], e[j] = e[j - 1];
+        z[j] = v, e[j] = w;
+    }
+    float last = z[lo];
+    double last_above = acc;
+    for (int64_t i = lo; i < hi;) { /* walk groups of equal logits */
+        double m = 0.0;
+        int64_t j = i;
+        for (; j < hi && z[j] == z[i]; j++) m += e[j];
+        if (acc + m >= target) {
+            *above = acc;
+            return z[i];
+        }
+        last = z[i], last_above = acc;
+        acc += m;
+        i = j;
+    }
+    *above = last_above;
+    return last;
+}
+
+/* ----------------------------------------------------------------------------
+ * Filters over the candidates
+ * ---------------------------------------------------------------------------- */
+
+/* id, cz, ce: [nc] in id order, sz, se: [nc] scratch. Keeps the tokens
+ * whose mass ranked strictly above stays below target = p * S. */
+static int64_t top_p_cut(int32_t *id, float *cz, float *ce, int64_t nc, double target, float *sz, float *se) {
+    memcpy(sz, cz, (size_t)nc * sizeof(float));
+    memcpy(se, ce, (size_t)nc * sizeof(float));
+    double above;
+    float zb = weighted_select(sz, se, nc, target, &above);
+    int64_t c = 0;
+    for (int64_t i = 0; i < nc; i++) {
+        int keep = cz[i] > zb;
+        if (cz[i] == zb && above < target) { /* a tie at the boundary: id order decides */
+            keep = 1;
+            above += ce[i];
+        }
+        if (keep) {
+            id[c] = id[i];
+            cz[c] = cz[i];
+            ce[c] = ce[i];
+            c++;
+        }
+    }
+    return c;
+}
+
+/* group: [ng] the scan's group maxima; gz, ge: [ng] scratch. A lower
+ * bound on top-p's boundary logit: each group whose max is >= zg holds at
+ * least its max's mass, so once those reach target (with a margin for
+ * rounding) the kept tokens all lie at or above zg. -inf when they never do
+ * (a flat row), and L's cut is all there is. */
+static float top_p_group_cut(const float *group, int64_t ng, float m, double target, float *gz, float *ge) {
+    memcpy(gz, group, (size_t)ng * sizeof(float));
+    target *= 1.0 + 1e-5;
+    if (exp_masked(ge, gz, ng, m, -INFINITY) < target) return -INFINITY;
+    double above;
+    return weighted_select(gz, ge, ng, target, &above);
+}
+
+/* The smallest float d with (double)d >= x: float compares then decide
+ * exactly as the double compare of the reference does. */
+static float float_at_least(double x) {
+    float f = (float)x;
+    if ((double)f < x) f = nextafterf(f, INFINITY);
+    return f;
+}
+
+/* ----------------------------------------------------------------------------
+ * One row
+ * ---------------------------------------------------------------------------- */
+
+typedef struct {
+    int64_t *pick; /* the drawn id, or NULL */
+    float *out;    /* [n] processed logits or probabilities, or NULL */
+    int probs;
+} row_result;
+
+/* out: [n]. The kept candidates written into an otherwise filtered row. */
+static void write_candidates(float *out, int64_t n, int probs, const int32_t *id, const float *cz,
+                             const float *ce, int64_t nc) {
+    double w = 0.0;
+    for (int64_t i = 0; i < nc; i++) w += ce[i];
+    float fill = probs ? 0.0f : -INFINITY;
+    for (int64_t i = 0; i < n; i++) out[i] = fill;
+    for (int64_t i = 0; i < nc; i++) out[id[i]] = probs ? (float)(ce[i] / w) : cz[i];
+}
+
+/* x: [n]; prev: [nprev]. Returns 0 or an FD_ROW_ code. */
+static int run_row(row_result r, const float *x, int64_t n, const fd_sample_params *p, const int64_t *prev,
+                   int64_t nprev, scratch *s) {
+    int greedy = p->temperature == 0.0;
+    float t = (float)p->temperature, pen = (float)p->penalty;
+    int div = !greedy && t != 1.0f;
+    const float *z = x, *src = x;
+    float *dst = NULL;
+    if (pen != 1.0f && nprev > 0) {
+        memcpy(s->z, x, (size_t)n * sizeof(float));
+        penalize(s->z, x, n, prev, nprev, pen);
+        z = src = dst = s->z;
+    } else if (div) {
+        z = dst = s->z;
+    }
+    int nan;
+    int64_t ng;
+    float m = scan_row(dst, src, n, t, div, s->group, &ng, &nan);
+    if (nan) return FD_ROW_NAN;
+    if (m == INFINITY) return FD_ROW_POSINF;
+    if (m == -INFINITY) return FD_ROW_NEGINF;
+
+    if (greedy) {
+        int64_t i = first_equal(z, n, m);
+        if (r.pick) *r.pick = i;
+        if (r.out) {
+            float one = 1.0f;
+            write_candidates(r.out, n, r.probs, (int32_t[]){(int32_t)i}, &m, &one, 1);
+        }
+        return 0;
+    }
+    double kd = p->top_k;
+    int64_t k = kd >= 1.0 && kd < (double)n ? (int64_t)kd : 0;
+    int top_p = p->top_p > 0.0 && p->top_p < 1.0;
+    float dmin = p->min_p > 0.0 ? float_at_least(log(p->min_p < 1.0 ? p->min_p : 1.0)) : -INFINITY;
+
+    int64_t nc = -1; /* candidates in s->id/cz/ce, or -1: the whole row */
+    double mass = 0.0;
+    if (k) {
+        float lo = -INFINITY;
+        if (k * 4 <= ng) { /* the k-th largest group max: a lower bound with few tokens above */
+            memcpy(s->sz, s->group, (size_t)ng * sizeof(float));
+            lo = kth_largest(s->sz, ng, k);
+        }
+        nc = collect(s->id, s->cz, z, n, 0.0f, lo);
+        memcpy(s->sz, s->cz, (size_t)nc * sizeof(float));
+        float kth = kth_largest(s->sz, nc, k);
+        nc = keep_ge(s->id, s->cz, NULL, nc, 0.0f, kth);
+        mass = exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+    }
+    if (top_p) {
+        if (nc < 0) {
+            mass = exp_masked(NULL, z, n, m, -INFINITY);
+            /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together,
+             * so the boundary lies above (the 1e-3 covers vf_exp's rounding) */
+            float lo = (float)(log((1.0 - p->top_p) * mass / (2.0 * (double)n)) - 1e-3);
+            float zg = top_p_group_cut(s->group, ng, m, p->top_p * mass, s->sz, s->se);
+            lo = zg - m > lo ? zg - m : lo;
+            nc = collect(s->id, s->cz, z, n, m, lo);
+            exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+        }
+        nc = top_p_cut(s->id, s->cz, s->ce, nc, p->top_p * mass, s->sz, s->se);
+    } else if (nc < 0 && dmin > -INFINITY) { /* min-p alone: a plain threshold, no S needed */
+        nc = collect(s->id, s->cz, z, n, m, dmin);
+        exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+    }
+    if (nc >= 0) {
+        if (dmin > -INFINITY) nc = keep_ge(s->id, s->cz, s->ce, nc, m, dmin);
+        if (r.out) write_candidates(r.out, n, r.probs, s->id, s->cz, s->ce, nc);
+        if (r.pick) *r.pick = s->id[cdf_pick(s->ce, nc, p->u)];
+        return 0;
+    }
+    /* temperature alone: every token, one pass over the whole row */
+    if (r.out && !r.probs) {
+        memmove(r.out, z, (size_t)n * sizeof(float));
+        return 0;
+    }
+    float *e = r.out ? r.out : s->cz;
+    double w = exp_masked(e, z, n, m, -INFINITY);
+    if (r.out) {
+        vf sv = vf_set1((float)(1.0 / w));
+        int64_t i = 0;
+        for (; i + FD_VLEN <= n; i += FD_VLEN) vf_store(e + i, vf_mul(vf_load(e + i), sv));
+        for (; i < n; i++) e[i] = (float)(e[i] / w);
+    }
+    if (r.pick) *r.pick = cdf_pick(e, n, p->u);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Kernels
+ * ---------------------------------------------------------------------------- */
+
+/* The rows of one call: ids (draws) or status, out (process) as given. */
+static int64_t run_rows(int64_t *ids, int64_t *status, float *out, int probs, const float *x, int64_t rows,
+                        int64_t n, const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                        const int64_t *prev_offsets) {
+    int64_t bad = 0;
+    int nomem = 0;
+#ifdef _OPENMP
+    int nt = fd_num_threads < rows ? fd_num_threads : (int)rows;
+    nt = nt < 1 || rows * n < FD_SAMPLE_PAR_MIN ? 1 : nt;
+#pragma omp parallel num_threads(nt) reduction(+ : bad) reduction(| : nomem) if (nt > 1)
+#endif
+    {
+        scratch s;
+        int ok = scratch_alloc(&s, n);
+        nomem |= !ok;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t r = 0; r < rows; r++) {
+            if (!ok) continue;
+            const int64_t *prev = NULL;
+            int64_t nprev = 0;
+            if (prev_ids && prev_offsets) { /* offsets clamped: C does not trust its caller */
+                int64_t a = prev_offsets[r] < 0 ? 0 : prev_offsets[r];
+                int64_t b = prev_offsets[r + 1] < n_prev ? prev_offsets[r + 1] : n_prev;
+                prev = prev_ids + a;
+                nprev = b > a ? b - a : 0;
+            }
+            int64_t pick = 0;
+            row_result res = {ids ? &pick : NULL, out ? out + r * n : NULL, probs};
+            int code = run_row(res, x + r * n, n, params + r, prev, nprev, &s);
+            if (ids) ids[r] = code ? code : pick;
+            if (status) status[r] = code;
+            bad += code != 0;
+        }
+        free(s.base);
+    }
+    return nomem ? -1 : bad;
+}
+
+/* ids: [rows]; x: [rows, n]; params: [rows]; prev_ids: [n_prev] */
+int64_t FD_FN(fd_sample_f32)(int64_t *ids, const float *x, int64_t rows, int64_t n, const fd_sample_params *params,
+                             const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    return run_rows(ids, NULL, NULL, 0, x, rows, n, params, prev_ids, n_prev, prev_offsets);
+}
+
+/* out: [rows, n]; status: [rows]; x: [rows, n]; params: [rows]; prev_ids: [n_prev] */
+int64_t FD_FN(fd_process_logits_f32)(float *out, int64_t *status, const float *x, int64_t rows, int64_t n,
+                                     const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                                     const int64_t *prev_offsets, int probs) {
+    return run_rows(NULL, status, out, probs, x, rows, n, params, prev_ids, n_prev, prev_offsets);
+}
+
+/* ids: [rows]; x: [rows, n] */
+int64_t FD_FN(fd_argmax_f32)(int64_t *ids, const float *x, int64_t rows, int64_t n) {
+    int64_t bad = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        int nan;
+        int64_t ng;
+        float m = scan_row(NULL, xr, n, 1.0f, 0, NULL, &ng, &nan);
+        int code = nan ? FD_ROW_NAN : m == INFINITY ? FD_ROW_POSINF : m == -INFINITY ? FD_ROW_NEGINF : 0;
+        ids[r] = code ? code : first_equal(xr, n, m);
+        bad += code != 0;
+    }
+    return bad;
+}
+
+/* out, x: [rows, n] (out may be x); penalty: [rows]; prev_ids: [n_prev] */
+int64_t FD_FN(fd_repetition_penalty_f32)(float *out, const float *x, int64_t rows, int64_t n, const double *penalty,
+                                         const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    float *copy = NULL;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *o = out + r * n;
+        if (o == xr) { /* in place: read the originals from a copy, so a repeated id counts once */
+            if (!copy && !(copy = malloc((size_t)n * sizeof(float)))) return -1;
+            memcpy(copy, xr, (size_t)n * sizeof(float));
+            xr = copy;
+        } else {
+            memcpy(o, xr, (size_t)n * sizeof(float));
+        }
+        int64_t a = prev_offsets[r] < 0 ? 0 : prev_offsets[r];
+        int64_t b = prev_offsets[r + 1] < n_prev ? prev_offsets[r + 1] : n_prev;
+        if (b > a) penalize(o, xr, n, prev_ids + a, b - a, (float)penalty[r]);
+    }
+    free(copy);
+    return 0;
+}
+
+#if FD_ENTRY_POINTS
+int64_t fd_sample_f32(int64_t *ids, const float *x, int64_t rows, int64_t n, const fd_sample_params *params,
+                      const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    return FD_DISPATCH(fd_sample_f32, (ids, x, rows, n, params, prev_ids, n_prev, prev_offsets));
+}
+int64_t fd_process_logits_f32(float *out, int64_t *status, const float *x, int64_t rows, int64_t n,
+                              const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                              const int64_t *prev_offsets, int probs) {
+    return FD_DISPATCH(fd_process_logits_f32, (out, status, x, rows, n, params, prev_ids, n_prev, prev_offsets, probs));
+}
+int64_t fd_argmax_f32(int64_t *ids, const float *x, int64_t rows, int64_t n) {
+    return FD_DISPATCH(fd_argmax_f32, (ids, x, rows, n));
+}
+int64_t fd_repetition_penalty_f32(float *out, const float *x, int64_t rows, int64_t n, const double *penalty,
+                                  const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    return FD_DISPATCH(fd_repetition_penalty_f32, (out, x, rows, n, penalty, prev_ids, n_prev, prev_offsets));
+}
+#endif

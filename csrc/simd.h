@@ -59,6 +59,21 @@ static inline vf vf_zero_below(vf a, vf x, float lim) {
 }
 /* nonzero if any lane is NaN */
 static inline int vf_any_nan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) != 0; }
+static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+/* bit i set where lane i of a >= b (false for NaN) / a == b */
+static inline uint32_t vf_mask_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+static inline uint32_t vf_mask_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+/* x >= lim ? a : b, lane by lane */
+static inline vf vf_where_ge(vf x, vf lim, vf a, vf b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lim, _CMP_GE_OQ), b, a);
+}
+/* NaN tracking in integer lanes: vi_nan_track keeps the largest |x| bit
+ * pattern seen; vi_reduce_max_u32 above 0x7f800000 means a NaN was there. */
+static inline vi vi_zero(void) { return _mm512_setzero_si512(); }
+static inline vi vi_nan_track(vi acc, vf x) {
+    return _mm512_max_epu32(acc, _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)));
+}
+static inline uint32_t vi_reduce_max_u32(vi a) { return _mm512_reduce_max_epu32(a); }
 /* vd: a double accumulator wide enough to take one vf */
 typedef struct { __m512d lo, hi; } vd;
 static inline vd vd_zero(void) { vd a = {_mm512_setzero_pd(), _mm512_setzero_pd()}; return a; }
@@ -104,6 +119,20 @@ static inline vf vf_zero_below(vf a, vf x, float lim) {
     return _mm256_and_ps(a, _mm256_cmp_ps(x, _mm256_set1_ps(lim), _CMP_GE_OQ));
 }
 static inline int vf_any_nan(vf a) { return _mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)) != 0; }
+static inline vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+static inline uint32_t vf_mask_ge(vf a, vf b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
+static inline uint32_t vf_mask_eq(vf a, vf b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
+static inline vf vf_where_ge(vf x, vf lim, vf a, vf b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, lim, _CMP_GE_OQ)); }
+static inline vi vi_zero(void) { return _mm256_setzero_si256(); }
+static inline vi vi_nan_track(vi acc, vf x) {
+    return _mm256_max_epu32(acc, _mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(0x7fffffff)));
+}
+static inline uint32_t vi_reduce_max_u32(vi a) {
+    __m128i m = _mm_max_epu32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    m = _mm_max_epu32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm_max_epu32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(2, 3, 0, 1)));
+    return (uint32_t)_mm_cvtsi128_si32(m);
+}
 typedef struct { __m256d lo, hi; } vd;
 static inline vd vd_zero(void) { vd a = {_mm256_setzero_pd(), _mm256_setzero_pd()}; return a; }
 static inline vd vd_add_vf(vd a, vf v) {
@@ -140,6 +169,18 @@ static inline float vf_reduce_max(vf v) { return v; }
 static inline float vf_reduce_add(vf v) { return v; }
 static inline vf vf_zero_below(vf a, vf x, float lim) { return x >= lim ? a : 0.0f; }
 static inline int vf_any_nan(vf a) { return a != a; }
+static inline vf vf_div(vf a, vf b) { return a / b; }
+static inline uint32_t vf_mask_ge(vf a, vf b) { return a >= b; }
+static inline uint32_t vf_mask_eq(vf a, vf b) { return a == b; }
+static inline vf vf_where_ge(vf x, vf lim, vf a, vf b) { return x >= lim ? a : b; }
+static inline vi vi_zero(void) { return 0; }
+static inline vi vi_nan_track(vi acc, vf x) {
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    bits &= 0x7fffffffu;
+    return (uint32_t)acc > bits ? acc : (vi)bits;
+}
+static inline uint32_t vi_reduce_max_u32(vi a) { return (uint32_t)a; }
 typedef double vd;
 static inline vd vd_zero(void) { return 0.0; }
 static inline vd vd_add_vf(vd a, vf v) { return a + (double)v; }

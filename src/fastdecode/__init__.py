@@ -5,6 +5,7 @@ Drop-in kernels (each validates once, then runs the active backend)::
     import fastdecode as fd
     p = fd.softmax(logits)                      # [B, V] float32
     out = fd.attention(q, k_cache, v_cache)     # grouped-query, KV cache
+    ids = fd.sample(logits, temperature=0.8, top_p=0.9, rng=gen)  # HF's rules, [B] int64
 
 Models (loaded on first use, so ``import fastdecode`` stays fast)::
 
@@ -24,7 +25,7 @@ from .backend import (
     set_simd,
     use_backend,
 )
-from .ops import attention, log_softmax, softmax
+from .ops import apply_repetition_penalty, argmax, attention, log_softmax, process_logits, sample, softmax
 
 __version__ = "0.1.0"
 
@@ -48,7 +49,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "attention", "log_softmax", "softmax", *_LAZY,
+    "attention", "log_softmax", "softmax",
+    "sample", "argmax", "process_logits", "apply_repetition_penalty", *_LAZY,
     "backend_info", "get_backend", "set_backend", "use_backend",
     "get_simd", "set_simd", "get_num_threads", "set_num_threads",
     "__version__",
