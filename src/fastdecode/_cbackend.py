@@ -12,15 +12,16 @@ from . import _native, reference
 _ref = reference.backend
 
 
-def _softmax_rows(out, x, log):  # out, x: [rows, n]
-    if x.dtype == np.float32:
-        _native.softmax_rows(out, x, log)
-    else:
-        _ref.softmax_rows(out, x, log)
+def _float32_in_c(native, reference):
+    """A kernel that runs `native` when its first input is float32, else `reference`."""
+    def kernel(out, x, *args):
+        (native if x.dtype == np.float32 else reference)(out, x, *args)
+
+    return kernel
 
 
 backend = types.SimpleNamespace(
     name="c",
-    softmax_rows=_softmax_rows,
-    attention=_ref.attention,  # until the C attention kernel lands
+    softmax_rows=_float32_in_c(_native.softmax_rows, _ref.softmax_rows),  # (out, x, log)
+    attention=_float32_in_c(_native.attention_f32, _ref.attention),  # (out, q, k, v, causal, scale, lengths)
 )
