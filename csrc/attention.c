@@ -36,7 +36,11 @@
 #include <math.h>
 #include <stdlib.h>
 
-#define FD_ATT_BK 64          /* keys per block */
+#define FD_ATT_BK 64          /* keys per block of the rows-on-lanes engine */
+#define FD_ATT_BK1 32         /* keys per block of the keys-on-lanes engine */
+#define FD_ATT_PF 64          /* keys-on-lanes: K and V are prefetched this many keys ahead, */
+#define FD_ATT_PF_LOC 1       /* into L2 (L1 holds the block being computed on) */
+#define FD_DOT_KB 4           /* keys-on-lanes: key rows read together by one dot product loop */
 #define FD_ATT_TILE_ROWS 64   /* rows-on-lanes tile: query rows (a multiple of every FD_VLEN) */
 #define FD_ATT_SPLIT 4        /* split the keys until there are this many items per thread */
 #define FD_ATT_MIN_CHUNK 256  /* but never into chunks shorter than this */
@@ -175,7 +179,7 @@ typedef struct {
 
 static int scratch_alloc(att_scratch *w, const att_plan *p) {
     const int64_t rpad = round_up(p->max_rows, FD_VLEN), dp = p->dp;
-    const int64_t bkp = round_up(FD_ATT_BK, FD_VLEN), bkj = round_up(FD_ATT_BK, FD_QK_NJ);
+    const int64_t bkp = round_up(max64(FD_ATT_BK, FD_ATT_BK1), FD_VLEN), bkj = round_up(FD_ATT_BK, FD_QK_NJ);
     const int64_t sizes[9] = {
         max64(p->D * rpad, rpad * dp), rpad * dp, max64(rpad * bkp, bkj * rpad),
         rpad, rpad, rpad, rpad, p->dp != p->D ? bkp * dp : 0, p->dp != p->D ? bkp * dp : 0, /* kpad, vpad */
@@ -285,9 +289,13 @@ static void scale_row(float *x, int64_t n, float a) {
 
 /* FD_VLEN dot products of q: [dp] with key rows k + j * ld, j < FD_VLEN (rows
  * past nvalid repeat the last valid one; their lanes are ignored). The keys
- * go four at a time so only four row pointers are live. */
-FD_INLINE vf dot_keys(const float *q, const float *k, int64_t ld, int nvalid, int64_t dp) {
-    enum { KB = FD_VLEN < 4 ? FD_VLEN : 4 };
+ * go four at a time: four row pointers live, each q vector loaded once per
+ * four FMAs. pf_mask picks which of the four rows of each batch also ask for
+ * their K and V rows FD_ATT_PF keys ahead (pf_k, pf_v), so the rows of a
+ * tile share the prefetching. */
+FD_INLINE vf dot_keys(const float *q, const float *k, int64_t ld, int nvalid, int64_t dp,
+                      const float *pf_k, const float *pf_v, unsigned pf_mask) {
+    enum { KB = FD_VLEN < FD_DOT_KB ? FD_VLEN : FD_DOT_KB };
     vf acc[FD_VLEN];
     for (int jb = 0; jb < FD_VLEN; jb += KB) {
         const float *kr[KB];
@@ -297,6 +305,13 @@ FD_INLINE vf dot_keys(const float *q, const float *k, int64_t ld, int nvalid, in
         for (int64_t c = 0; c < dp; c += FD_VLEN) {
             vf qc = vf_load(q + c);
             for (int jj = 0; jj < KB; jj++) a[jj] = vf_fmadd(qc, vf_load(kr[jj] + c), a[jj]);
+#if defined(__GNUC__) || defined(__clang__)
+            for (int jj = 0; jj < KB; jj++)
+                if ((pf_mask & (1u << jj)) && (FD_VLEN >= 16 || (c & 15) == 0)) { /* once per 64-byte line */
+                    __builtin_prefetch(pf_k + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
+                    __builtin_prefetch(pf_v + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
+                }
+#endif
         }
         for (int jj = 0; jj < KB; jj++) acc[jb + jj] = a[jj];
     }
@@ -344,7 +359,7 @@ static void row_update(float *s, int nv, int nk, float *m, float *l, float *chk,
 }
 
 static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, int64_t c0, int64_t c1) {
-    const int64_t D = p->D, dp = p->dp, rows = t->gh * t->ni, bkp = round_up(FD_ATT_BK, FD_VLEN);
+    const int64_t D = p->D, dp = p->dp, rows = t->gh * t->ni, bkp = round_up(FD_ATT_BK1, FD_VLEN);
     const int64_t kv_offset = (t->b * p->Hkv + t->kvh) * p->Tk * D;
     int64_t vis_max = 0;
     for (int64_t r = 0; r < rows; r++) {
@@ -358,15 +373,29 @@ static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
     }
     const int64_t end = min64(c1, vis_max);
     const vf scale = vf_set1(p->scale);
-    for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_BK) {
-        const int nk = (int)min64(FD_ATT_BK, end - j0);
+    const float *k = p->k + kv_offset, *v = p->v + kv_offset;
+    unsigned pf_masks[FD_ATT_LANES_MIN]; /* row r prefetches rows jj of a batch with jj % rows == r */
+    for (int64_t r = 0; r < rows; r++) {
+        pf_masks[r] = 0;
+        for (int jj = (int)r; jj < FD_DOT_KB; jj += (int)rows) pf_masks[r] |= 1u << jj;
+    }
+    for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_BK1) {
+        const int nk = (int)min64(FD_ATT_BK1, end - j0);
         const float *kb, *vb;
         int64_t ld;
-        block_kv(p, w, p->k + kv_offset + j0 * D, p->v + kv_offset + j0 * D, nk, &kb, &vb, &ld);
+        block_kv(p, w, k + j0 * D, v + j0 * D, nk, &kb, &vb, &ld);
         for (int jg = 0; jg < nk; jg += FD_VLEN) {
             int nvalid = nk - jg < FD_VLEN ? nk - jg : FD_VLEN;
-            for (int64_t r = 0; r < rows; r++)
-                vf_store(w->s + r * bkp + jg, vf_mul(dot_keys(w->qs + r * dp, kb + jg * ld, ld, nvalid, dp), scale));
+            /* The first row pulls the keys from memory; it also asks for the
+             * K rows FD_ATT_PF keys ahead and for this group's V rows, which
+             * the hardware prefetcher misses in this access order. */
+            int64_t ahead = j0 + jg + FD_ATT_PF;
+            int prefetch = FD_VLEN >= 8 && ld == D && ahead + FD_VLEN <= end;
+            for (int64_t r = 0; r < rows; r++) {
+                unsigned mask = prefetch ? pf_masks[r] : 0;
+                vf sv = dot_keys(w->qs + r * dp, kb + jg * ld, ld, nvalid, dp, k + ahead * D, v + ahead * D, mask);
+                vf_store(w->s + r * bkp + jg, vf_mul(sv, scale));
+            }
         }
         for (int64_t r = 0; r < rows; r++) {
             int64_t nv = min64(max64(visible_keys(p, t->b, tile_row_pos(t, r)) - j0, 0), nk);
