@@ -263,7 +263,8 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
 
     # the clock runs while this loop works, not while the caller holds a yielded piece
     t0 = time.perf_counter()
-    chosen = choose(forward(model.weights, model.config, tokens, cache, counts=lengths))
+    logits = np.empty((len(prompts), model.config.vocab_size), np.float32)  # reused by every step
+    chosen = choose(forward(model.weights, model.config, tokens, cache, counts=lengths, out=logits))
     prefill_s, decode_s = time.perf_counter() - t0, 0.0
     for step in range(gen.max_new_tokens):
         t0 = time.perf_counter()
@@ -274,7 +275,7 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
         if all(s.finish_reason is not None for s in seqs):
             break
         t0 = time.perf_counter()
-        chosen = choose(forward(model.weights, model.config, chosen[:, None], cache))
+        chosen = choose(forward(model.weights, model.config, chosen[:, None], cache, out=logits))
         decode_s += time.perf_counter() - t0
     timing = Timing(int(lengths.sum()), prefill_s, sum(len(s.token_ids) for s in seqs), decode_s, len(seqs))
     results = [s.result(timing) for s in seqs]
