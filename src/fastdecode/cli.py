@@ -28,7 +28,8 @@ def _read_prompt(args) -> str:
         return args.prompt
     if sys.stdin is None or sys.stdin.isatty():
         raise ValueError("give a prompt as an argument, or pipe it on stdin")
-    return sys.stdin.read()
+    text = sys.stdin.read()
+    return text[:-1] if text.endswith("\n") else text  # `echo prompt |` adds a newline nobody typed
 
 
 def _cmd_generate(args) -> int:
@@ -49,6 +50,8 @@ def _cmd_generate(args) -> int:
                     stop=args.stop or None, rng=args.seed)
     out = sys.stdout
     tokens = model.stream(prompt, **settings)
+    if not args.json:
+        out.write(prompt)  # as llama.cpp does: the continuation reads on from the prompt
     pieces = []
     while True:
         try:
