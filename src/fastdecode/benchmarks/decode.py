@@ -92,11 +92,26 @@ def _gemv_read_gbps(nbytes: int = 512 << 20, repeats: int = 5) -> float:
 # Contenders: each a function (new_tokens) -> None that runs one generate()
 # ---------------------------------------------------------------------------
 
-def contenders(directory: str, mode: dict, prompt: np.ndarray, backends=("c", "numpy")) -> tuple[dict, int]:
-    """({contender: run(new_tokens)}, weight bytes one decode step reads)"""
+def load_models(directory: str) -> tuple:
+    """(fastdecode model, transformers model or None) of one checkpoint."""
     import fastdecode
 
-    model = fastdecode.load(directory)
+    hf = None
+    transformers = optional_import("transformers")
+    if transformers is not None:
+        import torch
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+        hf.generation_config.eos_token_id = None  # like ignore_eos: every run makes all its tokens
+        hf.generation_config.pad_token_id = 0
+    return fastdecode.load(directory), hf
+
+
+def contenders(models: tuple, mode: dict, prompt: np.ndarray, backends=("c", "numpy")) -> dict:
+    """{contender: run(new_tokens)} for one mode."""
+    import fastdecode
+
+    model, hf = models
     out = {}
     for backend in backends:
         if backend not in fastdecode.backend_info()["available"]:
@@ -111,13 +126,9 @@ def contenders(directory: str, mode: dict, prompt: np.ndarray, backends=("c", "n
                 model.generate(prompt.tolist(), max_new_tokens=n, ignore_eos=True, rng=0, **mode)
 
         out[f"fastdecode-{backend}"] = run
-    transformers = optional_import("transformers")
-    if transformers is not None:
+    if hf is not None:
         import torch
 
-        hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-        hf.generation_config.eos_token_id = None  # like ignore_eos: every run makes all its tokens
-        hf.generation_config.pad_token_id = 0
         ids = torch.from_numpy(prompt[None])
 
         def run_hf(n):
@@ -125,7 +136,7 @@ def contenders(directory: str, mode: dict, prompt: np.ndarray, backends=("c", "n
                 hf.generate(ids, max_new_tokens=n, **mode)
 
         out[PEER] = run_hf
-    return out, model.weights.nbytes_per_token()
+    return out
 
 
 def measure(fns: dict, rounds: int, new_tokens: int) -> dict:
@@ -150,12 +161,13 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
     rows = []
     prompt = np.random.default_rng(0).integers(0, 32000, PROMPT_TOKENS).astype(np.int64)
     for name in models:
-        directory = checkpoint(name, cache_dir)
+        loaded = load_models(checkpoint(name, cache_dir))
+        nbytes = loaded[0].weights.nbytes_per_token()
         for n in thread_counts:
             with harness.threads(n):
                 gbps = read_gbps()
                 for mode_name, mode in MODES.items():
-                    fns, nbytes = contenders(directory, mode, prompt)
+                    fns = contenders(loaded, mode, prompt)
                     for contender, t in measure(fns, rounds, new_tokens).items():
                         per_token = (t["total_s"] - t["prefill_s"]) / (new_tokens - 1)
                         rows.append({
@@ -168,8 +180,8 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
                         })
                         if progress:
                             progress(rows[-1])
-                    del fns
-                    gc.collect()
+        del loaded
+        gc.collect()
     return rows
 
 
@@ -228,8 +240,9 @@ def cases(quick: bool) -> list:
     prompt = np.random.default_rng(0).integers(0, 32000, PROMPT_TOKENS).astype(np.int64)
     new = 16 if quick else NEW_TOKENS
     out = []
+    loaded = load_models(checkpoint("gpt2-124m"))
     for mode_name, mode in MODES.items():
-        fns, nbytes = contenders(checkpoint("gpt2-124m"), mode, prompt)
+        fns = contenders(loaded, mode, prompt)
         out.append(Case("decode", f"gpt2-124m {mode_name}, {PROMPT_TOKENS}+{new} tokens",
                         {k: (lambda f=f: f(new)) for k, f in fns.items()},
                         {"model": "gpt2-124m", "mode": mode_name, "new_tokens": new}))
