@@ -94,17 +94,21 @@ class StreamToken(NamedTuple):
 # Choosing the next token
 # ---------------------------------------------------------------------------
 
-def next_tokens(logits, gen: GenerationConfig, rng, history) -> np.ndarray:  # logits: [B, V] -> [B] int64
-    """The one place the decode loop picks tokens: ``ops`` kernels, so the active backend runs them."""
-    sample = getattr(ops, "sample", None)
-    if sample is not None:
-        return sample(logits, temperature=1.0 if gen.temperature is None else gen.temperature,
-                      top_k=gen.top_k, top_p=gen.top_p, min_p=gen.min_p,
-                      repetition_penalty=gen.repetition_penalty, prev_tokens=history,
-                      do_sample=bool(gen.do_sample), rng=rng)
-    if gen.do_sample or (gen.repetition_penalty not in (None, 1.0)):
-        raise NotImplementedError("sampling and repetition_penalty need fastdecode.ops.sample (not in this build)")
-    return np.argmax(logits, axis=-1)
+def next_tokens(logits, gen: GenerationConfig, rng, seen) -> np.ndarray:  # logits: [B, V] -> [B] int64
+    """The one place the decode loop picks tokens: ``ops`` kernels, so the
+    active backend runs them. seen: each row's ids so far (prompt included),
+    for the repetition penalty."""
+    penalty = None if gen.repetition_penalty in (None, 1.0) else gen.repetition_penalty
+    sample, argmax = getattr(ops, "sample", None), getattr(ops, "argmax", None)
+    if sample is None:
+        if gen.do_sample or penalty is not None:
+            raise NotImplementedError("sampling and repetition_penalty need fastdecode.ops.sample (not in this build)")
+        return np.argmax(logits, axis=-1)
+    if not gen.do_sample and penalty is None:
+        return argmax(logits)
+    return sample(logits, temperature=1.0 if gen.temperature is None else gen.temperature, top_k=gen.top_k,
+                  top_p=gen.top_p, min_p=gen.min_p, repetition_penalty=penalty, prev_tokens=seen,
+                  do_sample=bool(gen.do_sample), rng=rng)
 
 
 # ---------------------------------------------------------------------------
@@ -255,11 +259,13 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
         tokens[i, tokens.shape[1] - len(p):] = p  # left padding
 
     def choose(logits):
-        history = _history(prompts, seqs) if gen.repetition_penalty not in (None, 1.0) or \
-            gen.logits_processors else None
-        for proc in gen.logits_processors:
-            logits = np.asarray(proc(history, logits), dtype=np.float32)
-        return next_tokens(logits, gen, rng, history)
+        if gen.logits_processors:
+            history = _history(prompts, seqs)
+            for proc in gen.logits_processors:
+                logits = np.asarray(proc(history, logits), dtype=np.float32)
+        seen = [p + s.token_ids for p, s in zip(prompts, seqs)] if gen.repetition_penalty not in (None, 1.0) \
+            else None
+        return next_tokens(logits, gen, rng, seen)
 
     # the clock runs while this loop works, not while the caller holds a yielded piece
     t0 = time.perf_counter()
