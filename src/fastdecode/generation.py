@@ -137,8 +137,9 @@ class _Sequence:
             self._find_stop_string()
         if self.finish_reason is None and last:
             self.finish_reason = "length"
-        if self.finish_reason is not None and self.finish_reason != "stop" and self.text_stream is not None:
-            self.text += self.text_stream.finish()
+        stopped_by_string = isinstance(self.stopped_by, str)  # then the text after it is dropped anyway
+        if self.finish_reason is not None and not stopped_by_string and self.text_stream is not None:
+            self.text += self.text_stream.finish()  # a character left incomplete shows as U+FFFD, as decode gives it
             self._find_stop_string()
         end = len(self.text) if self.finish_reason else len(self.text) - self._pending_stop()
         piece = self.text[self.shown:end]
