@@ -108,6 +108,7 @@ def test_stop_token_ids(model):
     out = greedy(model, TEXT, 20, stop=[stop])
     assert out.token_ids == full.token_ids[:full.token_ids.index(stop) + 1]
     assert out.finish_reason == "stop" and out.stopped_by == stop
+    assert out.text == continuation(model, out.prompt_ids, out.token_ids[:-1])  # held-back bytes flushed too
 
 
 def test_stop_strings_end_the_text_before_them(model):

@@ -153,3 +153,14 @@ def test_generation_config_supplies_eos_and_sampling_defaults(tmp_path):
     model = fastdecode.load(target)
     assert model.eos_token_ids == (0, 5)
     assert model.generation_defaults == {"top_k": 3}
+
+
+def test_import_fastdecode_does_not_load_the_model_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys, fastdecode; heavy = [m for m in ('fastdecode.model', 'fastdecode.generation', "
+            "'tokenizers', 'safetensors', 'torch') if m in sys.modules]; print(heavy); "
+            "fastdecode.load; print('fastdecode.model' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True"

@@ -8,7 +8,7 @@ from scipy.special import expit
 import fastdecode
 from fastdecode.model import transformer
 from conftest import requires_c
-from model_checkpoints import KINDS, checkpoint, hf_logits, prompt_ids, torch
+from model_checkpoints import KINDS, build, checkpoint, hf_logits, prompt_ids, torch
 
 PROMPT = 13
 DECODE = [7, 42, 101, 3, 250, 9]  # fed one at a time through the cache
@@ -39,6 +39,15 @@ def test_prompt_then_cached_decode_matches_transformers(kind, backend):
         got = model.forward(np.array([[token]]), cache)[0]
         assert_close(got, want[PROMPT + step], f"{kind} decode step {step}")
     assert cache.lengths.tolist() == [PROMPT + len(DECODE)]
+
+
+def test_gpt2_attention_scaled_by_inverse_layer_index(tmp_path):
+    hf = build("gpt2", str(tmp_path), scale_attn_by_inverse_layer_idx=True)
+    model = fastdecode.load(tmp_path)
+    assert model.config.scale_by_inverse_layer
+    ids = prompt_ids(PROMPT)
+    cache = model.new_cache(1, 32)
+    assert_close(model.forward(np.array([ids]), cache, all_logits=True)[0], hf_logits(hf, ids), "prompt")
 
 
 def test_chunked_prefill_equals_one_prefill(backend):

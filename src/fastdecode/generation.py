@@ -94,17 +94,21 @@ class StreamToken(NamedTuple):
 # Choosing the next token
 # ---------------------------------------------------------------------------
 
-def next_tokens(logits, gen: GenerationConfig, rng, history) -> np.ndarray:  # logits: [B, V] -> [B] int64
-    """The one place the decode loop picks tokens: ``ops`` kernels, so the active backend runs them."""
-    sample = getattr(ops, "sample", None)
-    if sample is not None:
-        return sample(logits, temperature=1.0 if gen.temperature is None else gen.temperature,
-                      top_k=gen.top_k, top_p=gen.top_p, min_p=gen.min_p,
-                      repetition_penalty=gen.repetition_penalty, prev_tokens=history,
-                      do_sample=bool(gen.do_sample), rng=rng)
-    if gen.do_sample or (gen.repetition_penalty not in (None, 1.0)):
-        raise NotImplementedError("sampling and repetition_penalty need fastdecode.ops.sample (not in this build)")
-    return np.argmax(logits, axis=-1)
+def next_tokens(logits, gen: GenerationConfig, rng, seen) -> np.ndarray:  # logits: [B, V] -> [B] int64
+    """The one place the decode loop picks tokens: ``ops`` kernels, so the
+    active backend runs them. seen: each row's ids so far (prompt included),
+    for the repetition penalty."""
+    penalty = None if gen.repetition_penalty in (None, 1.0) else gen.repetition_penalty
+    sample, argmax = getattr(ops, "sample", None), getattr(ops, "argmax", None)
+    if sample is None:
+        if gen.do_sample or penalty is not None:
+            raise NotImplementedError("sampling and repetition_penalty need fastdecode.ops.sample (not in this build)")
+        return np.argmax(logits, axis=-1)
+    if not gen.do_sample and penalty is None:
+        return argmax(logits)
+    return sample(logits, temperature=1.0 if gen.temperature is None else gen.temperature, top_k=gen.top_k,
+                  top_p=gen.top_p, min_p=gen.min_p, repetition_penalty=penalty, prev_tokens=seen,
+                  do_sample=bool(gen.do_sample), rng=rng)
 
 
 # ---------------------------------------------------------------------------
@@ -133,8 +137,9 @@ class _Sequence:
             self._find_stop_string()
         if self.finish_reason is None and last:
             self.finish_reason = "length"
-        if self.finish_reason is not None and self.finish_reason != "stop" and self.text_stream is not None:
-            self.text += self.text_stream.finish()
+        stopped_by_string = isinstance(self.stopped_by, str)  # then the text after it is dropped anyway
+        if self.finish_reason is not None and not stopped_by_string and self.text_stream is not None:
+            self.text += self.text_stream.finish()  # a character left incomplete shows as U+FFFD, as decode gives it
             self._find_stop_string()
         end = len(self.text) if self.finish_reason else len(self.text) - self._pending_stop()
         piece = self.text[self.shown:end]
@@ -255,15 +260,18 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
         tokens[i, tokens.shape[1] - len(p):] = p  # left padding
 
     def choose(logits):
-        history = _history(prompts, seqs) if gen.repetition_penalty not in (None, 1.0) or \
-            gen.logits_processors else None
-        for proc in gen.logits_processors:
-            logits = np.asarray(proc(history, logits), dtype=np.float32)
-        return next_tokens(logits, gen, rng, history)
+        if gen.logits_processors:
+            history = _history(prompts, seqs)
+            for proc in gen.logits_processors:
+                logits = np.asarray(proc(history, logits), dtype=np.float32)
+        seen = [p + s.token_ids for p, s in zip(prompts, seqs)] if gen.repetition_penalty not in (None, 1.0) \
+            else None
+        return next_tokens(logits, gen, rng, seen)
 
     # the clock runs while this loop works, not while the caller holds a yielded piece
     t0 = time.perf_counter()
-    chosen = choose(forward(model.weights, model.config, tokens, cache, counts=lengths))
+    logits = np.empty((len(prompts), model.config.vocab_size), np.float32)  # reused by every step
+    chosen = choose(forward(model.weights, model.config, tokens, cache, counts=lengths, out=logits))
     prefill_s, decode_s = time.perf_counter() - t0, 0.0
     for step in range(gen.max_new_tokens):
         t0 = time.perf_counter()
@@ -274,7 +282,7 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
         if all(s.finish_reason is not None for s in seqs):
             break
         t0 = time.perf_counter()
-        chosen = choose(forward(model.weights, model.config, chosen[:, None], cache))
+        chosen = choose(forward(model.weights, model.config, chosen[:, None], cache, out=logits))
         decode_s += time.perf_counter() - t0
     timing = Timing(int(lengths.sum()), prefill_s, sum(len(s.token_ids) for s in seqs), decode_s, len(seqs))
     results = [s.result(timing) for s in seqs]

@@ -46,16 +46,18 @@ class KVCache:
         self.lengths = np.zeros(batch, np.int64)
         self.max_len = max_len
 
-    def write(self, layer: int, k, v, start, counts):  # k, v: [B, Hkv, T, D]; start, counts: [B]
-        """Store each row's last counts[b] new positions at start[b] onward."""
+    def write(self, layer: int, k, v, start, counts, uniform: bool):  # k, v: [B, Hkv, T, D]; start, counts: [B]
+        """Store each row's last counts[b] new positions at start[b] onward
+        (``uniform``: every row starts at start[0] and takes all T)."""
         b, _, t, _ = k.shape
-        if t == 1 and counts.all():  # decode: one position per row
+        if uniform:
+            s = start[0]
+            self.k[layer, :, :, s:s + t] = k
+            self.v[layer, :, :, s:s + t] = v
+        elif t == 1 and counts.all():  # decode, rows at different positions
             rows = np.arange(b)
             self.k[layer, rows, :, start] = k[:, :, 0]
             self.v[layer, rows, :, start] = v[:, :, 0]
-        elif (counts == t).all() and (start == start[0]).all():  # a uniform chunk
-            self.k[layer, :, :, start[0]:start[0] + t] = k
-            self.v[layer, :, :, start[0]:start[0] + t] = v
         else:
             for row in range(b):
                 s, n = start[row], counts[row]
@@ -67,13 +69,16 @@ class KVCache:
 # The pieces
 # ---------------------------------------------------------------------------
 
+# (np.add.reduce rather than .mean(): the same float32 sums without .mean's Python-level overhead,
+# which shows at decode sizes)
 def layer_norm(x, w, b, eps):  # x: [N, d] -> [N, d]
-    x = x - x.mean(axis=-1, keepdims=True)
-    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * w + b
+    d = x.shape[-1]
+    x = x - np.add.reduce(x, axis=-1, keepdims=True) / d
+    return x * (1 / np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True) / d + eps)) * w + b
 
 
 def rms_norm(x, w, eps):  # x: [N, d] -> [N, d]
-    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * w
+    return x * (1 / np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True) / x.shape[-1] + eps)) * w
 
 
 def norm(x, w, b, config):  # x: [N, d] -> [N, d]
@@ -116,10 +121,8 @@ def rotate(x, cos, sin):  # x: [B, H, T, D] -> [B, H, T, D] (rotate-half pairs: 
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def split_heads(qkv, config, b, t):  # qkv: [B·T, (Hq + 2 Hkv) D] -> q [B, Hq, T, D], k, v [B, Hkv, T, D]
-    hq, hkv = config.num_heads, config.num_kv_heads
-    heads = qkv.reshape(b, t, hq + 2 * hkv, config.head_dim).transpose(0, 2, 1, 3)
-    return heads[:, :hq], heads[:, hq:hq + hkv], heads[:, hq + hkv:]
+def split_heads(qkv, config, b, t):  # qkv: [B·T, (Hq + 2 Hkv) D] -> [B, Hq + 2 Hkv, T, D]: q, k, v heads
+    return qkv.reshape(b, t, -1, config.head_dim).transpose(0, 2, 1, 3)
 
 
 def merge_heads(a):  # a: [B, H, T, D] -> [B·T, H·D]
@@ -131,15 +134,16 @@ def merge_heads(a):  # a: [B, H, T, D] -> [B·T, H·D]
 # The decoder
 # ---------------------------------------------------------------------------
 
-def attention(x, layer: Layer, config, i, cache, rope, start, counts):  # x: [B·T, d] -> [B·T, d]
-    b = len(start)
-    t = x.shape[0] // b
-    q, k, v = split_heads(linear(x, layer.qkv, layer.qkv_bias), config, b, t)
+def attention(x, layer: Layer, config, i, cache, rope, chunk):  # x: [B·T, d] -> [B·T, d]
+    start, counts, end, uniform = chunk
+    b, hq = len(start), config.num_heads
+    heads = split_heads(linear(x, layer.qkv, layer.qkv_bias), config, b, x.shape[0] // b)  # [B, Hq+2Hkv, T, D]
+    qk = heads[:, :hq + config.num_kv_heads]
     if rope is not None:
-        q, k = rotate(q, *rope), rotate(k, *rope)
-    cache.write(i, k, v, start, counts)
-    a = ops.attention(q, cache.k[i], cache.v[i], causal=True, scale=config.layer_attn_scale(i),
-                      lengths=start + counts)  # [B, Hq, T, D]
+        qk = rotate(qk, *rope)  # q and k heads in one go
+    cache.write(i, qk[:, hq:], heads[:, hq + config.num_kv_heads:], start, counts, uniform)
+    a = ops.attention(qk[:, :hq], cache.k[i], cache.v[i], causal=True, scale=config.layer_attn_scale(i),
+                      lengths=end)  # [B, Hq, T, D]
     return linear(merge_heads(a), layer.out, layer.out_bias)
 
 
@@ -153,19 +157,20 @@ def mlp(x, layer: Layer, config):  # x: [B·T, d] -> [B·T, d]
     return linear(h, layer.down, layer.down_bias)
 
 
-def block(x, layer: Layer, config, i, cache, rope, start, counts):  # x: [B·T, d] -> [B·T, d]
-    x = x + attention(norm(x, layer.attn_norm, layer.attn_norm_bias, config), layer, config, i, cache, rope,
-                      start, counts)
+def block(x, layer: Layer, config, i, cache, rope, chunk):  # x: [B·T, d] -> [B·T, d]
+    x = x + attention(norm(x, layer.attn_norm, layer.attn_norm_bias, config), layer, config, i, cache, rope, chunk)
     return x + mlp(norm(x, layer.mlp_norm, layer.mlp_norm_bias, config), layer, config)
 
 
-def forward(weights: Weights, config: ModelConfig, tokens, cache: KVCache, counts=None, all_logits=False):
+def forward(weights: Weights, config: ModelConfig, tokens, cache: KVCache, counts=None, all_logits=False,
+            out=None):
     """Run a chunk through the decoder, appending it to the cache.
 
     tokens: [B, T] int, left-padded: row b's real tokens are its last
     counts[b] entries (default: all T). Returns the logits of the last
-    position of each row, [B, V], or of every position, [B, T, V], with
-    ``all_logits`` (padding entries' logits are meaningless).
+    position of each row, [B, V] (written into ``out`` when given), or of
+    every position, [B, T, V], with ``all_logits`` (padding entries' logits
+    are meaningless).
     """
     tokens = np.asarray(tokens, dtype=np.int64)
     b, t = tokens.shape
@@ -181,10 +186,11 @@ def forward(weights: Weights, config: ModelConfig, tokens, cache: KVCache, count
     if weights.positions is not None:
         x += weights.positions[positions.reshape(-1)]
     rope = rope_angles(config, positions) if config.family == "llama" else None
+    chunk = (start, counts, end, bool((counts == t).all() and (start == start[0]).all()))
     for i, layer in enumerate(weights.layers):
-        x = block(x, layer, config, i, cache, rope, start, counts)
+        x = block(x, layer, config, i, cache, rope, chunk)
     cache.lengths[:] = end
-    if not all_logits:
-        x = x.reshape(b, t, -1)[:, -1]  # [B, d]
-    logits = norm(x, weights.final_norm, weights.final_norm_bias, config) @ weights.head
-    return logits if not all_logits else logits.reshape(b, t, -1)
+    if all_logits:
+        return (norm(x, weights.final_norm, weights.final_norm_bias, config) @ weights.head).reshape(b, t, -1)
+    x = x.reshape(b, t, -1)[:, -1]  # [B, d]
+    return np.matmul(norm(x, weights.final_norm, weights.final_norm_bias, config), weights.head, out=out)
