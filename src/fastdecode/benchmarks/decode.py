@@ -116,10 +116,6 @@ def contenders(models: tuple, mode: dict, prompt: np.ndarray, backends=("c", "nu
     for backend in backends:
         if backend not in fastdecode.backend_info()["available"]:
             continue
-        if mode.get("do_sample") and not hasattr(fastdecode.ops, "sample"):
-            print("note: fastdecode.ops.sample is not in this build; sampling runs transformers only",
-                  file=sys.stderr)
-            break
 
         def run(n, backend=backend):
             with fastdecode.use_backend(backend):
