@@ -113,3 +113,16 @@ def test_special_values_propagate(backend):
 def test_bad_input(backend, args, kwargs, error, match):
     with pytest.raises(error, match=match):
         ops.linear(*args, **kwargs)
+
+
+def test_benchmark_cases_build_and_run(monkeypatch):
+    from fastdecode.benchmarks import linear as bench
+
+    monkeypatch.setattr(bench, "QUICK", [(2, 16, 24)])
+    monkeypatch.setattr(bench, "STREAM_BYTES", 4 * 16 * 24 * 3)  # three copies, cycled
+    (case,) = bench.cases(quick=True)
+    results = {name: fn() for name, fn in case.contenders.items()}
+    assert {"fastdecode-c", "numpy x@W.T", "numpy x@W[in,out]"} <= set(results) or "c" not in \
+        fastdecode.backend_info()["available"]
+    for name, got in results.items():
+        assert tuple(got.shape) == (2, 24), name
