@@ -44,6 +44,7 @@
 #define FD_ATT_TILE_ROWS 64   /* rows-on-lanes tile: query rows (a multiple of every FD_VLEN) */
 #define FD_ATT_SPLIT 4        /* split the keys until there are this many items per thread */
 #define FD_ATT_MIN_CHUNK 256  /* but never into chunks shorter than this */
+#define FD_ATT_PAR_MIN (1 << 18) /* multiply-adds below which one thread beats waking others */
 
 /* Register tiles, per level: out += P V as NR rows x NC vectors; rows-on-lanes
  * scores as NJ keys x NV row vectors. Each fits the level's register file. */
@@ -608,6 +609,10 @@ int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const fl
     p.scale = scale;
     p.causal = causal != 0;
     plan_init(&p, nt);
+    if ((double)B * Hq * Tq * p.chunk * p.nchunks * D < FD_ATT_PAR_MIN) { /* query rows x keys x D, at most */
+        nt = 1;
+        plan_init(&p, nt);
+    }
     const int64_t items = p.tiles * p.nchunks;
     if (items < nt) nt = (int)items;
 
