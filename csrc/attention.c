@@ -58,7 +58,9 @@
 #define FD_PV_NC 4
 #define FD_QK_NJ 6
 #define FD_QK_NV 4
+#ifndef FD_ATT_LANES_MIN
 #define FD_ATT_LANES_MIN 16   /* group rows from which rows-on-lanes is faster */
+#endif
 #elif FD_VLEN == 8
 #define FD_DOT_NR 2
 #define FD_PV_NR 6
