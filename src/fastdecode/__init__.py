@@ -19,12 +19,13 @@ from .backend import (
     set_simd,
     use_backend,
 )
+from .arrays import empty_aligned
 from .ops import attention, log_softmax, softmax
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "attention", "log_softmax", "softmax",
+    "attention", "log_softmax", "softmax", "empty_aligned",
     "backend_info", "get_backend", "set_backend", "use_backend",
     "get_simd", "set_simd", "get_num_threads", "set_num_threads",
     "__version__",
