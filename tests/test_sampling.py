@@ -48,10 +48,8 @@ def scaled(x, temperature=1.0, penalty=None, prev=None):  # [V] float32 -> [V] f
 # Hugging Face parity
 # ---------------------------------------------------------------------------
 
-def hf_kept(x, prev, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None):
-    """bool [B, V]: what transformers' processors keep, in generate()'s order."""
-    scores = torch.from_numpy(x.copy())
-    ids = torch.from_numpy(prev)
+def hf_processors(temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None):
+    """transformers' processors for these settings, in generate()'s order."""
     procs = []
     if repetition_penalty is not None:
         procs.append(lp.RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
@@ -63,8 +61,14 @@ def hf_kept(x, prev, temperature=1.0, top_k=None, top_p=None, min_p=None, repeti
         procs.append(lp.TopPLogitsWarper(top_p))
     if min_p is not None:
         procs.append(lp.MinPLogitsWarper(min_p))
-    for proc in procs:
-        scores = proc(ids, scores)
+    return procs
+
+
+def hf_kept(x, prev, **case):
+    """bool [B, V]: what transformers' processors keep."""
+    scores = torch.from_numpy(x.copy())
+    for proc in hf_processors(**case):
+        scores = proc(torch.from_numpy(prev), scores)
     return torch.isfinite(scores).numpy()
 
 
@@ -249,23 +253,11 @@ CHI_CASES = [
 DRAWS = 100_000
 
 
-def hf_distribution(x, prev, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None):
+def hf_distribution(x, prev, **case):
     """float64 probabilities after transformers' processors."""
     scores = torch.from_numpy(x.astype(np.float64))[None]
-    ids = torch.from_numpy(prev)[None]
-    procs = []
-    if repetition_penalty is not None:
-        procs.append(lp.RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
-    if temperature != 1.0:
-        procs.append(lp.TemperatureLogitsWarper(float(temperature)))
-    if top_k:
-        procs.append(lp.TopKLogitsWarper(top_k))
-    if top_p is not None:
-        procs.append(lp.TopPLogitsWarper(top_p))
-    if min_p is not None:
-        procs.append(lp.MinPLogitsWarper(min_p))
-    for proc in procs:
-        scores = proc(ids, scores)
+    for proc in hf_processors(**case):
+        scores = proc(torch.from_numpy(prev)[None], scores)
     return torch.softmax(scores, -1)[0].numpy()
 
 
