@@ -352,7 +352,10 @@ def _prev_tokens(prev_tokens, rows, vocab, one_row):
             raise ValueError(f"prev_tokens has {len(prev_tokens)} rows but logits has {rows}")
         seqs = prev_tokens
     if seqs is not None:
-        arrays = [np.asarray(s) for s in seqs]
+        try:
+            arrays = [np.asarray(s) for s in seqs]
+        except (ValueError, TypeError) as exc:  # ragged where one row was meant, objects, ...
+            raise TypeError(f"prev_tokens rows must be 1-D sequences of integer token ids; {exc}") from None
         for a in arrays:
             if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
                 raise TypeError(f"prev_tokens rows must be 1-D sequences of integer token ids; got {a.dtype} {a.shape}")
