@@ -38,28 +38,36 @@
 
 #define FD_ATT_BK 64          /* keys per block of the rows-on-lanes engine */
 #define FD_ATT_BK1 32         /* keys per block of the keys-on-lanes engine */
+#ifndef FD_ATT_PF
 #define FD_ATT_PF 64          /* keys-on-lanes: K and V are prefetched this many keys ahead, */
+#endif
+#ifndef FD_ATT_PF_LOC
 #define FD_ATT_PF_LOC 1       /* into L2 (L1 holds the block being computed on) */
-#define FD_DOT_KB 4           /* keys-on-lanes: key rows read together by one dot product loop */
+#endif
 #define FD_ATT_TILE_ROWS 64   /* rows-on-lanes tile: query rows (a multiple of every FD_VLEN) */
 #define FD_ATT_SPLIT 4        /* split the keys until there are this many items per thread */
 #define FD_ATT_MIN_CHUNK 256  /* but never into chunks shorter than this */
+#define FD_ATT_PAR_MIN (1 << 18) /* multiply-adds below which one thread beats waking others */
 
 /* Register tiles, per level: out += P V as NR rows x NC vectors; rows-on-lanes
  * scores as NJ keys x NV row vectors. Each fits the level's register file. */
+#define FD_DOT_KB 4           /* keys-on-lanes scores: register tile of FD_DOT_NR rows x FD_DOT_KB keys */
 #if FD_VLEN == 16
+#define FD_DOT_NR 4
 #define FD_PV_NR 6
 #define FD_PV_NC 4
 #define FD_QK_NJ 6
 #define FD_QK_NV 4
 #define FD_ATT_LANES_MIN 16   /* group rows from which rows-on-lanes is faster */
 #elif FD_VLEN == 8
+#define FD_DOT_NR 2
 #define FD_PV_NR 6
 #define FD_PV_NC 2
 #define FD_QK_NJ 4
 #define FD_QK_NV 3
 #define FD_ATT_LANES_MIN 8
 #else
+#define FD_DOT_NR 2
 #define FD_PV_NR 4
 #define FD_PV_NC 4
 #define FD_QK_NJ 4
@@ -287,35 +295,58 @@ static void scale_row(float *x, int64_t n, float a) {
  * Engine 1: keys on lanes (decode)
  * ---------------------------------------------------------------------------- */
 
-/* FD_VLEN dot products of q: [dp] with key rows k + j * ld, j < FD_VLEN (rows
- * past nvalid repeat the last valid one; their lanes are ignored). The keys
- * go four at a time: four row pointers live, each q vector loaded once per
- * four FMAs. pf_mask picks which of the four rows of each batch also ask for
- * their K and V rows FD_ATT_PF keys ahead (pf_k, pf_v), so the rows of a
- * tile share the prefetching. */
-FD_INLINE vf dot_keys(const float *q, const float *k, int64_t ld, int nvalid, int64_t dp,
-                      const float *pf_k, const float *pf_v, unsigned pf_mask) {
+/* Dot products of NR query rows q + r * ldq: [dp] with FD_DOT_KB key rows
+ * k + (jb + jj) * ld, into acc[r][jb + jj] (vectors whose lanes still need
+ * summing). Rows of k past nvalid repeat the last valid one; their lanes are
+ * ignored. Each K vector loaded serves all NR rows. With prefetch set, each
+ * line of K read asks for the same line of K and V FD_ATT_PF keys ahead
+ * (pf_k, pf_v), which the hardware prefetcher misses in this access order;
+ * into L2, since L1 holds the block being computed on. */
+FD_INLINE void dot_tile(vf acc[][FD_VLEN], const float *q, int64_t ldq, const float *k, int64_t ld, int jb,
+                        int nvalid, int64_t dp, const float *pf_k, const float *pf_v, int prefetch, const int NR) {
     enum { KB = FD_VLEN < FD_DOT_KB ? FD_VLEN : FD_DOT_KB };
-    vf acc[FD_VLEN];
-    for (int jb = 0; jb < FD_VLEN; jb += KB) {
-        const float *kr[KB];
-        for (int jj = 0; jj < KB; jj++) kr[jj] = k + (jb + jj < nvalid ? jb + jj : nvalid - 1) * ld;
-        vf a[KB];
-        for (int jj = 0; jj < KB; jj++) a[jj] = vf_set1(0.0f);
-        for (int64_t c = 0; c < dp; c += FD_VLEN) {
-            vf qc = vf_load(q + c);
-            for (int jj = 0; jj < KB; jj++) a[jj] = vf_fmadd(qc, vf_load(kr[jj] + c), a[jj]);
-#if defined(__GNUC__) || defined(__clang__)
-            for (int jj = 0; jj < KB; jj++)
-                if ((pf_mask & (1u << jj)) && (FD_VLEN >= 16 || (c & 15) == 0)) { /* once per 64-byte line */
-                    __builtin_prefetch(pf_k + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
-                    __builtin_prefetch(pf_v + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
-                }
-#endif
+    const float *kr[KB];
+    for (int jj = 0; jj < KB; jj++) kr[jj] = k + (jb + jj < nvalid ? jb + jj : nvalid - 1) * ld;
+    vf a[FD_DOT_NR][KB];
+    for (int r = 0; r < NR; r++)
+        for (int jj = 0; jj < KB; jj++) a[r][jj] = vf_set1(0.0f);
+    for (int64_t c = 0; c < dp; c += FD_VLEN) {
+        vf kv[KB];
+        for (int jj = 0; jj < KB; jj++) kv[jj] = vf_load(kr[jj] + c);
+        for (int r = 0; r < NR; r++) {
+            vf qc = vf_load(q + r * ldq + c);
+            for (int jj = 0; jj < KB; jj++) a[r][jj] = vf_fmadd(qc, kv[jj], a[r][jj]);
         }
-        for (int jj = 0; jj < KB; jj++) acc[jb + jj] = a[jj];
+#if defined(__GNUC__) || defined(__clang__)
+        if (prefetch && (FD_VLEN >= 16 || (c & 15) == 0)) /* once per 64-byte line */
+            for (int jj = 0; jj < KB; jj++) {
+                __builtin_prefetch(pf_k + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
+                __builtin_prefetch(pf_v + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
+            }
+#endif
     }
-    return vf_transpose_sum(acc);
+    for (int r = 0; r < NR; r++)
+        for (int jj = 0; jj < KB; jj++) acc[r][jb + jj] = a[r][jj];
+}
+
+/* s: [rows][lds], columns jg .. jg + FD_VLEN = scale * (q rows) . (the FD_VLEN
+ * keys at k: [FD_VLEN][ld], the first nvalid real) */
+static void score_group(float *s, int64_t lds, const float *q, int64_t rows, const float *k, int64_t ld,
+                        int nvalid, int64_t dp, vf scale, const float *pf_k, const float *pf_v, int prefetch) {
+    for (int64_t r0 = 0; r0 < rows; r0 += FD_DOT_NR) {
+        vf acc[FD_DOT_NR][FD_VLEN];
+        const float *qr = q + r0 * dp;
+        int nr = (int)min64(FD_DOT_NR, rows - r0), pf = prefetch && r0 == 0;
+        for (int jb = 0; jb < FD_VLEN; jb += FD_DOT_KB) {
+            switch (nr) {
+            case 1: dot_tile(acc, qr, dp, k, ld, jb, nvalid, dp, pf_k, pf_v, pf, 1); break;
+            case 2: dot_tile(acc, qr, dp, k, ld, jb, nvalid, dp, pf_k, pf_v, pf, (FD_DOT_NR > 1 ? 2 : 1)); break;
+            case 3: dot_tile(acc, qr, dp, k, ld, jb, nvalid, dp, pf_k, pf_v, pf, (FD_DOT_NR > 2 ? 3 : 1)); break;
+            default: dot_tile(acc, qr, dp, k, ld, jb, nvalid, dp, pf_k, pf_v, pf, FD_DOT_NR); break;
+            }
+        }
+        for (int r = 0; r < nr; r++) vf_store(s + (r0 + r) * lds, vf_mul(vf_transpose_sum(acc[r]), scale));
+    }
 }
 
 /* One row's online-softmax step. s: [nk] scores of the block, nv of them
@@ -374,28 +405,16 @@ static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
     const int64_t end = min64(c1, vis_max);
     const vf scale = vf_set1(p->scale);
     const float *k = p->k + kv_offset, *v = p->v + kv_offset;
-    unsigned pf_masks[FD_ATT_LANES_MIN]; /* row r prefetches rows jj of a batch with jj % rows == r */
-    for (int64_t r = 0; r < rows; r++) {
-        pf_masks[r] = 0;
-        for (int jj = (int)r; jj < FD_DOT_KB; jj += (int)rows) pf_masks[r] |= 1u << jj;
-    }
     for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_BK1) {
         const int nk = (int)min64(FD_ATT_BK1, end - j0);
         const float *kb, *vb;
         int64_t ld;
         block_kv(p, w, k + j0 * D, v + j0 * D, nk, &kb, &vb, &ld);
         for (int jg = 0; jg < nk; jg += FD_VLEN) {
-            int nvalid = nk - jg < FD_VLEN ? nk - jg : FD_VLEN;
-            /* The first row pulls the keys from memory; it also asks for the
-             * K rows FD_ATT_PF keys ahead and for this group's V rows, which
-             * the hardware prefetcher misses in this access order. */
             int64_t ahead = j0 + jg + FD_ATT_PF;
             int prefetch = FD_VLEN >= 8 && ld == D && ahead + FD_VLEN <= end;
-            for (int64_t r = 0; r < rows; r++) {
-                unsigned mask = prefetch ? pf_masks[r] : 0;
-                vf sv = dot_keys(w->qs + r * dp, kb + jg * ld, ld, nvalid, dp, k + ahead * D, v + ahead * D, mask);
-                vf_store(w->s + r * bkp + jg, vf_mul(sv, scale));
-            }
+            score_group(w->s + jg, bkp, w->qs, rows, kb + jg * ld, ld, (int)min64(FD_VLEN, nk - jg), dp, scale,
+                        prefetch ? k + ahead * D : NULL, prefetch ? v + ahead * D : NULL, prefetch);
         }
         for (int64_t r = 0; r < rows; r++) {
             int64_t nv = min64(max64(visible_keys(p, t->b, tile_row_pos(t, r)) - j0, 0), nk);
@@ -608,6 +627,10 @@ int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const fl
     p.scale = scale;
     p.causal = causal != 0;
     plan_init(&p, nt);
+    if ((double)B * Hq * Tq * p.chunk * p.nchunks * D < FD_ATT_PAR_MIN) { /* query rows x keys x D, at most */
+        nt = 1;
+        plan_init(&p, nt);
+    }
     const int64_t items = p.tiles * p.nchunks;
     if (items < nt) nt = (int)items;
 

@@ -158,7 +158,7 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
     if tq > tk and lengths is None:
         raise ValueError(f"q has {tq} positions but k only {tk}; queries are the last positions of the keys")
     if scale is None:
-        scale = 1.0 / np.sqrt(d) if d else 1.0
+        scale = 1.0 / math.sqrt(d) if d else 1.0
     else:
         try:
             if isinstance(scale, (str, bytes)):  # float("0.5") parses; a scale is a number
@@ -188,9 +188,10 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
     if tk == 0:
         result[...] = 0
         return result
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
     # the kernels write rows of out while still reading q, k and v
-    aside = not result.flags.c_contiguous or any(np.may_share_memory(result, a) for a in (q, k, v))
+    aside = (not result.flags.c_contiguous or np.may_share_memory(result, q) or np.may_share_memory(result, k)
+             or np.may_share_memory(result, v))
     target = np.empty(q.shape, q.dtype) if aside else result
     _backend.active().attention(target, q, k, v, bool(causal), scale, lengths)
     if target is not result:
