@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 
 import fastdecode
-from fastdecode import GenerationConfig, ops
+from fastdecode import GenerationConfig
 from fastdecode.model import ContextOverflowError
 from model_checkpoints import checkpoint, prompt_ids
 
 TEXT = "Déjà vu: café 東京 🙂"
-needs_sample = pytest.mark.skipif(not hasattr(ops, "sample"), reason="fastdecode.ops.sample is not in this build")
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +177,6 @@ def test_batch_rows_stop_independently(model, monkeypatch):
 # Sampling
 # ---------------------------------------------------------------------------
 
-@needs_sample
 def test_sampling_with_a_seed_is_identical_under_both_backends(model):
     from conftest import HAVE_C
 
@@ -193,18 +191,11 @@ def test_sampling_with_a_seed_is_identical_under_both_backends(model):
     assert len({tuple(map(tuple, r)) for r in runs.values()}) == 1, "the backends disagree"
 
 
-@needs_sample
 def test_sampling_settings_reach_the_kernel(model):
     out = model.generate(TEXT, max_new_tokens=16, do_sample=True, top_k=1, rng=3, ignore_eos=True)
     assert out.token_ids == greedy(model, TEXT, 16).token_ids  # top-k 1 is greedy
     out = model.generate(TEXT, max_new_tokens=16, repetition_penalty=1e6, ignore_eos=True)
     assert len(set(out.token_ids)) == 16  # a huge penalty forbids any repeat in greedy decoding
-
-
-def test_without_sampling_kernel_sampling_is_a_clear_error(model, monkeypatch):
-    monkeypatch.delattr(ops, "sample", raising=False)
-    with pytest.raises(NotImplementedError, match="ops.sample"):
-        model.generate(TEXT, max_new_tokens=2, do_sample=True)
 
 
 def test_logits_processor_sees_history_and_changes_choice(model):

@@ -99,14 +99,9 @@ def next_tokens(logits, gen: GenerationConfig, rng, seen) -> np.ndarray:  # logi
     active backend runs them. seen: each row's ids so far (prompt included),
     for the repetition penalty."""
     penalty = None if gen.repetition_penalty in (None, 1.0) else gen.repetition_penalty
-    sample, argmax = getattr(ops, "sample", None), getattr(ops, "argmax", None)
-    if sample is None:
-        if gen.do_sample or penalty is not None:
-            raise NotImplementedError("sampling and repetition_penalty need fastdecode.ops.sample (not in this build)")
-        return np.argmax(logits, axis=-1)
     if not gen.do_sample and penalty is None:
-        return argmax(logits)
-    return sample(logits, temperature=1.0 if gen.temperature is None else gen.temperature, top_k=gen.top_k,
+        return ops.argmax(logits)
+    return ops.sample(logits, temperature=1.0 if gen.temperature is None else gen.temperature, top_k=gen.top_k,
                   top_p=gen.top_p, min_p=gen.min_p, repetition_penalty=penalty, prev_tokens=seen,
                   do_sample=bool(gen.do_sample), rng=rng)
 
