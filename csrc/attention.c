@@ -1,3 +1,695 @@
-/* attention.c: filled in by the attention kernel work. */
+/* attention.c: scaled dot-product attention over a KV cache, grouped-query,
+ * causal or not, in one pass over K and V (FlashAttention's online softmax:
+ * a running max and normalizer per query row, the accumulator rescaled when
+ * the max grows).
+ *
+ *   out, q: [B, Hq, Tq, D]   k, v: [B, Hkv, Tk, D]   lengths: [B]
+ *   G = Hq / Hkv query heads share each KV head.
+ *   Query i of batch row b sits at position lengths[b] - Tq + i; it sees key
+ *   j when j < lengths[b] and, if causal, j <= its position. A query that
+ *   sees no key gets zeros. A query whose visible scores hold a NaN or +inf,
+ *   or are all -inf, gets NaN (what the textbook softmax gives).
+ *
+ * The work is cut into items: (batch row, KV head, tile of query rows, chunk
+ * of keys). A tile holds query rows of one KV group only, so each block of
+ * K and V read serves every query head of the group. Two engines run a tile
+ * over a chunk of keys, block by block:
+ *   - keys on lanes (a few rows: decode). Each score is a dot product along
+ *     D; FD_VLEN of them are reduced at once by vf_transpose_sum, so a
+ *     block's scores come out as vectors along the keys.
+ *   - rows on lanes (many rows: prefill). The tile's queries are transposed
+ *     once to [D][rows]; a score block is then a register-tiled product of
+ *     broadcast key elements with query vectors, and the softmax updates of
+ *     FD_VLEN rows run as one vector.
+ * Both finish a block with the same register-tiled out += P V.
+ * When there are fewer tiles than threads can share (single-sequence
+ * decode), the keys are split into chunks and the partial (max, sum, acc)
+ * of the chunks are merged at the end (split-KV, as in Flash-Decoding).
+ *
+ * Scratch is allocated per thread and per call; nothing is shared between
+ * threads but read-only input and disjoint rows of out.
+ */
 #include "fastdecode.h"
 #include "simd.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+
+#define FD_ATT_BK 64          /* keys per block of the rows-on-lanes engine */
+#define FD_ATT_BK1 32         /* keys per block of the keys-on-lanes engine */
+#ifndef FD_ATT_PF
+#define FD_ATT_PF 64          /* keys-on-lanes: K and V are prefetched this many keys ahead, */
+#endif
+#ifndef FD_ATT_PF_LOC
+#define FD_ATT_PF_LOC 1       /* into L2 (L1 holds the block being computed on) */
+#endif
+#define FD_ATT_TILE_ROWS 64   /* rows-on-lanes tile: query rows (a multiple of every FD_VLEN) */
+#define FD_ATT_SPLIT 4        /* split the keys until there are this many items per thread */
+#define FD_ATT_MIN_CHUNK 256  /* but never into chunks shorter than this */
+#define FD_ATT_PAR_MIN (1 << 18) /* multiply-adds below which one thread beats waking others */
+
+/* Register tiles, per level: out += P V as NR rows x NC vectors; rows-on-lanes
+ * scores as NJ keys x NV row vectors. Each fits the level's register file. */
+#define FD_DOT_KB 4           /* keys-on-lanes scores: register tile of FD_DOT_NR rows x FD_DOT_KB keys */
+#if FD_VLEN == 16
+#define FD_DOT_NR 4
+#define FD_PV_NR 6
+#define FD_PV_NC 4
+#define FD_QK_NJ 6
+#define FD_QK_NV 4
+#define FD_ATT_LANES_MIN 16   /* group rows from which rows-on-lanes is faster */
+#elif FD_VLEN == 8
+#define FD_DOT_NR 2
+#define FD_PV_NR 6
+#define FD_PV_NC 2
+#define FD_QK_NJ 4
+#define FD_QK_NV 3
+#define FD_ATT_LANES_MIN 8
+#else
+#define FD_DOT_NR 2
+#define FD_PV_NR 4
+#define FD_PV_NC 4
+#define FD_QK_NJ 4
+#define FD_QK_NV 4
+#define FD_ATT_LANES_MIN 8
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FD_INLINE static inline __attribute__((always_inline))
+#else
+#define FD_INLINE static inline
+#endif
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/* ----------------------------------------------------------------------------
+ * The problem and its cutting into items
+ * ---------------------------------------------------------------------------- */
+
+typedef struct {
+    float *out;               /* [B, Hq, Tq, D] */
+    const float *q;           /* [B, Hq, Tq, D] */
+    const float *k, *v;       /* [B, Hkv, Tk, D] */
+    const int64_t *lengths;   /* [B] */
+    int64_t B, Hq, Hkv, Tq, Tk, D, G;
+    int64_t dp;               /* D rounded up to FD_VLEN: scratch row length */
+    float scale;
+    int causal;
+    int rows_on_lanes;        /* which engine */
+    int64_t tile_heads, tile_pos; /* a tile: up to tile_heads heads x tile_pos positions */
+    int64_t htiles, itiles, tiles, max_rows;
+    int64_t chunk, nchunks;   /* keys per chunk, chunks per tile */
+} att_plan;
+
+typedef struct {
+    int64_t b, kvh;  /* batch row, KV head */
+    int64_t g0, gh;  /* query heads g0 .. g0 + gh - 1 of the group */
+    int64_t i0, ni;  /* query positions i0 .. i0 + ni - 1 */
+} att_tile;
+
+/* Keys visible to query i of batch row b: [0, n). */
+static inline int64_t visible_keys(const att_plan *p, int64_t b, int64_t i) {
+    int64_t len = p->lengths[b];
+    len = len < 0 ? 0 : len > p->Tk ? p->Tk : len; /* never trust a length past the cache */
+    if (!p->causal) return len;
+    int64_t n = len - p->Tq + i + 1; /* up to the query's own position */
+    return n < 0 ? 0 : n > len ? len : n;
+}
+
+/* Row r of a tile: head g0 + r / ni, position i0 + r % ni. */
+static inline int64_t tile_row_pos(const att_tile *t, int64_t r) { return t->i0 + r % t->ni; }
+static inline int64_t tile_row_offset(const att_plan *p, const att_tile *t, int64_t r) {
+    int64_t head = t->kvh * p->G + t->g0 + r / t->ni;
+    return ((t->b * p->Hq + head) * p->Tq + tile_row_pos(t, r)) * p->D;
+}
+
+static void plan_init(att_plan *p, int nthreads) {
+    p->G = p->Hq / p->Hkv;
+    p->dp = round_up(p->D, FD_VLEN);
+    p->rows_on_lanes = p->G * p->Tq >= FD_ATT_LANES_MIN;
+    if (p->rows_on_lanes) {
+        p->tile_heads = min64(p->G, FD_ATT_TILE_ROWS);
+        p->tile_pos = min64(p->Tq, max64(1, FD_ATT_TILE_ROWS / p->tile_heads));
+    } else { /* few rows: the whole group is one tile */
+        p->tile_heads = p->G;
+        p->tile_pos = p->Tq;
+    }
+    p->htiles = (p->G + p->tile_heads - 1) / p->tile_heads;
+    p->itiles = (p->Tq + p->tile_pos - 1) / p->tile_pos;
+    p->tiles = p->B * p->Hkv * p->htiles * p->itiles;
+    p->max_rows = p->tile_heads * p->tile_pos;
+    int64_t kmax = 1; /* keys worth reading: the longest row's */
+    for (int64_t b = 0; b < p->B; b++) kmax = max64(kmax, min64(max64(p->lengths[b], 0), p->Tk));
+    p->chunk = kmax;
+    p->nchunks = 1;
+    if (nthreads > 1 && p->tiles < (int64_t)FD_ATT_SPLIT * nthreads) {
+        int64_t want = ((int64_t)FD_ATT_SPLIT * nthreads + p->tiles - 1) / p->tiles;
+        int64_t n = min64(want, max64(1, kmax / FD_ATT_MIN_CHUNK));
+        p->chunk = round_up((kmax + n - 1) / n, FD_ATT_BK);
+        p->nchunks = (kmax + p->chunk - 1) / p->chunk;
+    }
+}
+
+/* Tile number `index`; the last positions first, since under a causal mask
+ * they see the most keys (the dynamic schedule then ends evenly). */
+static att_tile tile_at(const att_plan *p, int64_t index) {
+    att_tile t;
+    int64_t it = p->itiles - 1 - index % p->itiles;
+    index /= p->itiles;
+    int64_t ht = index % p->htiles;
+    index /= p->htiles;
+    t.kvh = index % p->Hkv;
+    t.b = index / p->Hkv;
+    t.g0 = ht * p->tile_heads;
+    t.gh = min64(p->tile_heads, p->G - t.g0);
+    t.i0 = it * p->tile_pos;
+    t.ni = min64(p->tile_pos, p->Tq - t.i0);
+    return t;
+}
+
+/* ----------------------------------------------------------------------------
+ * Scratch: one aligned block per thread
+ * ---------------------------------------------------------------------------- */
+
+typedef struct {
+    void *raw;
+    float *qs;    /* keys on lanes: q rows [rows][dp]; rows on lanes: q^T [D][rpad] */
+    float *o;     /* [rows][dp] unnormalized output */
+    float *s;     /* scores, then probabilities: [rows][bkp] or [bk rows][rpad] */
+    float *m, *l; /* [rpad] running max and normalizer */
+    float *alpha; /* [rpad] rescale factor of the current block */
+    float *chk;   /* [rpad] NaN once a visible score is NaN or infinite */
+    float *kpad, *vpad; /* [bkp][dp] blocks padded to dp when D % FD_VLEN != 0 */
+} att_scratch;
+
+static int scratch_alloc(att_scratch *w, const att_plan *p) {
+    const int64_t rpad = round_up(p->max_rows, FD_VLEN), dp = p->dp;
+    const int64_t bkp = round_up(max64(FD_ATT_BK, FD_ATT_BK1), FD_VLEN), bkj = round_up(FD_ATT_BK, FD_QK_NJ);
+    const int64_t sizes[9] = {
+        max64(p->D * rpad, rpad * dp), rpad * dp, max64(rpad * bkp, bkj * rpad),
+        rpad, rpad, rpad, rpad, p->dp != p->D ? bkp * dp : 0, p->dp != p->D ? bkp * dp : 0, /* kpad, vpad */
+    };
+    int64_t total = 0;
+    for (int i = 0; i < 9; i++) total += round_up(sizes[i], 16); /* 64-byte aligned pieces */
+    w->raw = malloc((size_t)total * sizeof(float) + 64);
+    if (!w->raw) return 0;
+    float *base = (float *)(((uintptr_t)w->raw + 63) & ~(uintptr_t)63);
+    float **parts[9] = {&w->qs, &w->o, &w->s, &w->m, &w->l, &w->alpha, &w->chk, &w->kpad, &w->vpad};
+    for (int i = 0; i < 9; i++) {
+        *parts[i] = sizes[i] ? base : NULL;
+        base += round_up(sizes[i], 16);
+    }
+    return 1;
+}
+
+/* ----------------------------------------------------------------------------
+ * Register-tiled pieces
+ * ---------------------------------------------------------------------------- */
+
+/* o: [NR][ldo] += sum over j < nk of p[r * prs + j * pjs] * v[j][0 .. NC vectors] */
+FD_INLINE void pv_tile(float *o, int64_t ldo, const float *p, int64_t prs, int64_t pjs,
+                       const float *v, int64_t ldv, int nk, const int NR, const int NC) {
+    vf acc[FD_PV_NR][FD_PV_NC];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = vf_load(o + r * ldo + c * FD_VLEN);
+    for (int j = 0; j < nk; j++) {
+        vf vv[FD_PV_NC];
+        for (int c = 0; c < NC; c++) vv[c] = vf_load(v + j * ldv + c * FD_VLEN);
+        for (int r = 0; r < NR; r++) {
+            vf pr = vf_set1(p[r * prs + j * pjs]);
+            for (int c = 0; c < NC; c++) acc[r][c] = vf_fmadd(pr, vv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) vf_store(o + r * ldo + c * FD_VLEN, acc[r][c]);
+}
+
+#define FD_PV_COLS(NR)                                                         \
+    switch (nc) {                                                              \
+    case 1: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, 1); break;            \
+    case 2: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, (FD_PV_NC > 1 ? 2 : 1)); break; \
+    case 3: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, (FD_PV_NC > 2 ? 3 : 1)); break; \
+    default: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, FD_PV_NC); break;   \
+    }
+
+static void pv_tile_any(float *o, int64_t ldo, const float *p, int64_t prs, int64_t pjs,
+                        const float *v, int64_t ldv, int nk, int nr, int nc) {
+    switch (nr) {
+    case 1: FD_PV_COLS(1) break;
+    case 2: FD_PV_COLS(2) break;
+    case 3: FD_PV_COLS(3) break;
+    case 4: FD_PV_COLS(4) break;
+    case 5: FD_PV_COLS((FD_PV_NR > 4 ? 5 : 4)) break;
+    default: FD_PV_COLS(FD_PV_NR) break;
+    }
+}
+
+/* o: [rows][dp] += P V over nk keys; P's entry (row r, key j) at p[r * prs + j * pjs];
+ * v: [nk][ldv], dp floats used per key (dp a multiple of FD_VLEN). */
+static void pv_block(float *o, int64_t dp, const float *p, int64_t prs, int64_t pjs,
+                     const float *v, int64_t ldv, int64_t rows, int nk) {
+    const int64_t ncols = dp / FD_VLEN;
+    for (int64_t r0 = 0; r0 < rows; r0 += FD_PV_NR) {
+        int nr = (int)min64(FD_PV_NR, rows - r0);
+        for (int64_t c0 = 0; c0 < ncols; c0 += FD_PV_NC) {
+            int nc = (int)min64(FD_PV_NC, ncols - c0);
+            pv_tile_any(o + r0 * dp + c0 * FD_VLEN, dp, p + r0 * prs, prs, pjs, v + c0 * FD_VLEN, ldv, nk, nr, nc);
+        }
+    }
+}
+
+/* rows: [nk][ld] copied into dst: [nk][dp], zero-padded, so every row is whole vectors */
+static void pad_rows(float *dst, const float *rows, int nk, int64_t ld, int64_t D, int64_t dp) {
+    for (int j = 0; j < nk; j++) {
+        memcpy(dst + j * dp, rows + j * ld, (size_t)D * sizeof(float));
+        for (int64_t d = D; d < dp; d++) dst[j * dp + d] = 0.0f;
+    }
+}
+
+/* The block's K (when kb is given) and V, as rows of whole vectors: padded
+ * copies when D is not a multiple of FD_VLEN, else the cache itself. */
+static void block_kv(const att_plan *p, att_scratch *w, const float *k, const float *v, int nk,
+                     const float **kb, const float **vb, int64_t *ld) {
+    if (p->dp == p->D) {
+        if (kb) *kb = k;
+        *vb = v, *ld = p->D;
+        return;
+    }
+    if (kb) {
+        pad_rows(w->kpad, k, nk, p->D, p->D, p->dp);
+        *kb = w->kpad;
+    }
+    pad_rows(w->vpad, v, nk, p->D, p->D, p->dp);
+    *vb = w->vpad, *ld = p->dp;
+}
+
+static void scale_row(float *x, int64_t n, float a) {
+    vf av = vf_set1(a);
+    for (int64_t i = 0; i < n; i += FD_VLEN) vf_store(x + i, vf_mul(vf_load(x + i), av));
+}
+
+/* ----------------------------------------------------------------------------
+ * Engine 1: keys on lanes (decode)
+ * ---------------------------------------------------------------------------- */
+
+/* Dot products of NR query rows q + r * ldq: [dp] with FD_DOT_KB key rows
+ * k + (jb + jj) * ld, into acc[r][jb + jj] (vectors whose lanes still need
+ * summing). Rows of k past nvalid repeat the last valid one; their lanes are
+ * ignored. Each K vector loaded serves all NR rows. With prefetch set, each
+ * line of K read asks for the same line of K and V FD_ATT_PF keys ahead
+ * (pf_k, pf_v), which the hardware prefetcher misses in this access order;
+ * into L2, since L1 holds the block being computed on. */
+FD_INLINE void dot_tile(vf acc[][FD_VLEN], const float *q, int64_t ldq, const float *k, int64_t ld, int jb,
+                        int nvalid, int64_t dp, const float *pf_k, const float *pf_v, int prefetch, const int NR) {
+    enum { KB = FD_VLEN < FD_DOT_KB ? FD_VLEN : FD_DOT_KB };
+    const float *kr[KB];
+    for (int jj = 0; jj < KB; jj++) kr[jj] = k + (jb + jj < nvalid ? jb + jj : nvalid - 1) * ld;
+    vf a[FD_DOT_NR][KB];
+    for (int r = 0; r < NR; r++)
+        for (int jj = 0; jj < KB; jj++) a[r][jj] = vf_set1(0.0f);
+    for (int64_t c = 0; c < dp; c += FD_VLEN) {
+        vf kv[KB];
+        for (int jj = 0; jj < KB; jj++) kv[jj] = vf_load(kr[jj] + c);
+        for (int r = 0; r < NR; r++) {
+            vf qc = vf_load(q + r * ldq + c);
+            for (int jj = 0; jj < KB; jj++) a[r][jj] = vf_fmadd(qc, kv[jj], a[r][jj]);
+        }
+#if defined(__GNUC__) || defined(__clang__)
+        if (prefetch && (FD_VLEN >= 16 || (c & 15) == 0)) /* once per 64-byte line */
+            for (int jj = 0; jj < KB; jj++) {
+                __builtin_prefetch(pf_k + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
+                __builtin_prefetch(pf_v + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
+            }
+#endif
+    }
+    for (int r = 0; r < NR; r++)
+        for (int jj = 0; jj < KB; jj++) acc[r][jb + jj] = a[r][jj];
+}
+
+/* s: [rows][lds], columns jg .. jg + FD_VLEN = scale * (q rows) . (the FD_VLEN
+ * keys at k: [FD_VLEN][ld], the first nvalid real) */
+static void score_group(float *s, int64_t lds, const float *q, int64_t rows, const float *k, int64_t ld,
+                        int nvalid, int64_t dp, vf scale, const float *pf_k, const float *pf_v, int prefetch) {
+    for (int64_t r0 = 0; r0 < rows; r0 += FD_DOT_NR) {
+        vf acc[FD_DOT_NR][FD_VLEN];
+        const float *qr = q + r0 * dp;
+        int nr = (int)min64(FD_DOT_NR, rows - r0), pf = prefetch && r0 == 0;
+        for (int jb = 0; jb < FD_VLEN; jb += FD_DOT_KB) {
+            switch (nr) {
+            case 1: dot_tile(acc, qr, dp, k, ld, jb, nvalid, dp, pf_k, pf_v, pf, 1); break;
+            case 2: dot_tile(acc, qr, dp, k, ld, jb, nvalid, dp, pf_k, pf_v, pf, (FD_DOT_NR > 1 ? 2 : 1)); break;
+            case 3: dot_tile(acc, qr, dp, k, ld, jb, nvalid, dp, pf_k, pf_v, pf, (FD_DOT_NR > 2 ? 3 : 1)); break;
+            default: dot_tile(acc, qr, dp, k, ld, jb, nvalid, dp, pf_k, pf_v, pf, FD_DOT_NR); break;
+            }
+        }
+        for (int r = 0; r < nr; r++) vf_store(s + (r0 + r) * lds, vf_mul(vf_transpose_sum(acc[r]), scale));
+    }
+}
+
+/* One row's online-softmax step. s: [nk] scores of the block, nv of them
+ * visible (the first nv); becomes the probabilities (zeros past nv). */
+static void row_update(float *s, int nv, int nk, float *m, float *l, float *chk, float *o, int64_t dp) {
+    const vf zero = vf_set1(0.0f);
+    vf mx = vf_set1(-INFINITY), ck = zero;
+    int j = 0;
+    for (; j + FD_VLEN <= nv; j += FD_VLEN) {
+        vf x = vf_load(s + j);
+        ck = vf_fmadd(x, zero, ck); /* x * 0 is NaN exactly when x is NaN or infinite */
+        mx = vf_max(mx, x);
+    }
+    float mb = vf_reduce_max(mx), bad = vf_reduce_add(ck);
+    for (; j < nv; j++) {
+        bad += s[j] * 0.0f;
+        mb = s[j] > mb ? s[j] : mb;
+    }
+    *chk += bad;
+    float mnew = mb > *m ? mb : *m;
+    if (mnew == -INFINITY) { /* nothing but -inf so far: no weight yet */
+        for (j = 0; j < nk; j++) s[j] = 0.0f;
+        return;
+    }
+    float alpha = fd_expf(*m - mnew); /* 0 when m was -inf */
+    vf mv = vf_set1(mnew), sum = zero;
+    for (j = 0; j + FD_VLEN <= nv; j += FD_VLEN) {
+        vf e = vf_exp(vf_sub(vf_load(s + j), mv));
+        vf_store(s + j, e);
+        sum = vf_add(sum, e);
+    }
+    float total = vf_reduce_add(sum);
+    for (; j < nv; j++) {
+        s[j] = fd_expf(s[j] - mnew);
+        total += s[j];
+    }
+    for (; j < nk; j++) s[j] = 0.0f;
+    *l = *l * alpha + total;
+    *m = mnew;
+    if (alpha != 1.0f) scale_row(o, dp, alpha);
+}
+
+static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, int64_t c0, int64_t c1) {
+    const int64_t D = p->D, dp = p->dp, rows = t->gh * t->ni, bkp = round_up(FD_ATT_BK1, FD_VLEN);
+    const int64_t kv_offset = (t->b * p->Hkv + t->kvh) * p->Tk * D;
+    int64_t vis_max = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *qr = p->q + tile_row_offset(p, t, r);
+        float *qs = w->qs + r * dp;
+        for (int64_t d = 0; d < D; d++) qs[d] = qr[d];
+        for (int64_t d = D; d < dp; d++) qs[d] = 0.0f;
+        for (int64_t d = 0; d < dp; d++) w->o[r * dp + d] = 0.0f;
+        w->m[r] = -INFINITY, w->l[r] = 0.0f, w->chk[r] = 0.0f;
+        vis_max = max64(vis_max, visible_keys(p, t->b, tile_row_pos(t, r)));
+    }
+    const int64_t end = min64(c1, vis_max);
+    const vf scale = vf_set1(p->scale);
+    const float *k = p->k + kv_offset, *v = p->v + kv_offset;
+    for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_BK1) {
+        const int nk = (int)min64(FD_ATT_BK1, end - j0);
+        const float *kb, *vb;
+        int64_t ld;
+        block_kv(p, w, k + j0 * D, v + j0 * D, nk, &kb, &vb, &ld);
+        for (int jg = 0; jg < nk; jg += FD_VLEN) {
+            int64_t ahead = j0 + jg + FD_ATT_PF;
+            int prefetch = FD_VLEN >= 8 && ld == D && ahead + FD_VLEN <= end;
+            score_group(w->s + jg, bkp, w->qs, rows, kb + jg * ld, ld, (int)min64(FD_VLEN, nk - jg), dp, scale,
+                        prefetch ? k + ahead * D : NULL, prefetch ? v + ahead * D : NULL, prefetch);
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t nv = min64(max64(visible_keys(p, t->b, tile_row_pos(t, r)) - j0, 0), nk);
+            row_update(w->s + r * bkp, (int)nv, nk, &w->m[r], &w->l[r], &w->chk[r], w->o + r * dp, dp);
+        }
+        pv_block(w->o, dp, w->s, bkp, 1, vb, ld, rows, nk);
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * Engine 2: rows on lanes (prefill)
+ * ---------------------------------------------------------------------------- */
+
+/* st: [NJ][lds] = scale * (keys kr[j]: [D]) . (qt: [D][ldq], NV vectors of rows) */
+FD_INLINE void qk_tile(float *st, int64_t lds, const float *const *kr, const float *qt, int64_t ldq,
+                       int64_t D, vf scale, const int NV) {
+    vf acc[FD_QK_NJ][FD_QK_NV];
+    for (int j = 0; j < FD_QK_NJ; j++)
+        for (int c = 0; c < NV; c++) acc[j][c] = vf_set1(0.0f);
+    for (int64_t d = 0; d < D; d++) {
+        vf qv[FD_QK_NV];
+        for (int c = 0; c < NV; c++) qv[c] = vf_load(qt + d * ldq + c * FD_VLEN);
+        for (int j = 0; j < FD_QK_NJ; j++) {
+            vf kj = vf_set1(kr[j][d]);
+            for (int c = 0; c < NV; c++) acc[j][c] = vf_fmadd(kj, qv[c], acc[j][c]);
+        }
+    }
+    for (int j = 0; j < FD_QK_NJ; j++)
+        for (int c = 0; c < NV; c++) vf_store(st + j * lds + c * FD_VLEN, vf_mul(acc[j][c], scale));
+}
+
+/* st: [nk][rpad] scores of keys k: [nk][D] against the tile's q^T */
+static void qk_block(float *st, int64_t rpad, const float *k, int nk, const float *qt, int64_t D, vf scale) {
+    const int64_t nvr = rpad / FD_VLEN;
+    for (int j0 = 0; j0 < nk; j0 += FD_QK_NJ) {
+        const float *kr[FD_QK_NJ]; /* rows past nk repeat the last; their scores are never read */
+        for (int j = 0; j < FD_QK_NJ; j++) kr[j] = k + (j0 + j < nk ? j0 + j : nk - 1) * D;
+        for (int64_t c0 = 0; c0 < nvr; c0 += FD_QK_NV) {
+            float *st0 = st + j0 * rpad + c0 * FD_VLEN;
+            const float *qt0 = qt + c0 * FD_VLEN;
+            switch (min64(FD_QK_NV, nvr - c0)) {
+            case 1: qk_tile(st0, rpad, kr, qt0, rpad, D, scale, 1); break;
+            case 2: qk_tile(st0, rpad, kr, qt0, rpad, D, scale, (FD_QK_NV > 1 ? 2 : 1)); break;
+            case 3: qk_tile(st0, rpad, kr, qt0, rpad, D, scale, (FD_QK_NV > 2 ? 3 : 1)); break;
+            default: qk_tile(st0, rpad, kr, qt0, rpad, D, scale, FD_QK_NV); break;
+            }
+        }
+    }
+}
+
+/* Set st[j][r] = val for the keys j in [nv_r, nk) that row r does not see. */
+static void mask_block(float *st, int64_t rpad, const att_plan *p, const att_tile *t, int64_t rows,
+                       int64_t j0, int nk, float val) {
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t nv = min64(max64(visible_keys(p, t->b, tile_row_pos(t, r)) - j0, 0), nk);
+        for (int64_t j = nv; j < nk; j++) st[j * rpad + r] = val;
+    }
+}
+
+static void rows_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, int64_t c0, int64_t c1) {
+    const int64_t D = p->D, dp = p->dp, rows = t->gh * t->ni, rpad = round_up(rows, FD_VLEN);
+    const int64_t kv_offset = (t->b * p->Hkv + t->kvh) * p->Tk * D;
+    float *qt = w->qs, *st = w->s;
+    int64_t vis_min = p->Tk, vis_max = 0;
+    for (int64_t r = 0; r < rpad; r++) {
+        if (r < rows) {
+            const float *qr = p->q + tile_row_offset(p, t, r);
+            for (int64_t d = 0; d < D; d++) qt[d * rpad + r] = qr[d];
+            for (int64_t d = 0; d < dp; d++) w->o[r * dp + d] = 0.0f;
+            int64_t vis = visible_keys(p, t->b, tile_row_pos(t, r));
+            vis_min = min64(vis_min, vis), vis_max = max64(vis_max, vis);
+        } else { /* padding lanes: zero queries, never written out */
+            for (int64_t d = 0; d < D; d++) qt[d * rpad + r] = 0.0f;
+        }
+        w->m[r] = -INFINITY, w->l[r] = 0.0f, w->chk[r] = 0.0f;
+    }
+    const int64_t end = min64(c1, vis_max);
+    const vf scale = vf_set1(p->scale), zero = vf_set1(0.0f), lowest = vf_set1(-FLT_MAX);
+    for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_BK) {
+        const int nk = (int)min64(FD_ATT_BK, end - j0);
+        const float *vb;
+        int64_t ld;
+        block_kv(p, w, NULL, p->v + kv_offset + j0 * D, nk, NULL, &vb, &ld); /* scores read K as it is */
+        qk_block(st, rpad, p->k + kv_offset + j0 * D, nk, qt, D, scale);
+        const int partial = j0 + nk > vis_min;
+        /* hidden scores must neither raise the NaN check nor the max */
+        if (partial) mask_block(st, rpad, p, t, rows, j0, nk, 0.0f);
+        for (int64_t c = 0; c < rpad; c += FD_VLEN) {
+            vf ck = vf_load(w->chk + c);
+            for (int j = 0; j < nk; j++) ck = vf_fmadd(vf_load(st + j * rpad + c), zero, ck);
+            vf_store(w->chk + c, ck);
+        }
+        if (partial) mask_block(st, rpad, p, t, rows, j0, nk, -INFINITY);
+        for (int64_t c = 0; c < rpad; c += FD_VLEN) {
+            vf mx = vf_set1(-INFINITY);
+            for (int j = 0; j < nk; j++) mx = vf_max(mx, vf_load(st + j * rpad + c));
+            vf mold = vf_load(w->m + c), mnew = vf_max(mold, mx);
+            vf msub = vf_max(mnew, lowest); /* finite, so a row of -inf gives exp(-inf) = 0, not NaN */
+            vf alpha = vf_exp(vf_sub(mold, msub)), sum = zero;
+            for (int j = 0; j < nk; j++) {
+                vf e = vf_exp(vf_sub(vf_load(st + j * rpad + c), msub));
+                vf_store(st + j * rpad + c, e);
+                sum = vf_add(sum, e);
+            }
+            vf_store(w->l + c, vf_fmadd(vf_load(w->l + c), alpha, sum));
+            vf_store(w->m + c, mnew);
+            vf_store(w->alpha + c, alpha);
+        }
+        for (int64_t r = 0; r < rows; r++)
+            if (w->alpha[r] != 1.0f) scale_row(w->o + r * dp, dp, w->alpha[r]);
+        pv_block(w->o, dp, st, 1, rpad, vb, ld, rows, nk);
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * Finishing: normalize into out, or keep a chunk's partial state for merging
+ * ---------------------------------------------------------------------------- */
+
+/* out: [D] = o / l, or zeros (no visible key), or NaN (undefined softmax) */
+static void write_row(float *out, const float *o, int64_t D, int64_t vis, double l, int undefined) {
+    if (vis <= 0 || undefined) {
+        float fill = vis <= 0 ? 0.0f : NAN;
+        for (int64_t d = 0; d < D; d++) out[d] = fill;
+        return;
+    }
+    vf inv = vf_set1((float)(1.0 / l));
+    int64_t d = 0;
+    for (; d + FD_VLEN <= D; d += FD_VLEN) vf_store(out + d, vf_mul(vf_load(o + d), inv));
+    for (; d < D; d++) out[d] = o[d] * (float)(1.0 / l);
+}
+
+static void finish_tile(const att_plan *p, const att_scratch *w, const att_tile *t) {
+    const int64_t rows = t->gh * t->ni;
+    for (int64_t r = 0; r < rows; r++) {
+        int undefined = w->chk[r] != w->chk[r] || w->m[r] == -INFINITY;
+        write_row(p->out + tile_row_offset(p, t, r), w->o + r * p->dp, p->D,
+                  visible_keys(p, t->b, tile_row_pos(t, r)), w->l[r], undefined);
+    }
+}
+
+typedef struct {
+    float *m, *l; /* [items][max_rows]; l is NaN when a visible score was NaN or infinite */
+    float *o;     /* [items][max_rows][dp] */
+} att_partials;
+
+static void keep_partial(const att_plan *p, const att_scratch *w, const att_tile *t, int64_t item, att_partials *pt) {
+    const int64_t rows = t->gh * t->ni, base = item * p->max_rows;
+    for (int64_t r = 0; r < rows; r++) {
+        pt->m[base + r] = w->m[r];
+        pt->l[base + r] = w->chk[r] != w->chk[r] ? NAN : w->l[r];
+        memcpy(pt->o + (base + r) * p->dp, w->o + r * p->dp, (size_t)p->dp * sizeof(float));
+    }
+}
+
+/* Merge the chunks of tile `ti` (items ti * nchunks ...): weights exp(m_c - M). */
+static void merge_tile(const att_plan *p, const att_partials *pt, int64_t ti, float *acc /* [dp] */) {
+    const att_tile t = tile_at(p, ti);
+    const int64_t rows = t.gh * t.ni, dp = p->dp;
+    for (int64_t r = 0; r < rows; r++) {
+        float mmax = -INFINITY;
+        int undefined = 0;
+        for (int64_t c = 0; c < p->nchunks; c++) {
+            int64_t at = (ti * p->nchunks + c) * p->max_rows + r;
+            undefined |= pt->l[at] != pt->l[at];
+            mmax = pt->m[at] > mmax ? pt->m[at] : mmax;
+        }
+        undefined |= mmax == -INFINITY;
+        double l = 0.0;
+        for (int64_t d = 0; d < dp; d++) acc[d] = 0.0f;
+        for (int64_t c = 0; c < p->nchunks && !undefined; c++) {
+            int64_t at = (ti * p->nchunks + c) * p->max_rows + r;
+            if (pt->m[at] == -INFINITY) continue; /* the chunk held no visible key of this row */
+            float wgt = expf(pt->m[at] - mmax);
+            l += (double)wgt * pt->l[at];
+            vf wv = vf_set1(wgt);
+            const float *o = pt->o + at * dp;
+            for (int64_t d = 0; d < dp; d += FD_VLEN) vf_store(acc + d, vf_fmadd(wv, vf_load(o + d), vf_load(acc + d)));
+        }
+        write_row(p->out + tile_row_offset(p, &t, r), acc, p->D, visible_keys(p, t.b, tile_row_pos(&t, r)), l, undefined);
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * Kernel
+ * ---------------------------------------------------------------------------- */
+
+static void run_item(const att_plan *p, att_scratch *w, int64_t item, att_partials *pt) {
+    const att_tile t = tile_at(p, item / p->nchunks);
+    const int64_t c0 = item % p->nchunks * p->chunk, c1 = c0 + p->chunk;
+    if (p->rows_on_lanes) rows_on_lanes(p, w, &t, c0, c1);
+    else keys_on_lanes(p, w, &t, c0, c1);
+    if (p->nchunks == 1) finish_tile(p, w, &t);
+    else keep_partial(p, w, &t, item, pt);
+}
+
+/* out, q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D]; lengths: [B] (clamped to
+ * [0, Tk]). Returns 0, or -1 when scratch memory could not be allocated
+ * (out is then unspecified), -2 for impossible head counts. */
+int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const float *v, const int64_t *lengths,
+                            int64_t B, int64_t Hq, int64_t Hkv, int64_t Tq, int64_t Tk, int64_t D,
+                            float scale, int causal) {
+    if (B <= 0 || Hq <= 0 || Tq <= 0 || D <= 0) return 0;
+    if (Hkv <= 0 || Hq % Hkv) return -2;
+    if (Tk <= 0) {
+        memset(out, 0, (size_t)(B * Hq * Tq * D) * sizeof(float));
+        return 0;
+    }
+    int nt = fd_num_threads > 0 ? fd_num_threads : 1;
+    att_plan p = {out, q, k, v, lengths, B, Hq, Hkv, Tq, Tk, D};
+    p.scale = scale;
+    p.causal = causal != 0;
+    plan_init(&p, nt);
+    if ((double)B * Hq * Tq * p.chunk * p.nchunks * D < FD_ATT_PAR_MIN) { /* query rows x keys x D, at most */
+        nt = 1;
+        plan_init(&p, nt);
+    }
+    const int64_t items = p.tiles * p.nchunks;
+    if (items < nt) nt = (int)items;
+
+    att_partials pt = {NULL, NULL, NULL};
+    void *pt_raw = NULL;
+    if (p.nchunks > 1) {
+        int64_t n = items * p.max_rows;
+        pt_raw = malloc((size_t)(n * (2 + p.dp)) * sizeof(float));
+        if (!pt_raw) return -1;
+        pt.o = (float *)pt_raw, pt.m = pt.o + n * p.dp, pt.l = pt.m + n;
+    }
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+        att_scratch w;
+        int ok = scratch_alloc(&w, &p);
+        if (!ok) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t it = 0; it < items; it++)
+            if (ok) run_item(&p, &w, it, &pt);
+        free(w.raw);
+    }
+    if (p.nchunks > 1 && !failed) {
+        int mt = p.tiles < nt ? (int)p.tiles : nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(mt) if (mt > 1)
+#endif
+        {
+            float *acc = malloc((size_t)p.dp * sizeof(float));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t ti = 0; ti < p.tiles; ti++)
+                if (acc) merge_tile(&p, &pt, ti, acc);
+            if (!acc) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+                failed = 1;
+            }
+            free(acc);
+        }
+    }
+    free(pt_raw);
+    return failed ? -1 : 0;
+}
+
+#if FD_ENTRY_POINTS
+int fd_attention_f32(float *out, const float *q, const float *k, const float *v, const int64_t *lengths,
+                     int64_t B, int64_t Hq, int64_t Hkv, int64_t Tq, int64_t Tk, int64_t D, float scale, int causal) {
+    return FD_DISPATCH(fd_attention_f32, (out, q, k, v, lengths, B, Hq, Hkv, Tq, Tk, D, scale, causal));
+}
+#endif

@@ -84,4 +84,18 @@ FD_LEVELS(int64_t, fd_repetition_penalty_f32, (float *out, const float *x, int64
                                                const double *penalty, const int64_t *prev_ids, int64_t n_prev,
                                                const int64_t *prev_offsets))
 
+/* ---- attention.c ------------------------------------------------------- */
+/* out, q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D]; lengths: [B], Hq % Hkv == 0.
+ * Query i of row b sits at position lengths[b] - Tq + i and sees key j when
+ * j < lengths[b] and (causal) j <= its position; seeing none gives zeros.
+ * Scores are (q . k) * scale. Returns 0, -1 when scratch memory is lacking,
+ * -2 when Hq is not a multiple of Hkv > 0. out may be q, never k or v. */
+FD_LEVELS(int, fd_attention_f32, (float *out, const float *q, const float *k, const float *v,
+                                  const int64_t *lengths, int64_t B, int64_t Hq, int64_t Hkv,
+                                  int64_t Tq, int64_t Tk, int64_t D, float scale, int causal))
+
+/* ---- bandwidth.c ------------------------------------------------------- */
+/* x: [n]. sum(x), read by fd_num_threads threads: the read-bandwidth probe. */
+FD_LEVELS(double, fd_read_sum_f32, (const float *x, int64_t n))
+
 #endif /* FASTDECODE_H */

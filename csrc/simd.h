@@ -94,6 +94,20 @@ static inline vd vd_add_vf(vd a, vf v) {
     return a;
 }
 static inline double vd_reduce(vd a) { return _mm512_reduce_add_pd(_mm512_add_pd(a.lo, a.hi)); }
+/* a: FD_VLEN vectors. Lane i of the result is the sum of a[i]'s lanes: 16
+ * horizontal sums for 46 shuffles and adds, instead of 16 reductions. */
+static inline vf vf_transpose_sum(const vf *a) {
+    vf x[8], h[4];
+    for (int i = 0; i < 8; i++) /* 256-bit fold: x[i] = [a[i] folded | a[i + 8] folded] */
+        x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[i], a[i + 8], 0x44), _mm512_shuffle_f32x4(a[i], a[i + 8], 0xEE));
+    for (int i = 0; i < 4; i++) /* pairwise sums within 128-bit lanes (hadd) */
+        h[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x88), _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xDD));
+    vf h0 = _mm512_add_ps(_mm512_shuffle_ps(h[0], h[1], 0x88), _mm512_shuffle_ps(h[0], h[1], 0xDD));
+    vf h1 = _mm512_add_ps(_mm512_shuffle_ps(h[2], h[3], 0x88), _mm512_shuffle_ps(h[2], h[3], 0xDD));
+    /* h0's 128-bit lanes hold quarter sums of a[0..3] (lanes 0, 1) and a[8..11] (2, 3); h1 of a[4..7], a[12..15] */
+    vf s = _mm512_add_ps(_mm512_shuffle_f32x4(h0, h1, 0x88), _mm512_shuffle_f32x4(h0, h1, 0xDD));
+    return _mm512_shuffle_f32x4(s, s, 0xD8); /* [a0-3, a8-11, a4-7, a12-15] -> in order */
+}
 
 #elif defined(FD_LEVEL_avx2)
 #include <immintrin.h>
@@ -168,6 +182,13 @@ static inline double vd_reduce(vd a) {
     __m128d t = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
     return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
 }
+/* a: FD_VLEN vectors. Lane i of the result is the sum of a[i]'s lanes. */
+static inline vf vf_transpose_sum(const vf *a) {
+    vf h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+    vf h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+    vf lo = _mm256_hadd_ps(h01, h23), hi = _mm256_hadd_ps(h45, h67); /* per 128-bit half */
+    return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
+}
 
 #else /* portable: one lane, plain C */
 #define FD_VLEN 1
@@ -214,6 +235,7 @@ typedef double vd;
 static inline vd vd_zero(void) { return 0.0; }
 static inline vd vd_add_vf(vd a, vf v) { return a + (double)v; }
 static inline double vd_reduce(vd a) { return a; }
+static inline vf vf_transpose_sum(const vf *a) { return a[0]; }
 #endif
 
 /* ------------------------------------------------------------------------

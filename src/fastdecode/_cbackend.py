@@ -12,31 +12,21 @@ from . import _native, reference
 _ref = reference.backend
 
 
-def _softmax_rows(out, x, log):  # out, x: [rows, n]
-    if x.dtype == np.float32:
-        _native.softmax_rows(out, x, log)
-    else:
-        _ref.softmax_rows(out, x, log)
+def _float32_in_c(native, reference, data_arg=1):
+    """A kernel that runs `native` when its float input (argument `data_arg`,
+    after the outputs) is float32, else `reference`."""
+    def kernel(*args):
+        return (native if args[data_arg].dtype == np.float32 else reference)(*args)
 
-
-def _float32_or_reference(kernel, reference_kernel):
-    """The C kernel for float32 logits (argument 1), the reference for float64."""
-    def run(*args):
-        return kernel(*args) if args[1].dtype == np.float32 else reference_kernel(*args)
-    return run
-
-
-def _process_rows(out, status, x, *rest):  # out, x: [B, V]; x is argument 2 here
-    kernel = _native.process_rows if x.dtype == np.float32 else _ref.process_rows
-    return kernel(out, status, x, *rest)
+    return kernel
 
 
 backend = types.SimpleNamespace(
     name="c",
-    softmax_rows=_softmax_rows,
-    sample_rows=_float32_or_reference(_native.sample_rows, _ref.sample_rows),
-    process_rows=_process_rows,
-    argmax_rows=_float32_or_reference(_native.argmax_rows, _ref.argmax_rows),
-    repetition_penalty_rows=_float32_or_reference(_native.repetition_penalty_rows, _ref.repetition_penalty_rows),
-    attention=_ref.attention,  # until the C attention kernel lands
+    softmax_rows=_float32_in_c(_native.softmax_rows, _ref.softmax_rows),  # (out, x, log)
+    attention=_float32_in_c(_native.attention_f32, _ref.attention),  # (out, q, k, v, causal, scale, lengths)
+    sample_rows=_float32_in_c(_native.sample_rows, _ref.sample_rows),
+    process_rows=_float32_in_c(_native.process_rows, _ref.process_rows, data_arg=2),  # (out, status, x, ...)
+    argmax_rows=_float32_in_c(_native.argmax_rows, _ref.argmax_rows),
+    repetition_penalty_rows=_float32_in_c(_native.repetition_penalty_rows, _ref.repetition_penalty_rows),
 )

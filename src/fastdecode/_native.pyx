@@ -27,6 +27,10 @@ cdef extern from "fastdecode.h":
     int64_t fd_argmax_f32(int64_t *ids, const float *x, int64_t rows, int64_t n) nogil
     int64_t fd_repetition_penalty_f32(float *out, const float *x, int64_t rows, int64_t n, const double *penalty,
                                       const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) nogil
+    int fd_attention_f32(float *out, const float *q, const float *k, const float *v,
+                         const int64_t *lengths, int64_t B, int64_t Hq, int64_t Hkv,
+                         int64_t Tq, int64_t Tk, int64_t D, float scale, int causal) nogil
+    double fd_read_sum_f32(const float *x, int64_t n) nogil
 
 LEVELS = ("portable", "avx2", "avx512")
 
@@ -162,3 +166,39 @@ def repetition_penalty_rows(float[:, ::1] out, const float[:, ::1] x, const doub
         bad = fd_repetition_penalty_f32(&out[0, 0], &x[0, 0], x.shape[0], x.shape[1], &penalty[0],
                                         seen.ids, seen.n, seen.offsets)
     return bad
+# Attention
+# ---------------------------------------------------------------------------
+
+def attention_f32(float[:, :, :, ::1] out, const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
+                  const float[:, :, :, ::1] v, bint causal, float scale, const int64_t[::1] lengths):
+    """out, q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D]; lengths: [B] int64."""
+    cdef int rc
+    # ops has validated everything; this only keeps the C side inside the
+    # buffers it is handed, whatever a direct caller passes
+    cdef int i
+    for i in range(4):
+        if out.shape[i] != q.shape[i] or k.shape[i] != v.shape[i]:
+            raise ValueError("attention_f32: inconsistent shapes")
+    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3] or lengths.shape[0] != q.shape[0]:
+        raise ValueError("attention_f32: inconsistent shapes")
+    if q.size == 0 or k.size == 0:
+        if k.size == 0:
+            out[...] = 0
+        return
+    with nogil:
+        rc = fd_attention_f32(&out[0, 0, 0, 0], &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0],
+                              &lengths[0], q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2],
+                              q.shape[3], scale, causal)
+    if rc == -1:
+        raise MemoryError("attention: no memory for the kernel's scratch buffers")
+    if rc == -2:
+        raise ValueError(f"attention_f32: q's heads ({q.shape[1]}) must be a multiple of k's ({k.shape[1]})")
+
+
+def read_sum_f32(const float[::1] x):
+    """sum(x) read by every thread: the read-bandwidth probe."""
+    cdef double s = 0.0
+    if x.shape[0]:
+        with nogil:
+            s = fd_read_sum_f32(&x[0], x.shape[0])
+    return s

@@ -133,6 +133,10 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
     whole; the queries are then positions ``lengths[b] - Tq ...
     lengths[b] - 1``. A query with no visible key gets zeros.
     ``scale`` defaults to ``1/sqrt(D)``. Returns ``[B, Hq, Tq, D]``.
+
+    A query whose visible scores hold NaN or ``+inf`` (overflowing inputs),
+    or are all ``-inf``, gets NaN, as the textbook softmax gives. ``out``
+    may overlap the inputs (the result is then computed aside and copied in).
     """
     q = float_array(q, "q", 4, 4)
     k = float_array(k, "k", 4, 4)
@@ -149,23 +153,32 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
         raise ValueError(f"k has head size {kd} but q has head size {d}")
     if hkv == 0 or hq % hkv:
         raise ValueError(f"q's heads ({hq}) must be a multiple of k's heads ({hkv})")
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be a bool; got {type(causal).__name__}")
     if tq > tk and lengths is None:
         raise ValueError(f"q has {tq} positions but k only {tk}; queries are the last positions of the keys")
     if scale is None:
-        scale = 1.0 / np.sqrt(d) if d else 1.0
+        scale = 1.0 / math.sqrt(d) if d else 1.0
     else:
         try:
+            if isinstance(scale, (str, bytes)):  # float("0.5") parses; a scale is a number
+                raise TypeError
             scale = float(scale)
         except (TypeError, ValueError):
             raise TypeError(f"scale must be a real number; got {type(scale).__name__}") from None
-        if not np.isfinite(scale):
-            raise ValueError(f"scale must be finite; got {scale}")
+        if not np.isfinite(scale) or abs(scale) > np.finfo(q.dtype).max:
+            raise ValueError(f"scale must be finite in {q.dtype}; got {scale}")
     if lengths is None:
         lengths = np.full(b, tk, dtype=np.int64)
     else:
-        lengths = np.asarray(lengths)
-        if lengths.dtype.kind not in "iu" or lengths.shape != (b,):
-            raise ValueError(f"lengths must be {b} integers (one per batch row); got {lengths.dtype} {lengths.shape}")
+        try:
+            lengths = np.asarray(lengths)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"lengths must be {b} integers (one per batch row); {exc}") from None
+        if lengths.dtype.kind not in "iu":
+            raise TypeError(f"lengths must have an integer dtype; got {lengths.dtype}")
+        if lengths.shape != (b,):
+            raise ValueError(f"lengths must have shape ({b},) (one per batch row); got {lengths.shape}")
         if lengths.size and (lengths.min() < 0 or lengths.max() > tk):
             raise ValueError(f"lengths must lie in [0, {tk}] (the keys' length); got {lengths.min()}..{lengths.max()}")
         lengths = np.ascontiguousarray(lengths, dtype=np.int64)
@@ -175,8 +188,11 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
     if tk == 0:
         result[...] = 0
         return result
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
-    target = result if result.flags.c_contiguous else np.empty(q.shape, q.dtype)
+    q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
+    # the kernels write rows of out while still reading q, k and v
+    aside = (not result.flags.c_contiguous or np.may_share_memory(result, q) or np.may_share_memory(result, k)
+             or np.may_share_memory(result, v))
+    target = np.empty(q.shape, q.dtype) if aside else result
     _backend.active().attention(target, q, k, v, bool(causal), scale, lengths)
     if target is not result:
         result[...] = target
@@ -337,7 +353,10 @@ def _prev_tokens(prev_tokens, rows, vocab, one_row):
             raise ValueError(f"prev_tokens has {len(prev_tokens)} rows but logits has {rows}")
         seqs = prev_tokens
     if seqs is not None:
-        arrays = [np.asarray(s) for s in seqs]
+        try:
+            arrays = [np.asarray(s) for s in seqs]
+        except (ValueError, TypeError) as exc:  # ragged where one row was meant, objects, ...
+            raise TypeError(f"prev_tokens rows must be 1-D sequences of integer token ids; {exc}") from None
         for a in arrays:
             if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
                 raise TypeError(f"prev_tokens rows must be 1-D sequences of integer token ids; got {a.dtype} {a.shape}")
