@@ -420,6 +420,37 @@ def test_rng_forms(backend):
     assert 0 <= fd.sample(x) < 1000
 
 
+EXTREMES = [0.0, -0.0, 1e-45, -1e-45, 1.0, -1.0, 3e38, -3e38, 1e30, -1e30, -np.inf]
+
+
+@requires_c
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 3), vocab=st.integers(1, 70),
+       temperature=st.sampled_from([0.0, 1e-30, 1e-3, 0.5, 1.0, 7.0, 3e38]),
+       top_k=st.sampled_from([None, 1, 3, 69]), top_p=st.sampled_from([None, 1e-12, 0.5, 0.999999, 1.0]),
+       min_p=st.sampled_from([None, 0.0, 1e-30, 0.5, 1.0]), penalty=st.sampled_from([None, 1e-20, 0.5, 3.0, 1e20]))
+def test_backends_agree_on_extreme_values(data, rows, vocab, temperature, top_k, top_p, min_p, penalty):
+    """Overflow by the temperature or the penalty, denormals, signed zeros:
+    both backends keep the same tokens, or raise the same error."""
+    x = np.array(data.draw(st.lists(st.sampled_from(EXTREMES), min_size=rows * vocab, max_size=rows * vocab)),
+                 np.float32).reshape(rows, vocab)
+    prev = [data.draw(st.lists(st.integers(0, vocab - 1), max_size=5)) for _ in range(rows)]
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=penalty,
+              prev_tokens=prev)
+    results = {}
+    for backend in ("numpy", "c"):
+        with fd.use_backend(backend):
+            try:
+                results[backend] = fd.process_logits(x, **kw)
+            except ValueError as exc:
+                results[backend] = str(exc)
+    a, b = results["numpy"], results["c"]
+    if isinstance(a, str) or isinstance(b, str):
+        assert a == b
+    else:
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+
+
 # ---------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------

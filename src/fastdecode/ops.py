@@ -381,9 +381,9 @@ def _raise_bad_row(codes, x, params, one_row):
     code = int(codes[r])
     if code == -1:
         raise ValueError(f"{where} contains NaN")
-    if code == -3:
+    if code == -3 and np.isneginf(x[r]).all():
         raise ValueError(f"{where} is all -inf: no token can be sampled")
-    if np.isposinf(x[r]).any():
+    if code == -2 and np.isposinf(x[r]).any():
         raise ValueError(f"{where} contains +inf")
     raise ValueError(f"{where} overflows float32 after the repetition penalty and temperature "
                      f"(temperature={params[r, _TEMPERATURE]:g}); raise the temperature, or use 0 for greedy")
