@@ -326,42 +326,10 @@ static float pick_pivot(const float *a, int64_t lo, int64_t hi, uint64_t *seed) 
     return v[0] > v[1] ? v[0] : v[1];
 }
 
-/* a: [n] (permuted), 1 <= k <= n. The k-th largest entry. */
-static float kth_largest(float *a, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n, want = k - 1;
-    uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
-    while (hi - lo > FD_SELECT_SMALL) {
-        float pv = pick_pivot(a, lo, hi, &seed);
-        int64_t gt = lo, i = lo, lt = hi; /* [lo,gt) > pv, [gt,lt) == pv, [lt,hi) < pv */
-        while (i < lt) {
-            float v = a[i];
-            if (v > pv) {
-                a[i++] = a[gt];
-                a[gt++] = v;
-            } else if (v < pv) {
-                a[i] = a[--lt];
-                a[lt] = v;
-            } else {
-                i++;
-            }
-        }
-        if (want < gt) hi = gt;
-        else if (want < lt) return pv;
-        else lo = lt;
-    }
-    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort, descending */
-        float v = a[i];
-        int64_t j = i;
-        for (; j > lo && a[j - 1] < v; j--) a[j] = a[j - 1];
-        a[j] = v;
-    }
-    return a[want];
-}
-
 #define FD_HIST_BINS 2048 /* weighted selection over more entries starts with a histogram */
 
-/* z, e: [n] (permuted), n > FD_HIST_BINS; bin: [n + FD_VLEN] scratch. One
- * round of histogram selection: buckets of equal width in z (bucket 0 the
+/* z, e: [n] (permuted; e NULL: every weight 1), n > FD_HIST_BINS; bin:
+ * [n + FD_VLEN] scratch. One round of histogram selection: buckets of equal width in z (bucket 0 the
  * largest), the mass of each, the first bucket where the mass from the top
  * reaches target; its entries move to the front. Returns their count (n:
  * no progress) and adds the mass of the buckets above to *acc. Every
@@ -393,7 +361,10 @@ static int64_t histogram_round(float *z, float *e, int64_t n, double target, dou
         vi_store(bin + i, vf_to_int(vf_min(vf_mul(vf_sub(hv, vf_load(src)), sv), top)));
     }
     double mass[FD_HIST_BINS] = {0};
-    for (i = 0; i < n; i++) mass[bin[i]] += e[i];
+    if (e)
+        for (i = 0; i < n; i++) mass[bin[i]] += e[i];
+    else
+        for (i = 0; i < n; i++) mass[bin[i]] += 1.0;
     int b = 0, last = 0;
     double a = *acc;
     for (; b < FD_HIST_BINS; b++) {
@@ -409,11 +380,55 @@ static int64_t histogram_round(float *z, float *e, int64_t n, double target, dou
     int64_t c = 0;
     for (i = 0; i < n; i++)
         if (bin[i] == b) {
-            float v = z[i], w = e[i];
-            z[i] = z[c], e[i] = e[c];
-            z[c] = v, e[c++] = w;
+            float v = z[i];
+            z[i] = z[c], z[c] = v;
+            if (e) {
+                float w = e[i];
+                e[i] = e[c], e[c] = w;
+            }
+            c++;
         }
     return c;
+}
+
+/* a: [n] (permuted), 1 <= k <= n; bin: [n + FD_VLEN] scratch. The k-th
+ * largest entry: histogram rounds (unit weights) while n is large, then a
+ * three-way quickselect. */
+static float kth_largest(float *a, int64_t n, int64_t k, int32_t *bin) {
+    double above = 0.0; /* entries ranked above a[0, n) */
+    while (n > FD_HIST_BINS) {
+        int64_t c = histogram_round(a, NULL, n, (double)k, &above, bin);
+        if (c == n) break;
+        n = c;
+    }
+    int64_t lo = 0, hi = n, want = k - 1 - (int64_t)above;
+    uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
+    while (hi - lo > FD_SELECT_SMALL) {
+        float pv = pick_pivot(a, lo, hi, &seed);
+        int64_t gt = lo, i = lo, lt = hi; /* [lo,gt) > pv, [gt,lt) == pv, [lt,hi) < pv */
+        while (i < lt) {
+            float v = a[i];
+            if (v > pv) {
+                a[i++] = a[gt];
+                a[gt++] = v;
+            } else if (v < pv) {
+                a[i] = a[--lt];
+                a[lt] = v;
+            } else {
+                i++;
+            }
+        }
+        if (want < gt) hi = gt;
+        else if (want < lt) return pv;
+        else lo = lt;
+    }
+    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort, descending */
+        float v = a[i];
+        int64_t j = i;
+        for (; j > lo && a[j - 1] < v; j--) a[j] = a[j - 1];
+        a[j] = v;
+    }
+    return a[want];
 }
 
 /* z, e: [n] (permuted together), target > 0. The boundary logit zb of a
@@ -599,11 +614,11 @@ static int run_row(row_result r, const float *x, int64_t n, const fd_sample_para
         float lo = -INFINITY;
         if (k * 4 <= ng) { /* the k-th largest group max: a lower bound with few tokens above */
             memcpy(s->sz, s->group, (size_t)ng * sizeof(float));
-            lo = kth_largest(s->sz, ng, k);
+            lo = kth_largest(s->sz, ng, k, s->bin);
         }
         nc = collect(s->id, s->cz, z, n, 0.0f, lo);
         memcpy(s->sz, s->cz, (size_t)nc * sizeof(float));
-        float kth = kth_largest(s->sz, nc, k);
+        float kth = kth_largest(s->sz, nc, k, s->bin);
         nc = keep_ge(s->id, s->cz, NULL, nc, 0.0f, kth);
         mass = exp_masked(s->ce, s->cz, nc, m, -INFINITY);
     }

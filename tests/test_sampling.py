@@ -307,6 +307,29 @@ def test_every_simd_level_matches_reference(simd, vocab):
     np.testing.assert_array_equal(fd.argmax(x), np.argmax(x, axis=1))
 
 
+@requires_c
+@pytest.mark.parametrize("kw", [dict(top_k=50), dict(top_k=1000), dict(top_k=100_000), dict(top_p=0.9),
+                                dict(top_p=0.999), dict(top_k=3000, top_p=0.5), dict(min_p=0.01),
+                                dict(temperature=3.0, top_p=0.95, min_p=0.001)],
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_large_vocab_selection_paths(kw):
+    """V = 151936 takes the paths small rows never reach: histogram rounds
+    in the top-k and top-p selections, the group-maxima bounds, flat rows
+    where most of the vocabulary is a candidate, ties by the thousand."""
+    rng = np.random.default_rng(len(str(kw)))
+    vocab = 151936
+    x = np.stack([rng.standard_normal(vocab) * 4, rng.standard_normal(vocab) * 0.5,
+                  np.round(rng.standard_normal(vocab) * 2), rng.standard_normal(vocab)]).astype(np.float32)
+    x[3, rng.random(vocab) < 0.5] = -np.inf
+    got = fd.process_logits(x, **kw)
+    ids = fd.sample(x, rng=9, **kw)
+    with fd.use_backend("numpy"):
+        want = fd.process_logits(x, **kw)
+        want_ids = fd.sample(x, rng=9, **kw)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(ids, want_ids)
+
+
 def test_top_k_keeps_ties(backend):
     x = np.array([1.0, 3.0, 2.0, 2.0, 2.0, 0.0], np.float32)
     kept = np.isfinite(fd.process_logits(x, top_k=2))
