@@ -326,9 +326,12 @@ static float pick_pivot(const float *a, int64_t lo, int64_t hi, uint64_t *seed) 
     return v[0] > v[1] ? v[0] : v[1];
 }
 
-#define FD_HIST_BINS 2048 /* weighted selection over more entries starts with a histogram */
+#define FD_HIST_BINS 2048 /* buckets of a histogram round */
+#ifndef FD_HIST_MIN
+#define FD_HIST_MIN 2048 /* selections over more entries start with histogram rounds */
+#endif
 
-/* z, e: [n] (permuted; e NULL: every weight 1), n > FD_HIST_BINS; bin:
+/* z, e: [n] (permuted; e NULL: every weight 1), n > FD_HIST_MIN; bin:
  * [n + FD_VLEN] scratch. One round of histogram selection: buckets of equal width in z (bucket 0 the
  * largest), the mass of each, the first bucket where the mass from the top
  * reaches target; its entries move to the front. Returns their count (n:
@@ -396,7 +399,7 @@ static int64_t histogram_round(float *z, float *e, int64_t n, double target, dou
  * three-way quickselect. */
 static float kth_largest(float *a, int64_t n, int64_t k, int32_t *bin) {
     double above = 0.0; /* entries ranked above a[0, n) */
-    while (n > FD_HIST_BINS) {
+    while (n > FD_HIST_MIN) {
         int64_t c = histogram_round(a, NULL, n, (double)k, &above, bin);
         if (c == n) break;
         n = c;
@@ -439,7 +442,7 @@ static float kth_largest(float *a, int64_t n, int64_t k, int32_t *bin) {
  * a three-way quickselect weighted by mass finishes. */
 static float weighted_select(float *z, float *e, int64_t n, double target, double *above, int32_t *bin) {
     double acc = 0.0; /* mass of everything ranked above [lo, hi); stays < target */
-    while (n > FD_HIST_BINS) {
+    while (n > FD_HIST_MIN) {
         int64_t c = histogram_round(z, e, n, target, &acc, bin);
         if (c == n) break;
         n = c;
