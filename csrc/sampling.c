@@ -7,20 +7,24 @@
  *      64 vectors' lanes (a NaN check rides along);
  *   2. top-k: the k-th largest group max is a lower bound on the k-th
  *      largest logit (k groups reach it), so one compare pass collects a
- *      few candidates and a quickselect over them finds the threshold;
+ *      few candidates, and a selection over them finds the threshold;
  *   3. top-p: S = sum exp(z - max) in one pass. The boundary logit lies
  *      above two cheap bounds: the weighted selection (mass instead of
  *      rank) over the group maxima, which carry at least their own mass,
  *      and L, as the tokens below L = (1-p) S / 2n carry less than
  *      (1-p) S / 2 together. A compare pass collects the tokens above the
- *      higher bound, and a weighted quickselect over them finds the
+ *      higher bound, and a weighted selection over them finds the
  *      boundary; ties there are kept in id order while the mass above
  *      stays below p S;
  *   4. min-p: p_i >= min_p p_max, that is z_i - max >= log(min_p), a plain
- *      threshold on logits;
+ *      threshold on logits (alone, it needs no S: only the tokens above it
+ *      are exponentiated);
  *   5. draw: inverse CDF in token-id order over the kept tokens, with the
  *      caller's u in [0, 1): the first token whose cumulative mass exceeds
  *      u * total.
+ * Selections over many entries start with histogram rounds (buckets of
+ * equal width in z, a branch-free pass each) and finish with a three-way
+ * quickselect over one bucket.
  * Tokens are ranked by logit (descending), then id (ascending): the same
  * order as by probability, without an exp that could round two logits
  * together. Masses are float32 exp(z - max) summed in double.
@@ -326,9 +330,9 @@ static float pick_pivot(const float *a, int64_t lo, int64_t hi, uint64_t *seed) 
     return v[0] > v[1] ? v[0] : v[1];
 }
 
-#define FD_HIST_BINS 2048 /* buckets of a histogram round */
+#define FD_HIST_BINS 2048 /* most buckets in a histogram round; one per 8 entries below that */
 #ifndef FD_HIST_MIN
-#define FD_HIST_MIN 2048 /* selections over more entries start with histogram rounds */
+#define FD_HIST_MIN 256 /* selections over more entries start with histogram rounds */
 #endif
 
 /* z, e: [n] (permuted; e NULL: every weight 1), n > FD_HIST_MIN; bin:
@@ -353,7 +357,8 @@ static int64_t histogram_round(float *z, float *e, int64_t n, double target, dou
     }
     double range = (double)hi - (double)lo;
     if (!(range > 0) || range > 1e30) return n;
-    vf hv = vf_set1(hi), sv = vf_set1((float)(FD_HIST_BINS / range)), top = vf_set1(FD_HIST_BINS - 1);
+    int bins = n / 8 < FD_HIST_BINS ? (int)(n / 8) : FD_HIST_BINS;
+    vf hv = vf_set1(hi), sv = vf_set1((float)(bins / range)), top = vf_set1((float)(bins - 1));
     for (i = 0; i < n; i += FD_VLEN) {
         float pad[FD_VLEN];
         const float *src = z + i;
@@ -363,19 +368,20 @@ static int64_t histogram_round(float *z, float *e, int64_t n, double target, dou
         }
         vi_store(bin + i, vf_to_int(vf_min(vf_mul(vf_sub(hv, vf_load(src)), sv), top)));
     }
-    double mass[FD_HIST_BINS] = {0};
+    double mass[FD_HIST_BINS];
+    memset(mass, 0, (size_t)bins * sizeof(double));
     if (e)
         for (i = 0; i < n; i++) mass[bin[i]] += e[i];
     else
         for (i = 0; i < n; i++) mass[bin[i]] += 1.0;
     int b = 0, last = 0;
     double a = *acc;
-    for (; b < FD_HIST_BINS; b++) {
+    for (; b < bins; b++) {
         if (mass[b] > 0) last = b;
         if (a + mass[b] >= target) break;
         a += mass[b];
     }
-    if (b == FD_HIST_BINS) { /* rounding kept the total below target: the last bucket */
+    if (b == bins) { /* rounding kept the total below target: the last bucket */
         b = last;
         a -= mass[b];
     }
