@@ -4,7 +4,8 @@ scaled_dot_product_attention (``enable_gqa=True``), float32, one sequence.
 Decode (Tq = 1, the whole cache visible) at Llama-3-8B's heads (Hq 32, Hkv 8,
 D 128) and GPT-2's (12, 12, 64); causal prefill (Tq = Tk).
 
-Decode reads its KV cache from memory: in a real step every other layer's
+Inputs are 64-byte aligned (:func:`fastdecode.empty_aligned`), the same
+buffers for every contender. Decode reads its KV cache from memory: in a real step every other layer's
 weights and caches pass through the caches between two visits of a layer.
 So each decode case rotates through enough copies of K and V (together more
 than twice the last-level cache) that every call of every contender reads
@@ -54,10 +55,15 @@ def cases(quick: bool) -> list:
 
 
 def _qkv(rng, hq, hkv, tq, tk, d):
-    q = rng.standard_normal((1, hq, tq, d), dtype=np.float32)
-    k = rng.standard_normal((1, hkv, tk, d), dtype=np.float32)
-    v = rng.standard_normal((1, hkv, tk, d), dtype=np.float32)
-    return q, k, v
+    """q, k, v, 64-byte aligned as a decoder allocates its KV cache (fastdecode.empty_aligned)."""
+    from fastdecode import empty_aligned
+
+    out = []
+    for shape in ((1, hq, tq, d), (1, hkv, tk, d), (1, hkv, tk, d)):
+        a = empty_aligned(shape)
+        a[...] = rng.standard_normal(shape, dtype=np.float32)
+        out.append(a)
+    return tuple(out)
 
 
 def _rotating(fn, sets, turn):
