@@ -94,6 +94,13 @@ FD_LEVELS(int, fd_attention_f32, (float *out, const float *q, const float *k, co
                                   const int64_t *lengths, int64_t B, int64_t Hq, int64_t Hkv,
                                   int64_t Tq, int64_t Tk, int64_t D, float scale, int causal))
 
+/* ---- linear.c ---------------------------------------------------------- */
+/* out: [rows, n_out] = x W^T + bias; x: [rows, n_in]; w: [n_out, n_in]
+ * (torch's Linear layout); bias: [n_out] or NULL. Built for the few rows of
+ * a decode step: each pass over w serves up to 8 rows of x. */
+FD_LEVELS(void, fd_linear_f32, (float *out, const float *x, const float *w, const float *bias, int64_t rows,
+                                int64_t n_in, int64_t n_out))
+
 /* ---- bandwidth.c ------------------------------------------------------- */
 /* x: [n]. sum(x), read by fd_num_threads threads: the read-bandwidth probe. */
 FD_LEVELS(double, fd_read_sum_f32, (const float *x, int64_t n))

@@ -21,6 +21,16 @@ def _float32_in_c(native, reference, data_arg=1):
     return kernel
 
 
+LINEAR_C_ROWS = 8  # up to this many rows (a decode step) stream W in C; more (a prefill) go to BLAS sgemm
+
+
+def _linear(out, x, w, b):  # out: [N, out], x: [N, in], w: [out, in], b: [out] | None
+    if x.dtype == np.float32 and x.shape[0] <= LINEAR_C_ROWS:
+        _native.linear_f32(out, x, w, b)
+    else:
+        _ref.linear(out, x, w, b)
+
+
 backend = types.SimpleNamespace(
     name="c",
     softmax_rows=_float32_in_c(_native.softmax_rows, _ref.softmax_rows),  # (out, x, log)
@@ -29,4 +39,5 @@ backend = types.SimpleNamespace(
     process_rows=_float32_in_c(_native.process_rows, _ref.process_rows, data_arg=2),  # (out, status, x, ...)
     argmax_rows=_float32_in_c(_native.argmax_rows, _ref.argmax_rows),
     repetition_penalty_rows=_float32_in_c(_native.repetition_penalty_rows, _ref.repetition_penalty_rows),
+    linear=_linear,  # (out, x, w, bias)
 )

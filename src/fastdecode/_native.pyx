@@ -31,6 +31,8 @@ cdef extern from "fastdecode.h":
                          const int64_t *lengths, int64_t B, int64_t Hq, int64_t Hkv,
                          int64_t Tq, int64_t Tk, int64_t D, float scale, int causal) nogil
     double fd_read_sum_f32(const float *x, int64_t n) nogil
+    void fd_linear_f32(float *out, const float *x, const float *w, const float *bias, int64_t rows,
+                       int64_t n_in, int64_t n_out) nogil
 
 LEVELS = ("portable", "avx2", "avx512")
 
@@ -202,3 +204,28 @@ def read_sum_f32(const float[::1] x):
         with nogil:
             s = fd_read_sum_f32(&x[0], x.shape[0])
     return s
+
+
+# ---------------------------------------------------------------------------
+# Linear (decode-step projections)
+# ---------------------------------------------------------------------------
+
+def linear_f32(float[:, ::1] out, const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias):
+    """out: [rows, n_out] = x [rows, n_in] @ w[n_out, n_in].T + bias [n_out] (or None)."""
+    # ops has validated everything; this only keeps the C side inside the buffers it is handed
+    if out.shape[0] != x.shape[0] or out.shape[1] != w.shape[0] or x.shape[1] != w.shape[1] or \
+            (bias is not None and bias.shape[0] != w.shape[0]):
+        raise ValueError("linear_f32: inconsistent shapes")
+    if out.shape[0] * out.shape[1] == 0:
+        return
+    cdef Py_ssize_t r
+    if x.shape[1] == 0:  # no terms: the bias alone
+        for r in range(out.shape[0]):
+            if bias is None:
+                out[r, :] = 0
+            else:
+                out[r, :] = bias
+        return
+    with nogil:
+        fd_linear_f32(&out[0, 0], &x[0, 0], &w[0, 0], &bias[0] if bias is not None else NULL,
+                      x.shape[0], x.shape[1], w.shape[0])

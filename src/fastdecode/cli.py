@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .benchmarks import harness
 
     harness.add_arguments(p)
-    p.add_argument("--kernels", default="all", help="comma-separated: softmax,sampling,attention,decode (default all)")
+    p.add_argument("--kernels", default="all", help="comma-separated: softmax,sampling,attention,linear,decode (default all)")
     p.set_defaults(func=_cmd_bench)
     return parser
 

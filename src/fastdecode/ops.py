@@ -16,7 +16,7 @@ import numpy as np
 
 from . import backend as _backend
 
-__all__ = ["softmax", "log_softmax", "attention",
+__all__ = ["softmax", "log_softmax", "attention", "linear",
            "sample", "argmax", "process_logits", "apply_repetition_penalty"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -196,6 +196,51 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
     _backend.active().attention(target, q, k, v, bool(causal), scale, lengths)
     if target is not result:
         result[...] = target
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Linear
+# ---------------------------------------------------------------------------
+
+def linear(x, weight, bias=None, *, out=None):
+    """``x @ weight.T + bias``, torch's ``F.linear``: x ``[..., in]``, weight
+    ``[out, in]`` (torch's Linear layout), bias ``[out]`` or None; returns
+    ``[..., out]``. One dtype for all (float32 or float64).
+
+    Made for a decode step: a few rows of x against a large weight, which
+    the C backend streams once through every thread (up to 8 rows per
+    pass); more rows (a prefill) go to NumPy's matmul. Pass a C-contiguous
+    weight: any other layout is copied on every call.
+    """
+    x = float_array(x, "x", 1)
+    weight = float_array(weight, "weight", 2, 2)
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x and weight must have one dtype; got {x.dtype} and {weight.dtype}")
+    n_out, n_in = weight.shape
+    if x.shape[-1] != n_in:
+        raise ValueError(f"x has {x.shape[-1]} features (last axis) but weight takes {n_in} (shape {weight.shape})")
+    if bias is not None:
+        bias = float_array(bias, "bias", 1, 1)
+        if bias.dtype != x.dtype:
+            raise TypeError(f"bias must have x's dtype {x.dtype}; got {bias.dtype}")
+        if bias.shape != (n_out,):
+            raise ValueError(f"bias must have shape ({n_out},) (weight's rows); got {bias.shape}")
+        bias = np.ascontiguousarray(bias)
+    shape = x.shape[:-1] + (n_out,)
+    result = np.empty(shape, x.dtype) if out is None else check_out(out, shape, x.dtype)
+    if result.size == 0:
+        return result
+    x2 = np.ascontiguousarray(x).reshape(result.size // n_out, n_in)  # [N, in]
+    weight = np.ascontiguousarray(weight)
+    # the kernel writes out while reading its inputs
+    target = None if any(np.may_share_memory(result, a) for a in (x2, weight, bias) if a is not None) \
+        else _writable_target(result, (x2.shape[0], n_out))
+    if target is None:
+        target = np.empty((x2.shape[0], n_out), x.dtype)
+    _backend.active().linear(target, x2, weight, bias)
+    if target.base is not result and target is not result:
+        result[...] = target.reshape(shape)
     return result
 
 

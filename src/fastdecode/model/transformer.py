@@ -103,11 +103,8 @@ ACTIVATION = {"gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "gelu": gel
               "relu": lambda x: np.maximum(x, 0), "silu": silu}
 
 
-def linear(x, w, b):  # x: [N, in], w: [in, out], b: [out] | None -> [N, out]
-    y = x @ w
-    if b is not None:
-        y += b
-    return y
+def linear(x, w, b, out=None):  # x: [N, in], w: [out, in], b: [out] | None -> [N, out]
+    return ops.linear(x, w, b, out=out)
 
 
 def rope_angles(config, positions):  # positions: [B, T] -> cos, sin: [B, 1, T, D/2]
@@ -191,6 +188,6 @@ def forward(weights: Weights, config: ModelConfig, tokens, cache: KVCache, count
         x = block(x, layer, config, i, cache, rope, chunk)
     cache.lengths[:] = end
     if all_logits:
-        return (norm(x, weights.final_norm, weights.final_norm_bias, config) @ weights.head).reshape(b, t, -1)
+        return linear(norm(x, weights.final_norm, weights.final_norm_bias, config), weights.head, None).reshape(b, t, -1)
     x = x.reshape(b, t, -1)[:, -1]  # [B, d]
-    return np.matmul(norm(x, weights.final_norm, weights.final_norm_bias, config), weights.head, out=out)
+    return linear(norm(x, weights.final_norm, weights.final_norm_bias, config), weights.head, None, out)

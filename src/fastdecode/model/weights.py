@@ -6,14 +6,14 @@ Files: ``model.safetensors``, or shards listed by
 tensors are accepted and converted to float32 (NumPy has no bfloat16: its
 bits are the high half of a float32, so a 16-bit shift converts them).
 
-Layout: every projection is stored ``[in, out]``, C-contiguous, so each
-decode matmul ``x [N, in] @ W [in, out]`` is one BLAS call streaming W once
-(on x86 OpenBLAS this orientation reads faster than ``W [out, in] @ x``).
-Q, K and V are fused into one ``[d, (Hq + 2 Hkv) D]`` matrix, Llama's gate
-and up projections into one ``[d, 2 F]``. The output head is stored
-``[d, V]`` too; with tied embeddings that is a transposed copy beside the
-``[V, d]`` embedding table (one more V x d float32 array in memory, for a
-faster head).
+Layout: every projection is stored ``[out, in]`` (torch's Linear layout),
+C-contiguous, for :func:`fastdecode.ops.linear`: in a decode step each
+output is one contiguous weight row dotted with x, so the C kernel reads
+each weight as one sequential stream per thread. Q, K and V are fused into
+one ``[(Hq + 2 Hkv) D, d]`` matrix, Llama's gate and up projections into
+one ``[2 F, d]``. Llama checkpoints are already in this layout (nothing is
+transposed at load); GPT-2's Conv1D stores ``[in, out]`` and is transposed
+once. The output head is the ``[V, d]`` embedding table itself when tied.
 """
 from __future__ import annotations
 
@@ -127,15 +127,15 @@ def _raw_bf16(path: str, name: str, shape: tuple) -> np.ndarray:  # -> uint16 [s
 class Layer:
     attn_norm: np.ndarray  # [d]
     attn_norm_bias: np.ndarray | None  # [d] (LayerNorm only)
-    qkv: np.ndarray  # [d, (Hq + 2 Hkv) D]
+    qkv: np.ndarray  # [(Hq + 2 Hkv) D, d]
     qkv_bias: np.ndarray | None  # [(Hq + 2 Hkv) D]
-    out: np.ndarray  # [Hq D, d]
+    out: np.ndarray  # [d, Hq D]
     out_bias: np.ndarray | None  # [d]
     mlp_norm: np.ndarray  # [d]
     mlp_norm_bias: np.ndarray | None  # [d]
-    up: np.ndarray  # [d, F] (GPT-2) or [d, 2F]: gate then up (Llama)
+    up: np.ndarray  # [F, d] (GPT-2) or [2F, d]: gate then up (Llama)
     up_bias: np.ndarray | None
-    down: np.ndarray  # [F, d]
+    down: np.ndarray  # [d, F]
     down_bias: np.ndarray | None  # [d]
 
 
@@ -146,7 +146,7 @@ class Weights:
     layers: list
     final_norm: np.ndarray  # [d]
     final_norm_bias: np.ndarray | None  # [d]
-    head: np.ndarray  # [d, V]
+    head: np.ndarray  # [V, d] (the embedding table itself when tied)
 
     def nbytes_per_token(self) -> int:
         """Bytes of weights one decode step reads: every matrix once, one embedding row each."""
@@ -157,11 +157,11 @@ class Weights:
         return per_layer + self.head.nbytes + self.final_norm.nbytes + rows
 
 
-def _fuse(*mats):  # several [in, out_i] -> [in, sum out_i], C-contiguous float32
-    return np.ascontiguousarray(np.concatenate(mats, axis=1), dtype=np.float32)
+def _fuse(*mats):  # several [out_i, in] -> [sum out_i, in], C-contiguous float32
+    return np.ascontiguousarray(np.concatenate(mats, axis=0), dtype=np.float32)
 
 
-def _in_out(w):  # torch Linear's [out, in] -> [in, out], C-contiguous
+def _out_in(w):  # GPT-2 Conv1D's [in, out] -> [out, in], C-contiguous
     return np.ascontiguousarray(w.T)
 
 
@@ -199,18 +199,18 @@ def _gpt2(c: ModelConfig, ckpt: Checkpoint) -> Weights:
     layers = []
     for i in range(c.num_layers):
         h = f"h.{i}."
-        layers.append(Layer(  # GPT-2's Conv1D already stores [in, out]
+        layers.append(Layer(  # GPT-2's Conv1D stores [in, out]
             attn_norm=get(h + "ln_1.weight", d), attn_norm_bias=get(h + "ln_1.bias", d),
-            qkv=get(h + "attn.c_attn.weight", d, 3 * d), qkv_bias=get(h + "attn.c_attn.bias", 3 * d),
-            out=get(h + "attn.c_proj.weight", d, d), out_bias=get(h + "attn.c_proj.bias", d),
+            qkv=_out_in(get(h + "attn.c_attn.weight", d, 3 * d)), qkv_bias=get(h + "attn.c_attn.bias", 3 * d),
+            out=_out_in(get(h + "attn.c_proj.weight", d, d)), out_bias=get(h + "attn.c_proj.bias", d),
             mlp_norm=get(h + "ln_2.weight", d), mlp_norm_bias=get(h + "ln_2.bias", d),
-            up=get(h + "mlp.c_fc.weight", d, f), up_bias=get(h + "mlp.c_fc.bias", f),
-            down=get(h + "mlp.c_proj.weight", f, d), down_bias=get(h + "mlp.c_proj.bias", d),
+            up=_out_in(get(h + "mlp.c_fc.weight", d, f)), up_bias=get(h + "mlp.c_fc.bias", f),
+            down=_out_in(get(h + "mlp.c_proj.weight", f, d)), down_bias=get(h + "mlp.c_proj.bias", d),
         ))
     embed = get("wte.weight", v, d)
     head = ckpt.get("lm_head.weight", (v, d)) if "lm_head.weight" in ckpt else embed
     return Weights(embed=embed, positions=get("wpe.weight", c.max_positions, d), layers=layers,
-                   final_norm=get("ln_f.weight", d), final_norm_bias=get("ln_f.bias", d), head=_in_out(head))
+                   final_norm=get("ln_f.weight", d), final_norm_bias=get("ln_f.bias", d), head=head)
 
 
 def _llama(c: ModelConfig, ckpt: Checkpoint) -> Weights:
@@ -234,13 +234,13 @@ def _llama(c: ModelConfig, ckpt: Checkpoint) -> Weights:
         up_bias = np.concatenate([get(m + "gate_proj.bias", f), get(m + "up_proj.bias", f)]) if c.mlp_bias else None
         layers.append(Layer(
             attn_norm=get(f"layers.{i}.input_layernorm.weight", d), attn_norm_bias=None,
-            qkv=_fuse(get(a + "q_proj.weight", hq, d).T, get(a + "k_proj.weight", hkv, d).T,
-                      get(a + "v_proj.weight", hkv, d).T),
+            qkv=_fuse(get(a + "q_proj.weight", hq, d), get(a + "k_proj.weight", hkv, d),
+                      get(a + "v_proj.weight", hkv, d)),
             qkv_bias=qkv_bias,
-            out=_in_out(get(a + "o_proj.weight", d, hq)), out_bias=bias(a + "o_proj.bias", d, c.out_bias),
+            out=get(a + "o_proj.weight", d, hq), out_bias=bias(a + "o_proj.bias", d, c.out_bias),
             mlp_norm=get(f"layers.{i}.post_attention_layernorm.weight", d), mlp_norm_bias=None,
-            up=_fuse(get(m + "gate_proj.weight", f, d).T, get(m + "up_proj.weight", f, d).T), up_bias=up_bias,
-            down=_in_out(get(m + "down_proj.weight", d, f)), down_bias=bias(m + "down_proj.bias", d, c.mlp_bias),
+            up=_fuse(get(m + "gate_proj.weight", f, d), get(m + "up_proj.weight", f, d)), up_bias=up_bias,
+            down=get(m + "down_proj.weight", d, f), down_bias=bias(m + "down_proj.bias", d, c.mlp_bias),
         ))
     embed = get("embed_tokens.weight", v, d)
     if "lm_head.weight" in ckpt:
@@ -251,4 +251,4 @@ def _llama(c: ModelConfig, ckpt: Checkpoint) -> Weights:
         raise WeightError(f"{ckpt.directory}: the checkpoint has no tensor 'lm_head.weight' and config.json "
                           "does not tie it to the embeddings (tie_word_embeddings is false)")
     return Weights(embed=embed, positions=None, layers=layers, final_norm=get("norm.weight", d),
-                   final_norm_bias=None, head=_in_out(head))
+                   final_norm_bias=None, head=head)

@@ -8,7 +8,7 @@ import types
 
 import numpy as np
 
-from . import attention, sampling, softmax
+from . import attention, linear, sampling, softmax
 
 
 def _softmax_rows(out, x, log):  # out, x: [rows, n]
@@ -80,6 +80,12 @@ def _repetition_penalty_rows(out, x, penalty, prev_ids, prev_offsets):  # out, x
     return 0
 
 
+def _linear(out, x, w, b):  # out: [N, out], x: [N, in], w: [out, in], b: [out] | None
+    np.matmul(x, w.T, out=out)  # linear.linear, written into out (NumPy's BLAS)
+    if b is not None:
+        out += b
+
+
 backend = types.SimpleNamespace(
     name="numpy",
     softmax_rows=_softmax_rows,
@@ -88,4 +94,5 @@ backend = types.SimpleNamespace(
     process_rows=_process_rows,
     argmax_rows=_argmax_rows,
     repetition_penalty_rows=_repetition_penalty_rows,
+    linear=_linear,
 )
