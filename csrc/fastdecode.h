@@ -41,6 +41,49 @@ FD_LEVELS(void, fd_softmax_f32, (float *out, const float *x, int64_t rows, int64
 /* out, x: [n]. The kernels' exp (simd.h), exposed so tests can measure it. */
 FD_LEVELS(void, fd_exp_f32, (float *out, const float *x, int64_t n))
 
+/* ---- sampling.c -------------------------------------------------------- */
+/* One row's sampler settings, each at its neutral value when off; Python
+ * fills a [rows, 6] float64 array with this layout. */
+typedef struct {
+    double temperature; /* > 0; 0 = greedy (the argmax, lowest id on a tie) */
+    double top_k;       /* a whole number; 0 or >= n = off */
+    double top_p;       /* (0, 1]; 1 = off */
+    double min_p;       /* [0, 1]; 0 = off */
+    double penalty;     /* repetition penalty > 0; 1 = off */
+    double u;           /* [0, 1): the draw's uniform number */
+} fd_sample_params;
+
+/* What a row that cannot be sampled gets instead of a token id (status): */
+#define FD_ROW_NAN (-1)    /* a NaN in the row */
+#define FD_ROW_POSINF (-2) /* +inf in the row, or made by the penalty or temperature */
+#define FD_ROW_NEGINF (-3) /* every entry -inf, given or made by the penalty or temperature */
+
+/* Previously seen tokens (repetition penalty), ragged rows: row r saw
+ * prev_ids[prev_offsets[r] .. prev_offsets[r+1]-1], each in [0, n);
+ * prev_ids: [n_prev], prev_offsets: [rows + 1]; both may be NULL in
+ * fd_sample_f32 / fd_process_logits_f32 (nothing seen). */
+
+/* ids: [rows] drawn token ids (or an FD_ROW_ code); x: [rows, n] logits;
+ * params: [rows]. Returns the number of bad rows, or -1 when scratch memory
+ * could not be allocated. No sort: threshold selection (sampling.c). */
+FD_LEVELS(int64_t, fd_sample_f32, (int64_t *ids, const float *x, int64_t rows, int64_t n,
+                                   const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                                   const int64_t *prev_offsets))
+/* out: [rows, n] the logits after every processor, filtered tokens at -inf
+ * (probs == 0), or the probabilities, filtered tokens at 0 (probs != 0);
+ * status: [rows] 0 or an FD_ROW_ code. params[r].u is not used. */
+FD_LEVELS(int64_t, fd_process_logits_f32, (float *out, int64_t *status, const float *x, int64_t rows, int64_t n,
+                                           const fd_sample_params *params, const int64_t *prev_ids,
+                                           int64_t n_prev, const int64_t *prev_offsets, int probs))
+/* ids: [rows] the first index of each row's max (or an FD_ROW_ code); x: [rows, n] */
+FD_LEVELS(int64_t, fd_argmax_f32, (int64_t *ids, const float *x, int64_t rows, int64_t n))
+/* out, x: [rows, n] (out may be x); penalty: [rows]. Each distinct seen id
+ * once: logit < 0 -> logit * penalty, else logit / penalty. Returns 0, or
+ * -1 when an in-place call could not allocate its copy. */
+FD_LEVELS(int64_t, fd_repetition_penalty_f32, (float *out, const float *x, int64_t rows, int64_t n,
+                                               const double *penalty, const int64_t *prev_ids, int64_t n_prev,
+                                               const int64_t *prev_offsets))
+
 /* ---- attention.c ------------------------------------------------------- */
 /* out, q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D]; lengths: [B], Hq % Hkv == 0.
  * Query i of row b sits at position lengths[b] - Tq + i and sees key j when
@@ -50,6 +93,13 @@ FD_LEVELS(void, fd_exp_f32, (float *out, const float *x, int64_t n))
 FD_LEVELS(int, fd_attention_f32, (float *out, const float *q, const float *k, const float *v,
                                   const int64_t *lengths, int64_t B, int64_t Hq, int64_t Hkv,
                                   int64_t Tq, int64_t Tk, int64_t D, float scale, int causal))
+
+/* ---- linear.c ---------------------------------------------------------- */
+/* out: [rows, n_out] = x W^T + bias; x: [rows, n_in]; w: [n_out, n_in]
+ * (torch's Linear layout); bias: [n_out] or NULL. Built for the few rows of
+ * a decode step: each pass over w serves up to 8 rows of x. */
+FD_LEVELS(void, fd_linear_f32, (float *out, const float *x, const float *w, const float *bias, int64_t rows,
+                                int64_t n_in, int64_t n_out))
 
 /* ---- bandwidth.c ------------------------------------------------------- */
 /* x: [n]. sum(x), read by fd_num_threads threads: the read-bandwidth probe. */

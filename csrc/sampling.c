@@ -1,3 +1,783 @@
-/* sampling.c: filled in by the sampling kernel work. */
+/* sampling.c: the token sampler, in Hugging Face's order and with its rules
+ *
+ *     repetition penalty -> temperature -> top-k -> top-p -> min-p -> draw
+ *
+ * without sorting the vocabulary. Per row:
+ *   1. scan: z = penalized(x) / T, max(z), and the max of each group of
+ *      64 vectors' lanes (a NaN check rides along);
+ *   2. top-k: the k-th largest group max is a lower bound on the k-th
+ *      largest logit (k groups reach it), so one compare pass collects a
+ *      few candidates, and a selection over them finds the threshold;
+ *   3. top-p: S = sum exp(z - max) in one pass. The boundary logit lies
+ *      above two cheap bounds: the weighted selection (mass instead of
+ *      rank) over the group maxima, which carry at least their own mass,
+ *      and L, as the tokens below L = (1-p) S / 2n carry less than
+ *      (1-p) S / 2 together. A compare pass collects the tokens above the
+ *      higher bound, and a weighted selection over them finds the
+ *      boundary; ties there are kept in id order while the mass above
+ *      stays below p S;
+ *   4. min-p: p_i >= min_p p_max, that is z_i - max >= log(min_p), a plain
+ *      threshold on logits (alone, it needs no S: only the tokens above it
+ *      are exponentiated);
+ *   5. draw: inverse CDF in token-id order over the kept tokens, with the
+ *      caller's u in [0, 1): the first token whose cumulative mass exceeds
+ *      u * total.
+ * Selections over many entries start with histogram rounds (buckets of
+ * equal width in z, a branch-free pass each) and finish with a three-way
+ * quickselect over one bucket.
+ * Tokens are ranked by logit (descending), then id (ascending): the same
+ * order as by probability, without an exp that could round two logits
+ * together. Masses are float32 exp(z - max) summed in double.
+ *
+ * Rows run in parallel (OpenMP), each thread with its own scratch memory,
+ * kept between calls. Every entry through vf_exp (tails are padded), so a
+ * token's mass never depends on where it sits in an array.
+ */
 #include "fastdecode.h"
 #include "simd.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FD_GROUP (64 * FD_VLEN)   /* elements per top-k group block */
+#define FD_SUM_BLOCK 8            /* vectors summed in float before the double add */
+#define FD_CDF_BLOCK (4 * FD_VLEN) /* entries per block of the draw's walk */
+#define FD_SELECT_SMALL 16        /* below this, selection sorts by insertion */
+#define FD_SAMPLE_PAR_MIN (1 << 15) /* elements in all rows worth a parallel region */
+
+/* ----------------------------------------------------------------------------
+ * Scratch memory: one block per thread, kept between calls
+ *
+ * Fresh memory costs a page fault per 4 KiB touched, more than a whole
+ * top-k draw at V = 150k, so each thread keeps its block (grown when a row
+ * needs more) until it exits: about 30 bytes per vocabulary entry.
+ * ---------------------------------------------------------------------------- */
+
+typedef struct {
+    float *z;     /* [n] the scaled row, when it is not the input itself */
+    float *group; /* [n / 64 + 2 FD_VLEN + 2] group maxima */
+    int32_t *id;  /* [n + FD_VLEN] candidate ids, ascending */
+    int32_t *bin; /* [n + FD_VLEN] histogram buckets */
+    float *cz;    /* [n + FD_VLEN] candidate logits; the whole row's masses on the plain path */
+    float *ce;    /* [n + FD_VLEN] candidate masses exp(z - max) */
+    float *sz;    /* [n + FD_VLEN] selection copies, permuted */
+    float *se;    /* [n + FD_VLEN] */
+} scratch;
+
+typedef struct {
+    size_t floats; /* capacity */
+    float data[];
+} scratch_block;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok;
+
+static void scratch_key_create(void) { scratch_key_ok = pthread_key_create(&scratch_key, free) == 0; }
+
+static int64_t group_capacity(int64_t n) { return n / 64 + 2 * FD_VLEN + 2; }
+
+/* This thread's block, large enough for rows of n; 0 when out of memory. */
+static int scratch_get(scratch *s, int64_t n) {
+    int64_t len = n + FD_VLEN; /* room for vf_compress's whole-vector stores */
+    size_t need = (size_t)len * 7 + (size_t)group_capacity(n);
+    pthread_once(&scratch_once, scratch_key_create);
+    if (!scratch_key_ok) return 0;
+    scratch_block *b = pthread_getspecific(scratch_key);
+    if (!b || b->floats < need) {
+        free(b);
+        b = malloc(sizeof(scratch_block) + need * sizeof(float));
+        if (b) b->floats = need;
+        pthread_setspecific(scratch_key, b);
+        if (!b) return 0;
+    }
+    float *f = b->data;
+    s->z = f;
+    s->cz = f + len;
+    s->ce = f + 2 * len;
+    s->sz = f + 3 * len;
+    s->se = f + 4 * len;
+    s->id = (int32_t *)(f + 5 * len);
+    s->bin = (int32_t *)(f + 6 * len);
+    s->group = f + 7 * len;
+    return 1;
+}
+
+/* ----------------------------------------------------------------------------
+ * Scan: scale, max, group maxima, NaN
+ * ---------------------------------------------------------------------------- */
+
+/* One block of vectors: returns the lane-wise max; dst = src / t when div. */
+static inline vf scan_block(float *dst, const float *src, int64_t len, vf tv, int div, vi *nan) {
+    vf g0 = vf_set1(-INFINITY), g1 = g0;
+    int64_t j = 0;
+    for (; j + 2 * FD_VLEN <= len; j += 2 * FD_VLEN) {
+        vf a = vf_load(src + j), b = vf_load(src + j + FD_VLEN);
+        if (div) {
+            a = vf_div(a, tv);
+            b = vf_div(b, tv);
+        }
+        if (dst) {
+            vf_store(dst + j, a);
+            vf_store(dst + j + FD_VLEN, b);
+        }
+        *nan = vi_nan_track(vi_nan_track(*nan, a), b);
+        g0 = vf_max(g0, a);
+        g1 = vf_max(g1, b);
+    }
+    for (; j < len; j += FD_VLEN) {
+        vf a = vf_load(src + j);
+        if (div) a = vf_div(a, tv);
+        if (dst) vf_store(dst + j, a);
+        *nan = vi_nan_track(*nan, a);
+        g0 = vf_max(g0, a);
+    }
+    return vf_max(g0, g1);
+}
+
+/* dst, src: [n] (dst NULL: read only; dst may be src); group: [group_capacity(n)] or NULL.
+ * dst = src / t when div. Returns max; *ngroup = group maxima written;
+ * *nan set when any entry is NaN. Groups: each lane of each block of
+ * FD_GROUP elements, then the lanes of the last whole vectors, then the
+ * scalar tail: a partition of the row, which is all top-k needs. */
+static float scan_row(float *dst, const float *src, int64_t n, float t, int div, float *group,
+                      int64_t *ngroup, int *nan) {
+    vf tv = vf_set1(t), mx = vf_set1(-INFINITY);
+    vi nanv = vi_zero();
+    int64_t i = 0, g = 0;
+    for (; i + FD_GROUP <= n; i += FD_GROUP) {
+        vf gm = scan_block(dst ? dst + i : NULL, src + i, FD_GROUP, tv, div, &nanv);
+        if (group) vf_store(group + g, gm);
+        g += FD_VLEN;
+        mx = vf_max(mx, gm);
+    }
+    int64_t whole = (n - i) / FD_VLEN * FD_VLEN;
+    if (whole) {
+        vf gm = scan_block(dst ? dst + i : NULL, src + i, whole, tv, div, &nanv);
+        if (group) vf_store(group + g, gm);
+        g += FD_VLEN;
+        mx = vf_max(mx, gm);
+        i += whole;
+    }
+    float m = vf_reduce_max(mx);
+    int bad = vi_reduce_max_u32(nanv) > 0x7f800000u;
+    if (i < n) {
+        float gm = -INFINITY;
+        for (; i < n; i++) {
+            float v = div ? src[i] / t : src[i];
+            if (dst) dst[i] = v;
+            bad |= v != v;
+            gm = v > gm ? v : gm;
+        }
+        if (group) group[g] = gm;
+        g++;
+        m = gm > m ? gm : m;
+    }
+    *ngroup = g;
+    *nan = bad;
+    return m;
+}
+
+/* z: [n]. The first i with z[i] == m. */
+static int64_t first_equal(const float *z, int64_t n, float m) {
+    vf mv = vf_set1(m);
+    int64_t i = 0;
+    for (; i + FD_VLEN <= n; i += FD_VLEN) {
+        uint32_t k = vf_mask_eq(vf_load(z + i), mv);
+        if (k) return i + __builtin_ctz(k);
+    }
+    for (; i < n; i++)
+        if (z[i] == m) return i;
+    return 0;
+}
+
+/* z: [n] (a copy of x), x: [n]; ids: [nids]. Each seen id once, from the
+ * original logit, so repeated ids change nothing more. Ids outside [0, n)
+ * are skipped: ops rejects them, and C does not trust its caller. */
+static void penalize(float *z, const float *x, int64_t n, const int64_t *ids, int64_t nids, float pen) {
+    for (int64_t j = 0; j < nids; j++) {
+        int64_t t = ids[j];
+        if ((uint64_t)t >= (uint64_t)n) continue;
+        float v = x[t];
+        z[t] = v < 0 ? v * pen : v / pen;
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * Masses
+ * ---------------------------------------------------------------------------- */
+
+/* e: [n] or NULL; z: [n]. e = exp(z - m) where z - m >= dmin, else 0;
+ * returns the sum in double. The tail goes through vf_exp too, padded. */
+static double exp_masked(float *e, const float *z, int64_t n, float m, float dmin) {
+    vf mv = vf_set1(m), lo = vf_set1(dmin), zero = vf_set1(0.0f);
+    vd acc = vd_zero();
+    int64_t i = 0;
+    while (i + FD_VLEN <= n) {
+        vf block = zero;
+        for (int j = 0; j < FD_SUM_BLOCK && i + FD_VLEN <= n; j++, i += FD_VLEN) {
+            vf d = vf_sub(vf_load(z + i), mv);
+            vf v = vf_where_ge(d, lo, vf_exp(d), zero);
+            if (e) vf_store(e + i, v);
+            block = vf_add(block, v);
+        }
+        acc = vd_add_vf(acc, block);
+    }
+    if (i < n) {
+        float pad[FD_VLEN];
+        for (int j = 0; j < FD_VLEN; j++) pad[j] = i + j < n ? z[i + j] : -INFINITY;
+        vf d = vf_sub(vf_load(pad), mv);
+        vf v = vf_where_ge(d, lo, vf_exp(d), zero);
+        vf_store(pad, v);
+        if (e)
+            for (int j = 0; i + j < n; j++) e[i + j] = pad[j];
+        acc = vd_add_vf(acc, v);
+    }
+    return vd_reduce(acc);
+}
+
+static inline float block_sum(const float *e) { /* FD_CDF_BLOCK entries */
+    vf a = vf_add(vf_load(e), vf_load(e + FD_VLEN));
+    vf b = vf_add(vf_load(e + 2 * FD_VLEN), vf_load(e + 3 * FD_VLEN));
+    return vf_reduce_add(vf_add(a, b));
+}
+
+/* e: [n] masses (n >= 1, some > 0). The inverse CDF in index order: the
+ * first i whose cumulative mass exceeds u * total. Block sums are
+ * recomputed, not stored: the same code gives the same sums both times. */
+static int64_t cdf_pick(const float *e, int64_t n, double u) {
+    int64_t nb = n / FD_CDF_BLOCK, i;
+    double total = 0.0;
+    for (int64_t b = 0; b < nb; b++) total += block_sum(e + b * FD_CDF_BLOCK);
+    for (i = nb * FD_CDF_BLOCK; i < n; i++) total += e[i];
+    double target = u * total, cum = 0.0;
+    for (int64_t b = 0; b < nb; b++) {
+        double s = block_sum(e + b * FD_CDF_BLOCK);
+        if (cum + s > target) {
+            double c = cum;
+            for (i = b * FD_CDF_BLOCK; i < (b + 1) * FD_CDF_BLOCK; i++) {
+                c += e[i];
+                if (c > target) return i;
+            }
+        }
+        cum += s;
+    }
+    for (i = nb * FD_CDF_BLOCK; i < n; i++) {
+        cum += e[i];
+        if (cum > target) return i;
+    }
+    for (i = n - 1; i > 0; i--) /* u * total rounded past the end: the last token with mass */
+        if (e[i] > 0) return i;
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Candidates: (id, logit, mass) in id order
+ * ---------------------------------------------------------------------------- */
+
+/* id, cz: [n + FD_VLEN] out; z: [n]. Appends every i with z[i] - shift >= lo; returns the count. */
+static int64_t collect(int32_t *id, float *cz, const float *z, int64_t n, float shift, float lo) {
+    vf sv = vf_set1(shift), lv = vf_set1(lo);
+    int64_t c = 0, i = 0;
+    for (; i + 4 * FD_VLEN <= n; i += 4 * FD_VLEN) {
+        vf a = vf_load(z + i), b = vf_load(z + i + FD_VLEN);
+        vf d = vf_load(z + i + 2 * FD_VLEN), e = vf_load(z + i + 3 * FD_VLEN);
+        uint32_t ka = vf_mask_ge(vf_sub(a, sv), lv), kb = vf_mask_ge(vf_sub(b, sv), lv);
+        uint32_t kd = vf_mask_ge(vf_sub(d, sv), lv), ke = vf_mask_ge(vf_sub(e, sv), lv);
+        if (!(ka | kb | kd | ke)) continue; /* the common case: nothing here */
+        c += vf_compress(cz + c, id + c, (int32_t)i, a, ka);
+        c += vf_compress(cz + c, id + c, (int32_t)(i + FD_VLEN), b, kb);
+        c += vf_compress(cz + c, id + c, (int32_t)(i + 2 * FD_VLEN), d, kd);
+        c += vf_compress(cz + c, id + c, (int32_t)(i + 3 * FD_VLEN), e, ke);
+    }
+    for (; i < n; i++)
+        if (z[i] - shift >= lo) {
+            id[c] = (int32_t)i;
+            cz[c++] = z[i];
+        }
+    return c;
+}
+
+/* id, cz, ce (ce may be NULL): [nc]. Keeps the entries with cz - shift >= lo, in order. */
+static int64_t keep_ge(int32_t *id, float *cz, float *ce, int64_t nc, float shift, float lo) {
+    int64_t c = 0;
+    for (int64_t i = 0; i < nc; i++) { /* without a branch, as in top_p_cut */
+        float v = cz[i];
+        id[c] = id[i], cz[c] = v;
+        if (ce) ce[c] = ce[i];
+        c += v - shift >= lo;
+    }
+    return c;
+}
+
+/* ----------------------------------------------------------------------------
+ * Selection (quickselect, three-way, descending): no sort of the row
+ * ---------------------------------------------------------------------------- */
+
+/* Pivot: median of three entries at pseudo-random places, so no input
+ * order makes the selection quadratic in practice. */
+static float pick_pivot(const float *a, int64_t lo, int64_t hi, uint64_t *seed) {
+    uint64_t span = (uint64_t)(hi - lo);
+    float v[3];
+    for (int j = 0; j < 3; j++) {
+        *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+        v[j] = a[lo + (int64_t)((*seed >> 33) % span)];
+    }
+    if (v[0] > v[1]) { float t = v[0]; v[0] = v[1]; v[1] = t; }
+    if (v[1] > v[2]) v[1] = v[2];
+    return v[0] > v[1] ? v[0] : v[1];
+}
+
+#define FD_HIST_BINS 2048 /* most buckets in a histogram round; one per 8 entries below that */
+#ifndef FD_HIST_MIN
+#define FD_HIST_MIN 256 /* selections over more entries start with histogram rounds */
+#endif
+
+/* z, e: [n] (permuted; e NULL: every weight 1), n > FD_HIST_MIN; bin:
+ * [n + FD_VLEN] scratch. One round of histogram selection: buckets of equal width in z (bucket 0 the
+ * largest), the mass of each, the first bucket where the mass from the top
+ * reaches target; its entries move to the front. Returns their count (n:
+ * no progress) and adds the mass of the buckets above to *acc. Every
+ * bucket index comes from the same vector code (the tail padded), so an
+ * entry's bucket is the same in both passes that need it. */
+static int64_t histogram_round(float *z, float *e, int64_t n, double target, double *acc, int32_t *bin) {
+    vf vhi = vf_set1(-INFINITY), vlo = vf_set1(INFINITY);
+    int64_t i = 0;
+    for (; i + FD_VLEN <= n; i += FD_VLEN) {
+        vf v = vf_load(z + i);
+        vhi = vf_max(vhi, v);
+        vlo = vf_min(vlo, v);
+    }
+    float hi = vf_reduce_max(vhi), lo = -vf_reduce_max(vf_sub(vf_set1(0.0f), vlo));
+    for (; i < n; i++) {
+        hi = z[i] > hi ? z[i] : hi;
+        lo = z[i] < lo ? z[i] : lo;
+    }
+    double range = (double)hi - (double)lo;
+    if (!(range > 0) || range > 1e30) return n;
+    int bins = n / 8 < FD_HIST_BINS ? (int)(n / 8) : FD_HIST_BINS;
+    vf hv = vf_set1(hi), sv = vf_set1((float)(bins / range)), top = vf_set1((float)(bins - 1));
+    for (i = 0; i < n; i += FD_VLEN) {
+        float pad[FD_VLEN];
+        const float *src = z + i;
+        if (i + FD_VLEN > n) {
+            for (int j = 0; j < FD_VLEN; j++) pad[j] = i + j < n ? z[i + j] : hi;
+            src = pad;
+        }
+        vi_store(bin + i, vf_to_int(vf_min(vf_mul(vf_sub(hv, vf_load(src)), sv), top)));
+    }
+    double mass[FD_HIST_BINS];
+    memset(mass, 0, (size_t)bins * sizeof(double));
+    if (e)
+        for (i = 0; i < n; i++) mass[bin[i]] += e[i];
+    else
+        for (i = 0; i < n; i++) mass[bin[i]] += 1.0;
+    int b = 0, last = 0;
+    double a = *acc;
+    for (; b < bins; b++) {
+        if (mass[b] > 0) last = b;
+        if (a + mass[b] >= target) break;
+        a += mass[b];
+    }
+    if (b == bins) { /* rounding kept the total below target: the last bucket */
+        b = last;
+        a -= mass[b];
+    }
+    *acc = a;
+    int64_t c = 0;
+    for (i = 0; i < n; i++)
+        if (bin[i] == b) {
+            float v = z[i];
+            z[i] = z[c], z[c] = v;
+            if (e) {
+                float w = e[i];
+                e[i] = e[c], e[c] = w;
+            }
+            c++;
+        }
+    return c;
+}
+
+/* a: [n] (permuted), 1 <= k <= n; bin: [n + FD_VLEN] scratch. The k-th
+ * largest entry: histogram rounds (unit weights) while n is large, then a
+ * three-way quickselect. */
+static float kth_largest(float *a, int64_t n, int64_t k, int32_t *bin) {
+    double above = 0.0; /* entries ranked above a[0, n) */
+    while (n > FD_HIST_MIN) {
+        int64_t c = histogram_round(a, NULL, n, (double)k, &above, bin);
+        if (c == n) break;
+        n = c;
+    }
+    int64_t lo = 0, hi = n, want = k - 1 - (int64_t)above;
+    uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
+    while (hi - lo > FD_SELECT_SMALL) {
+        float pv = pick_pivot(a, lo, hi, &seed);
+        int64_t gt = lo, i = lo, lt = hi; /* [lo,gt) > pv, [gt,lt) == pv, [lt,hi) < pv */
+        while (i < lt) {
+            float v = a[i];
+            if (v > pv) {
+                a[i++] = a[gt];
+                a[gt++] = v;
+            } else if (v < pv) {
+                a[i] = a[--lt];
+                a[lt] = v;
+            } else {
+                i++;
+            }
+        }
+        if (want < gt) hi = gt;
+        else if (want < lt) return pv;
+        else lo = lt;
+    }
+    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort, descending */
+        float v = a[i];
+        int64_t j = i;
+        for (; j > lo && a[j - 1] < v; j--) a[j] = a[j - 1];
+        a[j] = v;
+    }
+    return a[want];
+}
+
+/* z, e: [n] (permuted together), target > 0. The boundary logit zb of a
+ * weighted selection, ranked by z descending: mass(z > zb) < target <=
+ * mass(z >= zb); *above = mass(z > zb); bin: [n + FD_VLEN] scratch. When rounding leaves the whole
+ * mass below target, the smallest logit (every token stays). Large inputs
+ * go through histogram rounds first (a few branch-free passes each), then
+ * a three-way quickselect weighted by mass finishes. */
+static float weighted_select(float *z, float *e, int64_t n, double target, double *above, int32_t *bin) {
+    double acc = 0.0; /* mass of everything ranked above [lo, hi); stays < target */
+    while (n > FD_HIST_MIN) {
+        int64_t c = histogram_round(z, e, n, target, &acc, bin);
+        if (c == n) break;
+        n = c;
+    }
+    int64_t lo = 0, hi = n;
+    uint64_t seed = 0xD1B54A32D192ED03ull ^ (uint64_t)n;
+    while (hi - lo > FD_SELECT_SMALL) {
+        float pv = pick_pivot(z, lo, hi, &seed);
+        int64_t gt = lo, i = lo, lt = hi;
+        double mg = 0.0, me = 0.0;
+        while (i < lt) {
+            float v = z[i], w = e[i];
+            if (v > pv) {
+                z[i] = z[gt], e[i] = e[gt];
+                z[gt] = v, e[gt] = w;
+                gt++, i++;
+                mg += w;
+            } else if (v < pv) {
+                lt--;
+                z[i] = z[lt], e[i] = e[lt];
+                z[lt] = v, e[lt] = w;
+            } else {
+                i++;
+                me += w;
+            }
+        }
+        if (acc + mg >= target) {
+            hi = gt;
+        } else if (acc + mg + me >= target) {
+            *above = acc + mg;
+            return pv;
+        } else {
+            acc += mg + me;
+            if (lt == hi) { /* everything counted, target not reached */
+                *above = acc - me;
+                return pv;
+            }
+            lo = lt;
+        }
+    }
+    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort by z, descending */
+        float v = z[i], w = e[i];
+        int64_t j = i;
+        for (; j > lo && z[j - 1] < v; j--) z[j] = z[j - 1], e[j] = e[j - 1];
+        z[j] = v, e[j] = w;
+    }
+    float last = z[lo];
+    double last_above = acc;
+    for (int64_t i = lo; i < hi;) { /* walk groups of equal logits */
+        double m = 0.0;
+        int64_t j = i;
+        for (; j < hi && z[j] == z[i]; j++) m += e[j];
+        if (acc + m >= target) {
+            *above = acc;
+            return z[i];
+        }
+        last = z[i], last_above = acc;
+        acc += m;
+        i = j;
+    }
+    *above = last_above;
+    return last;
+}
+
+/* ----------------------------------------------------------------------------
+ * Filters over the candidates
+ * ---------------------------------------------------------------------------- */
+
+/* id, cz, ce: [nc] in id order, sz, se, bin: [nc + FD_VLEN] scratch. Keeps the tokens
+ * whose mass ranked strictly above stays below target = p * S. */
+static int64_t top_p_cut(int32_t *id, float *cz, float *ce, int64_t nc, double target, float *sz, float *se,
+                         int32_t *bin) {
+    memcpy(sz, cz, (size_t)nc * sizeof(float));
+    memcpy(se, ce, (size_t)nc * sizeof(float));
+    double above;
+    float zb = weighted_select(sz, se, nc, target, &above, bin);
+    int64_t c = 0;
+    for (int64_t i = 0; i < nc; i++) { /* compaction without a branch: keeping is a coin flip */
+        float v = cz[i], w = ce[i];
+        int keep = v > zb;
+        if (v == zb && above < target) { /* a tie at the boundary: id order decides */
+            keep = 1;
+            above += w;
+        }
+        id[c] = id[i], cz[c] = v, ce[c] = w;
+        c += keep;
+    }
+    return c;
+}
+
+/* group: [ng] the scan's group maxima; gz, ge, bin: [ng + FD_VLEN] scratch. A lower
+ * bound on top-p's boundary logit: each group whose max is >= zg holds at
+ * least its max's mass, so once those reach target (with a margin for
+ * rounding) the kept tokens all lie at or above zg. -inf when they never do
+ * (a flat row), and L's cut is all there is. */
+static float top_p_group_cut(const float *group, int64_t ng, float m, double target, float *gz, float *ge,
+                             int32_t *bin) {
+    memcpy(gz, group, (size_t)ng * sizeof(float));
+    target *= 1.0 + 1e-5;
+    if (exp_masked(ge, gz, ng, m, -INFINITY) < target) return -INFINITY;
+    double above;
+    return weighted_select(gz, ge, ng, target, &above, bin);
+}
+
+/* The smallest float d with (double)d >= x: float compares then decide
+ * exactly as the double compare of the reference does. */
+static float float_at_least(double x) {
+    float f = (float)x;
+    if ((double)f < x) f = nextafterf(f, INFINITY);
+    return f;
+}
+
+/* ----------------------------------------------------------------------------
+ * One row
+ * ---------------------------------------------------------------------------- */
+
+typedef struct {
+    int64_t *pick; /* the drawn id, or NULL */
+    float *out;    /* [n] processed logits or probabilities, or NULL */
+    int probs;
+} row_result;
+
+/* out: [n]. The kept candidates written into an otherwise filtered row. */
+static void write_candidates(float *out, int64_t n, int probs, const int32_t *id, const float *cz,
+                             const float *ce, int64_t nc) {
+    double w = 0.0;
+    for (int64_t i = 0; i < nc; i++) w += ce[i];
+    float fill = probs ? 0.0f : -INFINITY;
+    for (int64_t i = 0; i < n; i++) out[i] = fill;
+    for (int64_t i = 0; i < nc; i++) out[id[i]] = probs ? (float)(ce[i] / w) : cz[i];
+}
+
+/* x: [n]; prev: [nprev]. Returns 0 or an FD_ROW_ code. */
+static int run_row(row_result r, const float *x, int64_t n, const fd_sample_params *p, const int64_t *prev,
+                   int64_t nprev, scratch *s) {
+    int greedy = p->temperature == 0.0;
+    float t = (float)p->temperature, pen = (float)p->penalty;
+    int div = !greedy && t != 1.0f;
+    const float *z = x, *src = x;
+    float *dst = NULL;
+    if (pen != 1.0f && nprev > 0) {
+        memcpy(s->z, x, (size_t)n * sizeof(float));
+        penalize(s->z, x, n, prev, nprev, pen);
+        z = src = dst = s->z;
+    } else if (div) {
+        z = dst = s->z;
+    }
+    int nan;
+    int64_t ng;
+    float m = scan_row(dst, src, n, t, div, s->group, &ng, &nan);
+    if (nan) return FD_ROW_NAN;
+    if (m == INFINITY) return FD_ROW_POSINF;
+    if (m == -INFINITY) return FD_ROW_NEGINF;
+
+    if (greedy) {
+        int64_t i = first_equal(z, n, m);
+        if (r.pick) *r.pick = i;
+        if (r.out) {
+            float one = 1.0f;
+            write_candidates(r.out, n, r.probs, (int32_t[]){(int32_t)i}, &m, &one, 1);
+        }
+        return 0;
+    }
+    double kd = p->top_k;
+    int64_t k = kd >= 1.0 && kd < (double)n ? (int64_t)kd : 0;
+    int top_p = p->top_p > 0.0 && p->top_p < 1.0;
+    float dmin = p->min_p > 0.0 ? float_at_least(log(p->min_p < 1.0 ? p->min_p : 1.0)) : -INFINITY;
+
+    int64_t nc = -1; /* candidates in s->id/cz/ce, or -1: the whole row */
+    double mass = 0.0;
+    if (k) {
+        float lo = -INFINITY;
+        if (k * 4 <= ng) { /* the k-th largest group max: a lower bound with few tokens above */
+            memcpy(s->sz, s->group, (size_t)ng * sizeof(float));
+            lo = kth_largest(s->sz, ng, k, s->bin);
+        }
+        nc = collect(s->id, s->cz, z, n, 0.0f, lo);
+        memcpy(s->sz, s->cz, (size_t)nc * sizeof(float));
+        float kth = kth_largest(s->sz, nc, k, s->bin);
+        nc = keep_ge(s->id, s->cz, NULL, nc, 0.0f, kth);
+        mass = exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+    }
+    if (top_p) {
+        if (nc < 0) {
+            mass = exp_masked(NULL, z, n, m, -INFINITY);
+            /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together,
+             * so the boundary lies above (the 1e-3 covers vf_exp's rounding) */
+            float lo = (float)(log((1.0 - p->top_p) * mass / (2.0 * (double)n)) - 1e-3);
+            float zg = top_p_group_cut(s->group, ng, m, p->top_p * mass, s->sz, s->se, s->bin);
+            lo = zg - m > lo ? zg - m : lo;
+            nc = collect(s->id, s->cz, z, n, m, lo);
+            exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+        }
+        nc = top_p_cut(s->id, s->cz, s->ce, nc, p->top_p * mass, s->sz, s->se, s->bin);
+    } else if (nc < 0 && dmin > -INFINITY) { /* min-p alone: a plain threshold, no S needed */
+        nc = collect(s->id, s->cz, z, n, m, dmin);
+        exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+    }
+    if (nc >= 0) {
+        if (dmin > -INFINITY) nc = keep_ge(s->id, s->cz, s->ce, nc, m, dmin);
+        if (r.out) write_candidates(r.out, n, r.probs, s->id, s->cz, s->ce, nc);
+        if (r.pick) *r.pick = s->id[cdf_pick(s->ce, nc, p->u)];
+        return 0;
+    }
+    /* temperature alone: every token, one pass over the whole row */
+    if (r.out && !r.probs) {
+        memmove(r.out, z, (size_t)n * sizeof(float));
+        return 0;
+    }
+    float *e = r.out ? r.out : s->cz;
+    double w = exp_masked(e, z, n, m, -INFINITY);
+    if (r.out) {
+        vf sv = vf_set1((float)(1.0 / w));
+        int64_t i = 0;
+        for (; i + FD_VLEN <= n; i += FD_VLEN) vf_store(e + i, vf_mul(vf_load(e + i), sv));
+        for (; i < n; i++) e[i] = (float)(e[i] / w);
+    }
+    if (r.pick) *r.pick = cdf_pick(e, n, p->u);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Kernels
+ * ---------------------------------------------------------------------------- */
+
+/* The rows of one call: ids (draws) or status, out (process) as given. */
+static int64_t run_rows(int64_t *ids, int64_t *status, float *out, int probs, const float *x, int64_t rows,
+                        int64_t n, const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                        const int64_t *prev_offsets) {
+    int64_t bad = 0;
+    int nomem = 0;
+#ifdef _OPENMP
+    int nt = fd_num_threads < rows ? fd_num_threads : (int)rows;
+    nt = nt < 1 || rows * n < FD_SAMPLE_PAR_MIN ? 1 : nt;
+#pragma omp parallel num_threads(nt) reduction(+ : bad) reduction(| : nomem) if (nt > 1)
+#endif
+    {
+        scratch s;
+        int ok = scratch_get(&s, n);
+        nomem |= !ok;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t r = 0; r < rows; r++) {
+            if (!ok) continue;
+            const int64_t *prev = NULL;
+            int64_t nprev = 0;
+            if (prev_ids && prev_offsets) { /* offsets clamped: C does not trust its caller */
+                int64_t a = prev_offsets[r] < 0 ? 0 : prev_offsets[r];
+                int64_t b = prev_offsets[r + 1] < n_prev ? prev_offsets[r + 1] : n_prev;
+                prev = prev_ids + a;
+                nprev = b > a ? b - a : 0;
+            }
+            int64_t pick = 0;
+            row_result res = {ids ? &pick : NULL, out ? out + r * n : NULL, probs};
+            int code = run_row(res, x + r * n, n, params + r, prev, nprev, &s);
+            if (ids) ids[r] = code ? code : pick;
+            if (status) status[r] = code;
+            bad += code != 0;
+        }
+    }
+    return nomem ? -1 : bad;
+}
+
+/* ids: [rows]; x: [rows, n]; params: [rows]; prev_ids: [n_prev] */
+int64_t FD_FN(fd_sample_f32)(int64_t *ids, const float *x, int64_t rows, int64_t n, const fd_sample_params *params,
+                             const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    return run_rows(ids, NULL, NULL, 0, x, rows, n, params, prev_ids, n_prev, prev_offsets);
+}
+
+/* out: [rows, n]; status: [rows]; x: [rows, n]; params: [rows]; prev_ids: [n_prev] */
+int64_t FD_FN(fd_process_logits_f32)(float *out, int64_t *status, const float *x, int64_t rows, int64_t n,
+                                     const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                                     const int64_t *prev_offsets, int probs) {
+    return run_rows(NULL, status, out, probs, x, rows, n, params, prev_ids, n_prev, prev_offsets);
+}
+
+/* ids: [rows]; x: [rows, n] */
+int64_t FD_FN(fd_argmax_f32)(int64_t *ids, const float *x, int64_t rows, int64_t n) {
+    int64_t bad = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        int nan;
+        int64_t ng;
+        float m = scan_row(NULL, xr, n, 1.0f, 0, NULL, &ng, &nan);
+        int code = nan ? FD_ROW_NAN : m == INFINITY ? FD_ROW_POSINF : m == -INFINITY ? FD_ROW_NEGINF : 0;
+        ids[r] = code ? code : first_equal(xr, n, m);
+        bad += code != 0;
+    }
+    return bad;
+}
+
+/* out, x: [rows, n] (out may be x); penalty: [rows]; prev_ids: [n_prev] */
+int64_t FD_FN(fd_repetition_penalty_f32)(float *out, const float *x, int64_t rows, int64_t n, const double *penalty,
+                                         const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    float *copy = NULL;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *o = out + r * n;
+        if (o == xr) { /* in place: read the originals from a copy, so a repeated id counts once */
+            if (!copy && !(copy = malloc((size_t)n * sizeof(float)))) return -1;
+            memcpy(copy, xr, (size_t)n * sizeof(float));
+            xr = copy;
+        } else {
+            memcpy(o, xr, (size_t)n * sizeof(float));
+        }
+        int64_t a = prev_offsets[r] < 0 ? 0 : prev_offsets[r];
+        int64_t b = prev_offsets[r + 1] < n_prev ? prev_offsets[r + 1] : n_prev;
+        if (b > a) penalize(o, xr, n, prev_ids + a, b - a, (float)penalty[r]);
+    }
+    free(copy);
+    return 0;
+}
+
+#if FD_ENTRY_POINTS
+int64_t fd_sample_f32(int64_t *ids, const float *x, int64_t rows, int64_t n, const fd_sample_params *params,
+                      const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    return FD_DISPATCH(fd_sample_f32, (ids, x, rows, n, params, prev_ids, n_prev, prev_offsets));
+}
+int64_t fd_process_logits_f32(float *out, int64_t *status, const float *x, int64_t rows, int64_t n,
+                              const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                              const int64_t *prev_offsets, int probs) {
+    return FD_DISPATCH(fd_process_logits_f32, (out, status, x, rows, n, params, prev_ids, n_prev, prev_offsets, probs));
+}
+int64_t fd_argmax_f32(int64_t *ids, const float *x, int64_t rows, int64_t n) {
+    return FD_DISPATCH(fd_argmax_f32, (ids, x, rows, n));
+}
+int64_t fd_repetition_penalty_f32(float *out, const float *x, int64_t rows, int64_t n, const double *penalty,
+                                  const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    return FD_DISPATCH(fd_repetition_penalty_f32, (out, x, rows, n, penalty, prev_ids, n_prev, prev_offsets));
+}
+#endif

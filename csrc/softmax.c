@@ -10,9 +10,14 @@
 
 #include <math.h>
 
-/* Below these sizes a parallel region costs more than it saves. */
-#define FD_SOFTMAX_PAR_MIN (1 << 15)  /* elements in all rows */
-#define FD_SOFTMAX_SPLIT_MIN (1 << 14) /* elements in one row */
+/* Idle OpenMP workers sleep (backend.py says why), and waking one costs
+ * 20-100 us (most in a VM), while one thread softmaxes about 3 elements
+ * per ns. So rows are handed out dynamically (the caller's thread starts
+ * at once and a late worker only takes what is left), and a single row is
+ * split across threads, which makes every thread wait at two barriers,
+ * only when it is long enough to repay that. */
+#define FD_SOFTMAX_PAR_MIN (1 << 17)   /* elements in all rows */
+#define FD_SOFTMAX_SPLIT_MIN (1 << 20) /* elements in one row */
 #define FD_MAX_THREADS 256
 
 /* ----------------------------------------------------------------------------
@@ -160,7 +165,8 @@ void FD_FN(fd_softmax_f32)(float *out, const float *x, int64_t rows, int64_t n, 
         return;
     }
     if (nt > 1 && rows > 1 && rows * n >= FD_SOFTMAX_PAR_MIN) {
-#pragma omp parallel for num_threads(nt) schedule(static)
+        int64_t chunk = rows / (4 * (int64_t)nt) > 0 ? rows / (4 * (int64_t)nt) : 1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, chunk)
         for (int64_t r = 0; r < rows; r++) softmax_row(out + r * n, x + r * n, n, take_log);
         return;
     }

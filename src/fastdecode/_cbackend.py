@@ -12,16 +12,32 @@ from . import _native, reference
 _ref = reference.backend
 
 
-def _float32_in_c(native, reference):
-    """A kernel that runs `native` when its first input is float32, else `reference`."""
-    def kernel(out, x, *args):
-        (native if x.dtype == np.float32 else reference)(out, x, *args)
+def _float32_in_c(native, reference, data_arg=1):
+    """A kernel that runs `native` when its float input (argument `data_arg`,
+    after the outputs) is float32, else `reference`."""
+    def kernel(*args):
+        return (native if args[data_arg].dtype == np.float32 else reference)(*args)
 
     return kernel
+
+
+LINEAR_C_ROWS = 8  # up to this many rows (a decode step) stream W in C; more (a prefill) go to BLAS sgemm
+
+
+def _linear(out, x, w, b):  # out: [N, out], x: [N, in], w: [out, in], b: [out] | None
+    if x.dtype == np.float32 and x.shape[0] <= LINEAR_C_ROWS:
+        _native.linear_f32(out, x, w, b)
+    else:
+        _ref.linear(out, x, w, b)
 
 
 backend = types.SimpleNamespace(
     name="c",
     softmax_rows=_float32_in_c(_native.softmax_rows, _ref.softmax_rows),  # (out, x, log)
     attention=_float32_in_c(_native.attention_f32, _ref.attention),  # (out, q, k, v, causal, scale, lengths)
+    sample_rows=_float32_in_c(_native.sample_rows, _ref.sample_rows),
+    process_rows=_float32_in_c(_native.process_rows, _ref.process_rows, data_arg=2),  # (out, status, x, ...)
+    argmax_rows=_float32_in_c(_native.argmax_rows, _ref.argmax_rows),
+    repetition_penalty_rows=_float32_in_c(_native.repetition_penalty_rows, _ref.repetition_penalty_rows),
+    linear=_linear,  # (out, x, w, bias)
 )

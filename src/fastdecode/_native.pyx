@@ -17,10 +17,22 @@ cdef extern from "fastdecode.h":
     const char *fd_build_flags()
     void fd_softmax_f32(float *out, const float *x, int64_t rows, int64_t n, int take_log) nogil
     void fd_exp_f32(float *out, const float *x, int64_t n) nogil
+    ctypedef struct fd_sample_params:
+        double temperature, top_k, top_p, min_p, penalty, u
+    int64_t fd_sample_f32(int64_t *ids, const float *x, int64_t rows, int64_t n, const fd_sample_params *params,
+                          const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) nogil
+    int64_t fd_process_logits_f32(float *out, int64_t *status, const float *x, int64_t rows, int64_t n,
+                                  const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                                  const int64_t *prev_offsets, int probs) nogil
+    int64_t fd_argmax_f32(int64_t *ids, const float *x, int64_t rows, int64_t n) nogil
+    int64_t fd_repetition_penalty_f32(float *out, const float *x, int64_t rows, int64_t n, const double *penalty,
+                                      const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) nogil
     int fd_attention_f32(float *out, const float *q, const float *k, const float *v,
                          const int64_t *lengths, int64_t B, int64_t Hq, int64_t Hkv,
                          int64_t Tq, int64_t Tk, int64_t D, float scale, int causal) nogil
     double fd_read_sum_f32(const float *x, int64_t n) nogil
+    void fd_linear_f32(float *out, const float *x, const float *w, const float *bias, int64_t rows,
+                       int64_t n_in, int64_t n_out) nogil
 
 LEVELS = ("portable", "avx2", "avx512")
 
@@ -83,6 +95,79 @@ def exp_f32(float[::1] out, const float[::1] x):
 
 
 # ---------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------
+# params: [rows, 6] float64 in fd_sample_params' order (temperature, top_k,
+# top_p, min_p, penalty, u); prev_ids [n_prev] / prev_offsets [rows + 1]
+# int64, or None (nothing seen). Each returns the C kernel's count of bad
+# rows (-1: out of memory).
+
+cdef inline const int64_t *_ptr_or_null(const int64_t[::1] a) noexcept:
+    return &a[0] if a is not None and a.shape[0] else NULL
+
+
+cdef struct SeenTokens:
+    const int64_t *ids
+    int64_t n
+    const int64_t *offsets
+
+
+cdef SeenTokens _seen(const int64_t[::1] ids, const int64_t[::1] offsets):
+    cdef SeenTokens s
+    s.ids = _ptr_or_null(ids)
+    s.n = ids.shape[0] if ids is not None else 0
+    s.offsets = _ptr_or_null(offsets)
+    return s
+
+
+def sample_rows(int64_t[::1] ids, const float[:, ::1] x, const double[:, ::1] params,
+                const int64_t[::1] prev_ids, const int64_t[::1] prev_offsets):
+    """ids: [rows]; x: [rows, n] float32 (n >= 1)"""
+    cdef SeenTokens seen = _seen(prev_ids, prev_offsets)
+    cdef int64_t bad
+    if x.shape[0] == 0:
+        return 0
+    with nogil:
+        bad = fd_sample_f32(&ids[0], &x[0, 0], x.shape[0], x.shape[1],
+                            <const fd_sample_params *>&params[0, 0], seen.ids, seen.n, seen.offsets)
+    return bad
+
+
+def process_rows(float[:, ::1] out, int64_t[::1] status, const float[:, ::1] x, const double[:, ::1] params,
+                 const int64_t[::1] prev_ids, const int64_t[::1] prev_offsets, bint probs):
+    """out, x: [rows, n] float32 (n >= 1); status: [rows]"""
+    cdef SeenTokens seen = _seen(prev_ids, prev_offsets)
+    cdef int64_t bad
+    if x.shape[0] == 0:
+        return 0
+    with nogil:
+        bad = fd_process_logits_f32(&out[0, 0], &status[0], &x[0, 0], x.shape[0], x.shape[1],
+                                    <const fd_sample_params *>&params[0, 0], seen.ids, seen.n, seen.offsets,
+                                    probs)
+    return bad
+
+
+def argmax_rows(int64_t[::1] ids, const float[:, ::1] x):
+    """ids: [rows]; x: [rows, n] float32 (n >= 1)"""
+    cdef int64_t bad
+    if x.shape[0] == 0:
+        return 0
+    with nogil:
+        bad = fd_argmax_f32(&ids[0], &x[0, 0], x.shape[0], x.shape[1])
+    return bad
+
+
+def repetition_penalty_rows(float[:, ::1] out, const float[:, ::1] x, const double[::1] penalty,
+                            const int64_t[::1] prev_ids, const int64_t[::1] prev_offsets not None):
+    """out, x: [rows, n] float32 (out may be x); penalty: [rows]"""
+    cdef SeenTokens seen = _seen(prev_ids, prev_offsets)
+    cdef int64_t bad
+    if x.shape[0] * x.shape[1] == 0:
+        return 0
+    with nogil:
+        bad = fd_repetition_penalty_f32(&out[0, 0], &x[0, 0], x.shape[0], x.shape[1], &penalty[0],
+                                        seen.ids, seen.n, seen.offsets)
+    return bad
 # Attention
 # ---------------------------------------------------------------------------
 
@@ -119,3 +204,28 @@ def read_sum_f32(const float[::1] x):
         with nogil:
             s = fd_read_sum_f32(&x[0], x.shape[0])
     return s
+
+
+# ---------------------------------------------------------------------------
+# Linear (decode-step projections)
+# ---------------------------------------------------------------------------
+
+def linear_f32(float[:, ::1] out, const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias):
+    """out: [rows, n_out] = x [rows, n_in] @ w[n_out, n_in].T + bias [n_out] (or None)."""
+    # ops has validated everything; this only keeps the C side inside the buffers it is handed
+    if out.shape[0] != x.shape[0] or out.shape[1] != w.shape[0] or x.shape[1] != w.shape[1] or \
+            (bias is not None and bias.shape[0] != w.shape[0]):
+        raise ValueError("linear_f32: inconsistent shapes")
+    if out.shape[0] * out.shape[1] == 0:
+        return
+    cdef Py_ssize_t r
+    if x.shape[1] == 0:  # no terms: the bias alone
+        for r in range(out.shape[0]):
+            if bias is None:
+                out[r, :] = 0
+            else:
+                out[r, :] = bias
+        return
+    with nogil:
+        fd_linear_f32(&out[0, 0], &x[0, 0], &w[0, 0], &bias[0] if bias is not None else NULL,
+                      x.shape[0], x.shape[1], w.shape[0])

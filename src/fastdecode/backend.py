@@ -41,6 +41,19 @@ SIMD_LEVELS = ("portable", "avx2", "avx512")
 _numpy_backend = reference.backend
 _c_backend = None
 _c_error: str | None = None
+
+# GNU OpenMP keeps idle worker threads spinning (without yielding) for about
+# 300,000 iterations after each parallel region: tens of milliseconds. In a
+# decode loop, where a NumPy matmul (OpenBLAS, its own threads) follows each
+# kernel, those spinners hold the cores OpenBLAS needs: a 0.08 ms
+# matmul+softmax step took 8 ms on a 2-core machine, and a short spin
+# (GOMP_SPINCOUNT=1000) still cost 0.2 ms, against 0.11 ms with passive
+# waiting (bench/openmp_spin.py). So idle workers sleep, and the kernels go
+# parallel only when the work is large enough to repay a wake-up (~20 us).
+# libgomp reads this once, when it is loaded, so it applies when fastdecode
+# loads it first; the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "passive"
 try:
     from . import _native
 except ImportError as exc:  # not built, or built for another platform

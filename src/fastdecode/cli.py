@@ -6,10 +6,23 @@ import json
 import sys
 
 
+def _embedded_model_info() -> dict:
+    import pathlib
+
+    directory = pathlib.Path(__file__).parent / "models" / "default"
+    if not (directory / "config.json").exists():
+        return {"default_model": "missing from this installation"}
+    config = json.loads((directory / "config.json").read_text())
+    size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    return {"default_model": f"{config.get('architectures', ['?'])[0]}, {config.get('num_hidden_layers')} layers, "
+                             f"hidden {config.get('hidden_size')}, vocab {config.get('vocab_size')}, "
+                             f"{size / 1e6:.1f} MB ({directory})"}
+
+
 def _cmd_info(args) -> int:
     import fastdecode
 
-    info = {"version": fastdecode.__version__, **fastdecode.backend_info()}
+    info = {"version": fastdecode.__version__, **fastdecode.backend_info(), **_embedded_model_info()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -21,6 +34,79 @@ def _cmd_info(args) -> int:
             value = "; ".join(f"{k}: {v}" for k, v in value.items()) or "-"
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _read_prompt(args) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ValueError("give a prompt as an argument, or pipe it on stdin")
+    text = sys.stdin.read()
+    return text[:-1] if text.endswith("\n") else text  # `echo prompt |` adds a newline nobody typed
+
+
+def _cmd_generate(args) -> int:
+    import fastdecode
+
+    prompt = _read_prompt(args)
+    if args.backend:
+        fastdecode.set_backend(args.backend)
+    if args.threads is not None:
+        fastdecode.set_num_threads(args.threads)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)  # NumPy's BLAS: the model's matmuls
+    model = fastdecode.load(args.model)
+    settings = dict(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy and args.temperature > 0,
+                    temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                    min_p=args.min_p or None, repetition_penalty=args.repetition_penalty,
+                    stop=args.stop or None, rng=args.seed)
+    out = sys.stdout
+    tokens = model.stream(prompt, **settings)
+    if not args.json:
+        out.write(prompt)  # as llama.cpp does: the continuation reads on from the prompt
+    pieces = []
+    while True:
+        try:
+            token = next(tokens)
+        except StopIteration as done:
+            result = done.value
+            break
+        pieces.append(token.text)
+        if not args.json:
+            out.write(token.text)
+            out.flush()
+    t = result.timing
+    if args.json:
+        print(json.dumps({
+            "prompt": prompt, "text": result.text, "token_ids": [int(i) for i in result.token_ids],
+            "finish_reason": result.finish_reason, "prompt_tokens": t.prompt_tokens,
+            "generated_tokens": t.generated_tokens, "prompt_tokens_per_s": t.prompt_tokens_per_s,
+            "generated_tokens_per_s": t.generated_tokens_per_s, "backend": fastdecode.get_backend(),
+        }))
+    else:
+        out.write("\n")
+    print(f"prompt: {t.prompt_tokens} tokens, {t.prompt_tokens_per_s:.1f} tokens/s | "
+          f"generated: {t.generated_tokens} tokens, {t.generated_tokens_per_s:.1f} tokens/s | "
+          f"backend {fastdecode.get_backend()}, {result.finish_reason}", file=sys.stderr)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def _ranged(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    def parse(text: str) -> float:
+        value = float(text)
+        if value != value or value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+            raise argparse.ArgumentTypeError(
+                f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}; got {text}")
+        return value
+    return parse
 
 
 def _cmd_bench(args) -> int:
@@ -37,18 +123,43 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr (``--help`` shows the usage), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastdecode", description="Fast transformer decoding on the CPU.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="fastdecode", description="Fast transformer decoding on the CPU.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("info", help="version, backends, SIMD level, threads")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("generate", help="generate text, streamed as it is made (default: the embedded model)")
+    p.add_argument("prompt", nargs="?", help="the prompt (default: read from stdin)")
+    p.add_argument("-m", "--model", default="default", help="Hugging Face model directory (default: the embedded model)")
+    p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default 64)")
+    p.add_argument("--temperature", type=_ranged(0, float("inf")), default=0.8, help="0 means greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 disables (default 40)")
+    p.add_argument("--top-p", type=_ranged(0, 1, lo_open=True), default=0.95, help="nucleus mass in (0, 1]; 1 disables (default 0.95)")
+    p.add_argument("--min-p", type=_ranged(0, 1), default=0.05, help="keep p >= min_p * p_max; 0 disables (default 0.05)")
+    p.add_argument("--repetition-penalty", type=_ranged(0, float("inf"), lo_open=True), default=1.0,
+                   help="HF's repetition penalty; 1 disables (default 1.0)")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (same as --temperature 0)")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable); eos always stops")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    p.add_argument("--threads", type=_positive_int, default=None, help="threads for the kernels and NumPy's BLAS")
+    p.add_argument("--backend", choices=["auto", "c", "numpy"], default=None, help="kernel backend (default auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("bench", help="benchmark fastdecode against NumPy, SciPy, PyTorch, transformers")
     from .benchmarks import harness
 
     harness.add_arguments(p)
-    p.add_argument("--kernels", default="all", help="comma-separated: softmax,sampling,attention,decode (default all)")
+    p.add_argument("--kernels", default="all", help="comma-separated: softmax,sampling,attention,linear,decode (default all)")
     p.set_defaults(func=_cmd_bench)
     return parser
 
@@ -58,7 +169,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"fastdecode: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,106 @@
+/* linear.c: out = x W^T + bias for the few rows of x in a decode step.
+ *
+ * A decode step reads every weight once, so a projection is a stream of W
+ * through the cores and its speed is the memory's. W is [n_out, n_in]
+ * (torch's Linear layout): each output is the dot product of one contiguous
+ * weight row with x, and each thread takes one contiguous block of rows, so
+ * every thread reads a single sequential stream (the bandwidth probe's
+ * pattern; a BLAS gemv on this shape reads ~20-30% slower on the machines
+ * we measured). Up to FD_LINEAR_ROWS rows of x share one pass over W; more
+ * rows (a prefill) are compute-bound, and the C backend hands them to
+ * NumPy's matmul (BLAS sgemm) instead.
+ *
+ * Sums are float, four (one row) or two (several rows) chains per row, as
+ * BLAS keeps them: a dot of a few thousand terms loses ~1e-6 relative, far
+ * below what float32 weights carry, and double chains would halve the
+ * arithmetic rate of a kernel that needs every cycle to keep up with memory.
+ */
+#include "fastdecode.h"
+#include "simd.h"
+
+#define FD_LINEAR_ROWS 8
+/* Idle OpenMP workers sleep (backend.py), and waking one costs 20-100 us:
+ * one thread streams ~4 MiB in that time, so smaller weights stay on one. */
+#define FD_LINEAR_PAR_MIN (1 << 20) /* weight elements */
+
+/* ----------------------------------------------------------------------------
+ * Dot products of one weight row
+ * ---------------------------------------------------------------------------- */
+
+/* w, x: [n]. Returns w . x. */
+static float dot1(const float *w, const float *x, int64_t n) {
+    vf a0 = vf_set1(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 4 * FD_VLEN <= n; i += 4 * FD_VLEN) {
+        a0 = vf_fmadd(vf_load(w + i), vf_load(x + i), a0);
+        a1 = vf_fmadd(vf_load(w + i + FD_VLEN), vf_load(x + i + FD_VLEN), a1);
+        a2 = vf_fmadd(vf_load(w + i + 2 * FD_VLEN), vf_load(x + i + 2 * FD_VLEN), a2);
+        a3 = vf_fmadd(vf_load(w + i + 3 * FD_VLEN), vf_load(x + i + 3 * FD_VLEN), a3);
+    }
+    for (; i + FD_VLEN <= n; i += FD_VLEN)
+        a0 = vf_fmadd(vf_load(w + i), vf_load(x + i), a0);
+    float s = vf_reduce_add(vf_add(vf_add(a0, a1), vf_add(a2, a3)));
+    for (; i < n; i++)
+        s += w[i] * x[i];
+    return s;
+}
+
+/* acc: [rows] = w . x[r]; w: [n]; x: [rows, n], rows <= FD_LINEAR_ROWS.
+ * Each vector of w is loaded once and used for every row. */
+static void dot_rows(float *acc, const float *w, const float *x, int64_t rows, int64_t n) {
+    vf a[FD_LINEAR_ROWS], b[FD_LINEAR_ROWS];
+    for (int64_t r = 0; r < rows; r++)
+        a[r] = b[r] = vf_set1(0.0f);
+    int64_t i = 0;
+    for (; i + 2 * FD_VLEN <= n; i += 2 * FD_VLEN) {
+        vf w0 = vf_load(w + i), w1 = vf_load(w + i + FD_VLEN);
+        for (int64_t r = 0; r < rows; r++) {
+            a[r] = vf_fmadd(w0, vf_load(x + r * n + i), a[r]);
+            b[r] = vf_fmadd(w1, vf_load(x + r * n + i + FD_VLEN), b[r]);
+        }
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        float s = vf_reduce_add(vf_add(a[r], b[r]));
+        for (int64_t j = i; j < n; j++)
+            s += w[j] * x[r * n + j];
+        acc[r] = s;
+    }
+}
+
+/* ----------------------------------------------------------------------------
+ * The kernel
+ * ---------------------------------------------------------------------------- */
+
+/* out: [rows, n_out]; x: [rows, n_in]; w: [n_out, n_in]; bias: [n_out] or NULL */
+void FD_FN(fd_linear_f32)(float *out, const float *x, const float *w, const float *bias, int64_t rows,
+                          int64_t n_in, int64_t n_out) {
+    int nt = fd_num_threads > 1 && n_out * n_in >= FD_LINEAR_PAR_MIN ? fd_num_threads : 1;
+    for (int64_t r0 = 0; r0 < rows; r0 += FD_LINEAR_ROWS) { /* each group of rows streams W once */
+        int64_t nr = rows - r0 < FD_LINEAR_ROWS ? rows - r0 : FD_LINEAR_ROWS;
+        const float *xs = x + r0 * n_in;
+        float *ys = out + r0 * n_out;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+        for (int64_t o = 0; o < n_out; o++) {
+            const float *wo = w + o * n_in;
+            float b = bias ? bias[o] : 0.0f;
+            if (nr == 1) {
+                ys[o] = dot1(wo, xs, n_in) + b;
+            } else {
+                float acc[FD_LINEAR_ROWS];
+                dot_rows(acc, wo, xs, nr, n_in);
+                for (int64_t r = 0; r < nr; r++)
+                    ys[r * n_out + o] = acc[r] + b;
+            }
+        }
+    }
+    (void)nt;
+}
+
+#if FD_ENTRY_POINTS
+void fd_linear_f32(float *out, const float *x, const float *w, const float *bias, int64_t rows, int64_t n_in,
+                   int64_t n_out) {
+    FD_DISPATCH(fd_linear_f32, (out, x, w, bias, rows, n_in, n_out));
+}
+#endif

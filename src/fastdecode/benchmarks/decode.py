@@ -1,0 +1,282 @@
+"""End-to-end decoding: fastdecode's ``generate()`` against transformers'
+``generate()`` on the same checkpoint, same prompt, same thread count.
+
+Models (random weights, built once and kept in a cache directory):
+``gpt2-124m`` (transformers' ``GPT2Config()`` defaults) and ``llama-125m``
+(hidden 768, 12 layers, 12 heads, 4 KV heads, intermediate 2048, vocab
+32000, untied head). Prompt 32 tokens, 128 new tokens, greedy and top-k 50 +
+top-p 0.9, eos ignored so every run makes all 128 tokens.
+
+Reported per (model, mode, threads, contender):
+- tokens/s: new tokens / wall time of the whole generate() call;
+- time per token: (T(128 new) - T(1 new)) / 127, the decode steps alone, the
+  same subtraction for every contender;
+- the floor: bytes of weights one decode step reads / the read bandwidth
+  measured in the same run, at the same thread count.
+
+    python bench/decode.py [--threads 1,all] [--quick] [--rounds N] [--json PATH] [--cache DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import harness
+from .harness import Case, optional_import
+
+PROMPT_TOKENS = 32
+NEW_TOKENS = 128
+MODELS = {
+    "gpt2-124m": ("GPT2Config", {}),
+    "llama-125m": ("LlamaConfig", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                       num_key_value_heads=4, intermediate_size=2048, vocab_size=32000,
+                                       max_position_embeddings=2048, tie_word_embeddings=False)),
+}
+MODES = {
+    "greedy": dict(do_sample=False),
+    "top-k 50 + top-p 0.9": dict(do_sample=True, top_k=50, top_p=0.9),
+}
+BASELINE, PEER = "fastdecode-c", "transformers"
+TARGET_SPEEDUP, TARGET_FLOOR, TARGET_SAMPLING = 2.3, 1.2, 0.03
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("FASTDECODE_BENCH_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "fastdecode", "bench-models")
+
+
+def checkpoint(name: str, cache_dir: str | None = None) -> str:
+    """The directory of model `name`, built with transformers (seed 0) on first use."""
+    directory = os.path.join(cache_dir or default_cache_dir(), name)
+    if not os.path.isfile(os.path.join(directory, "model.safetensors")):
+        import torch
+        import transformers
+
+        config_cls, kwargs = MODELS[name]
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_cls)(**kwargs))
+        model.save_pretrained(directory)
+    return directory
+
+
+def read_gbps() -> float:
+    """Read bandwidth (GB/s) at the current thread count: benchmarks.bandwidth
+    when this build has it, else the same C probe (a sum over 512 MiB by
+    every thread) called here, else BLAS sgemv over 512 MiB."""
+    try:
+        from .bandwidth import read_gbps as probe
+    except ImportError:
+        return _interim_read_gbps()
+    return float(probe())
+
+
+def _interim_read_gbps(nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    try:
+        from .._native import read_sum_f32 as read
+    except ImportError:  # no C build: the access pattern of a decode step, through BLAS
+        w, x = np.ones((1024, nbytes // 4096), np.float32), np.ones((1, 1024), np.float32)
+        data, read = w, (lambda w: x @ w)
+    else:
+        data = np.ones(nbytes // 4, np.float32)
+    read(data)  # page in
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        read(data)
+        best = min(best, time.perf_counter() - t0)
+    return data.nbytes / best / 1e9
+
+
+# ---------------------------------------------------------------------------
+# Contenders: each a function (new_tokens) -> None that runs one generate()
+# ---------------------------------------------------------------------------
+
+def load_models(directory: str) -> tuple:
+    """(fastdecode model, transformers model or None) of one checkpoint."""
+    import fastdecode
+
+    hf = None
+    transformers = optional_import("transformers")
+    if transformers is not None:
+        import torch
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+        hf.generation_config.eos_token_id = None  # like ignore_eos: every run makes all its tokens
+        hf.generation_config.pad_token_id = 0
+    return fastdecode.load(directory), hf
+
+
+def contenders(models: tuple, mode: dict, prompt: np.ndarray, backends=("c", "numpy")) -> dict:
+    """{contender: run(new_tokens)} for one mode."""
+    import fastdecode
+
+    model, hf = models
+    out = {}
+    for backend in backends:
+        if backend not in fastdecode.backend_info()["available"]:
+            continue
+
+        def run(n, backend=backend):
+            with fastdecode.use_backend(backend):
+                model.generate(prompt.tolist(), max_new_tokens=n, ignore_eos=True, rng=0, **mode)
+
+        out[f"fastdecode-{backend}"] = run
+    if hf is not None:
+        import torch
+
+        ids = torch.from_numpy(prompt[None])
+
+        def run_hf(n):
+            with torch.no_grad():
+                hf.generate(ids, max_new_tokens=n, **mode)
+
+        out[PEER] = run_hf
+    return out
+
+
+def measure(fns: dict, rounds: int, new_tokens: int) -> dict:
+    """Median seconds of generate(new_tokens) and generate(1) per contender, in rotated order."""
+    names = list(fns)
+    for fn in fns.values():  # warm-up: first-call costs (allocation, lazy init, page faults)
+        fn(2)
+    full = {k: [] for k in names}
+    one = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[k](new_tokens)
+            t1 = time.perf_counter()
+            fns[k](1)
+            full[k].append(t1 - t0)
+            one[k].append(time.perf_counter() - t1)
+    return {k: {"total_s": float(np.median(full[k])), "prefill_s": float(np.median(one[k]))} for k in names}
+
+
+def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, progress=None) -> list[dict]:
+    rows = []
+    prompt = np.random.default_rng(0).integers(0, 32000, PROMPT_TOKENS).astype(np.int64)
+    for name in models:
+        loaded = load_models(checkpoint(name, cache_dir))
+        nbytes = loaded[0].weights.nbytes_per_token()
+        for n in thread_counts:
+            with harness.threads(n):
+                gbps = read_gbps()
+                for mode_name, mode in MODES.items():
+                    fns = contenders(loaded, mode, prompt)
+                    for contender, t in measure(fns, rounds, new_tokens).items():
+                        per_token = (t["total_s"] - t["prefill_s"]) / (new_tokens - 1)
+                        rows.append({
+                            "model": name, "mode": mode_name, "threads": n, "contender": contender,
+                            "prompt_tokens": PROMPT_TOKENS, "new_tokens": new_tokens,
+                            "tokens_per_s": new_tokens / t["total_s"], "time_per_token_s": per_token,
+                            "total_s": t["total_s"], "prefill_s": t["prefill_s"],
+                            "weight_bytes_per_token": nbytes, "read_gbps": gbps,
+                            "floor_s": nbytes / (gbps * 1e9),
+                        })
+                        if progress:
+                            progress(rows[-1])
+        del loaded
+        gc.collect()
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------
+
+def _find(rows, **key):
+    return next((r for r in rows if all(r[k] == v for k, v in key.items())), None)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | mode | threads | contender | tokens/s | ms/token | floor ms | x floor | fastdecode-c speed-up |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        base = _find(rows, model=r["model"], mode=r["mode"], threads=r["threads"], contender=BASELINE)
+        speedup = "baseline" if r["contender"] == BASELINE else (
+            f"{base['tokens_per_s'] / r['tokens_per_s']:.2f}x" if base else "-")
+        lines.append(f"| {r['model']} | {r['mode']} | {r['threads']} | {r['contender']} | {r['tokens_per_s']:.1f} | "
+                     f"{r['time_per_token_s'] * 1e3:.2f} | {r['floor_s'] * 1e3:.2f} | "
+                     f"{r['time_per_token_s'] / r['floor_s']:.2f} | {speedup} |")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's "done when", checked at the largest thread count measured."""
+    top = max(r["threads"] for r in rows)
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for mode in MODES:
+            base = _find(rows, model=model, mode=mode, threads=top, contender=BASELINE)
+            peer = _find(rows, model=model, mode=mode, threads=top, contender=PEER)
+            if base and peer:
+                ratio = base["tokens_per_s"] / peer["tokens_per_s"]
+                out.append(f"{model} {mode} {top}T: {ratio:.2f}x transformers tokens/s "
+                           f"(target >= {TARGET_SPEEDUP}x) {'ok' if ratio >= TARGET_SPEEDUP else 'SHORT'}")
+        greedy = _find(rows, model=model, mode="greedy", threads=top, contender=BASELINE)
+        sampled = _find(rows, model=model, mode="top-k 50 + top-p 0.9", threads=top, contender=BASELINE)
+        if greedy and model.startswith("gpt2"):
+            x = greedy["time_per_token_s"] / greedy["floor_s"]
+            out.append(f"{model} greedy {top}T: {x:.2f}x the floor (target <= {TARGET_FLOOR}x) "
+                       f"{'ok' if x <= TARGET_FLOOR else 'SHORT'}")
+        if greedy and sampled:
+            extra = sampled["time_per_token_s"] / greedy["time_per_token_s"] - 1
+            out.append(f"{model} {top}T: top-k + top-p costs {extra:+.1%} per token over greedy "
+                       f"(target < {TARGET_SAMPLING:.0%}) {'ok' if extra < TARGET_SAMPLING else 'SHORT'}")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Entry points: bench/decode.py, and `fastdecode bench --kernels decode`
+# ---------------------------------------------------------------------------
+
+def cases(quick: bool) -> list:
+    """For the kernel harness: one generate() call per sample (GPT-2 shape; quick: 16 new tokens)."""
+    prompt = np.random.default_rng(0).integers(0, 32000, PROMPT_TOKENS).astype(np.int64)
+    new = 16 if quick else NEW_TOKENS
+    out = []
+    loaded = load_models(checkpoint("gpt2-124m"))
+    for mode_name, mode in MODES.items():
+        fns = contenders(loaded, mode, prompt)
+        out.append(Case("decode", f"gpt2-124m {mode_name}, {PROMPT_TOKENS}+{new} tokens",
+                        {k: (lambda f=f: f(new)) for k, f in fns.items()},
+                        {"model": "gpt2-124m", "mode": mode_name, "new_tokens": new}))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", default="1,all", help="thread counts, e.g. '1,all' (default) or '2'")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    parser.add_argument("--quick", action="store_true", help="one round, 32 new tokens")
+    parser.add_argument("--rounds", type=int, default=None, help="timed runs per contender (default 3, quick 1)")
+    parser.add_argument("--cache", default=None, help=f"checkpoint cache directory (default {default_cache_dir()})")
+    parser.add_argument("--json", metavar="PATH", help="write results as JSON")
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",")]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    rounds = args.rounds or (1 if args.quick else 3)
+    new_tokens = 32 if args.quick else NEW_TOKENS
+    print(json.dumps(harness.machine()), file=sys.stderr)
+
+    def progress(row):
+        print(f"  {row['model']} {row['mode']} {row['threads']}T {row['contender']}: "
+              f"{row['tokens_per_s']:.1f} tokens/s", file=sys.stderr, flush=True)
+
+    rows = run(models, harness.resolve_threads(args.threads), rounds, new_tokens, args.cache, progress)
+    print(table(rows))
+    print()
+    for line in targets(rows):
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": harness.machine(), "results": rows}, f, indent=2)
+    return 0

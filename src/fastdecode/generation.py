@@ -1,0 +1,306 @@
+"""generate() and stream(): the decode loop around the model's forward pass.
+
+One prefill call runs the whole prompt (a batch of prompts is left-padded,
+see :mod:`fastdecode.model.transformer`), then one forward call per new
+token. The next token comes from :func:`next_tokens`, which calls the
+active backend's sampling kernel through ``fastdecode.ops``.
+
+Stopping: the checkpoint's eos token(s) always end a sequence (unless
+``ignore_eos=True``); ``stop`` adds strings and/or token ids. A stop token
+is kept in ``token_ids`` (as transformers does) but not in ``text``; a stop
+string ends ``text`` just before it, while ``token_ids`` keeps every token
+made, up to the one that completed the string.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from . import ops
+from .model.transformer import ContextOverflowError, KVCache, forward
+
+# ---------------------------------------------------------------------------
+# Settings and results
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    """How to choose tokens and when to stop. ``None`` fields take the
+    checkpoint's generation_config.json value, else the default noted."""
+
+    max_new_tokens: int = 64
+    do_sample: bool | None = None  # default False: greedy
+    temperature: float | None = None  # default 1.0
+    top_k: int | None = None  # default: no top-k
+    top_p: float | None = None  # default: no top-p
+    min_p: float | None = None  # default: no min-p
+    repetition_penalty: float | None = None  # default: none (1.0)
+    stop: Sequence | str | int | None = None  # extra stop strings and/or token ids
+    ignore_eos: bool = False
+    logits_processors: Sequence[Callable] = ()  # fn(token_ids [B, n] int64 (-1 = padding), logits [B, V]) -> logits
+
+    def merged(self, defaults: dict) -> "GenerationConfig":
+        """These settings, with None fields taken from `defaults` (generation_config.json)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key in ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+            if fields[key] is None and defaults.get(key) is not None:
+                fields[key] = defaults[key]
+        return GenerationConfig(**fields)
+
+
+@dataclasses.dataclass
+class Timing:
+    prompt_tokens: int  # summed over the batch
+    prefill_s: float  # the prompt's forward pass and the choice of the first token
+    generated_tokens: int  # summed over the batch; the first one comes from the prefill
+    decode_s: float  # the forward passes after the prefill, their choices, detokenization
+    rows: int = 1  # sequences in the batch
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else float("inf")
+
+    @property
+    def generated_tokens_per_s(self) -> float:
+        """Tokens made per second of decoding (the first token, made by the prefill, is not counted)."""
+        steps = self.generated_tokens - self.rows
+        return steps / self.decode_s if self.decode_s > 0 and steps > 0 else float("nan")
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    token_ids: list  # the new tokens (a final stop token included)
+    text: str  # their text (stop tokens and stop strings excluded)
+    prompt_ids: list
+    finish_reason: str  # "length", "eos" (the checkpoint's), "stop" (a stop string or id of yours)
+    stopped_by: object  # the stop string or token id that ended it, else None
+    timing: Timing
+
+
+class StreamToken(NamedTuple):
+    id: int
+    text: str  # the text this token completes ("" while a character or a possible stop string is pending)
+
+
+# ---------------------------------------------------------------------------
+# Choosing the next token
+# ---------------------------------------------------------------------------
+
+def next_tokens(logits, gen: GenerationConfig, rng, seen) -> np.ndarray:  # logits: [B, V] -> [B] int64
+    """The one place the decode loop picks tokens: ``ops`` kernels, so the
+    active backend runs them. seen: each row's ids so far (prompt included),
+    for the repetition penalty."""
+    penalty = None if gen.repetition_penalty in (None, 1.0) else gen.repetition_penalty
+    if not gen.do_sample and penalty is None:
+        return ops.argmax(logits)
+    return ops.sample(logits, temperature=1.0 if gen.temperature is None else gen.temperature, top_k=gen.top_k,
+                  top_p=gen.top_p, min_p=gen.min_p, repetition_penalty=penalty, prev_tokens=seen,
+                  do_sample=bool(gen.do_sample), rng=rng)
+
+
+# ---------------------------------------------------------------------------
+# Per-sequence bookkeeping: text, stop tokens, stop strings
+# ---------------------------------------------------------------------------
+
+class _Sequence:
+    def __init__(self, prompt_ids, tokenizer, eos_ids: set, stop_ids: set, stop_strings: list):
+        self.prompt_ids = prompt_ids
+        self.token_ids: list[int] = []
+        self.eos_ids, self.stop_ids, self.stop_strings = eos_ids, stop_ids, stop_strings
+        self.text_stream = tokenizer.stream(context=prompt_ids) if tokenizer is not None else None
+        self.text = ""  # all text so far (stop string excluded once found)
+        self.shown = 0  # characters of text handed out as pieces
+        self.finish_reason: str | None = None
+        self.stopped_by = None
+
+    def add(self, token: int, last: bool) -> str:
+        """Record a token; return the text piece safe to show now."""
+        self.token_ids.append(token)
+        if token in self.eos_ids or token in self.stop_ids:
+            self.finish_reason, self.stopped_by = "eos" if token in self.eos_ids else "stop", token
+            last = True
+        elif self.text_stream is not None:
+            self.text += self.text_stream.push(token)
+            self._find_stop_string()
+        if self.finish_reason is None and last:
+            self.finish_reason = "length"
+        stopped_by_string = isinstance(self.stopped_by, str)  # then the text after it is dropped anyway
+        if self.finish_reason is not None and not stopped_by_string and self.text_stream is not None:
+            self.text += self.text_stream.finish()  # a character left incomplete shows as U+FFFD, as decode gives it
+            self._find_stop_string()
+        end = len(self.text) if self.finish_reason else len(self.text) - self._pending_stop()
+        piece = self.text[self.shown:end]
+        self.shown = max(self.shown, end)
+        return piece
+
+    def _find_stop_string(self):
+        # a stop string can only end in the newest text: search from where it could start
+        start = max(0, self.shown - max((len(s) for s in self.stop_strings), default=0))
+        hits = [(i, s) for s in self.stop_strings if (i := self.text.find(s, start)) >= 0]
+        if hits:
+            i, s = min(hits)
+            self.text, self.finish_reason, self.stopped_by = self.text[:i], "stop", s
+
+    def _pending_stop(self) -> int:
+        """Characters at the end of the text that could begin a stop string (held back)."""
+        best = 0
+        for s in self.stop_strings:
+            for n in range(min(len(s) - 1, len(self.text)), best, -1):
+                if self.text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+    def result(self, timing: Timing) -> GenerationResult:
+        return GenerationResult(list(self.token_ids), self.text, list(self.prompt_ids), self.finish_reason,
+                                self.stopped_by, timing)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+def is_batch(prompt) -> bool:
+    """A list of prompts (texts or id lists), rather than one prompt?"""
+    return not isinstance(prompt, str) and len(prompt) > 0 and (isinstance(prompt[0], str) or np.ndim(prompt[0]) > 0)
+
+
+def _prompts(model, prompt) -> tuple[list, bool]:
+    """(list of id lists, batched?) from a str, ids, or a list of either."""
+    def ids_of(p):
+        if isinstance(p, str):
+            if model.tokenizer is None:
+                raise ValueError("this model has no tokenizer.json: pass token ids, not text")
+            return model.tokenizer.encode(p)
+        ids = np.asarray(p)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise TypeError(f"a prompt must be a str or a 1-D sequence of token ids; got {ids.dtype} {ids.shape}")
+        return [int(i) for i in ids]
+
+    batched = is_batch(prompt)
+    prompts = [ids_of(p) for p in (prompt if batched else [prompt])]
+    v = model.config.vocab_size
+    for ids in prompts:
+        if not ids:
+            if model.config.bos_token_id is None:
+                raise ValueError("the prompt is empty and the model has no bos token to start from")
+            ids.append(model.config.bos_token_id)
+        bad = [i for i in ids if not 0 <= i < v]
+        if bad:
+            raise ValueError(f"token ids must lie in [0, {v}); got {bad[:5]}")
+    return prompts, batched
+
+
+def _stops(model, gen: GenerationConfig) -> tuple[set, set, list]:
+    """(eos ids, other stop ids, stop strings)"""
+    stop = gen.stop
+    stop = [] if stop is None else [stop] if isinstance(stop, (str, int, np.integer)) else list(stop)
+    eos = set() if gen.ignore_eos else set(model.eos_token_ids)
+    ids, strings = set(), []
+    for s in stop:
+        if isinstance(s, str):
+            if not s:
+                raise ValueError("stop strings must not be empty")
+            strings.append(s)
+        elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+            ids.add(int(s))
+        else:
+            raise TypeError(f"stop must hold str and int items; got {type(s).__name__}")
+    if strings and model.tokenizer is None:
+        raise ValueError("stop strings need a tokenizer (this model has no tokenizer.json)")
+    return eos, ids - eos, strings
+
+
+def _check(gen: GenerationConfig):
+    n = gen.max_new_tokens
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"max_new_tokens must be a positive int; got {n!r}")
+
+
+def _history(prompts, seqs) -> np.ndarray:  # -> [B, n] int64, left-padded with -1
+    rows = [p + s.token_ids for p, s in zip(prompts, seqs)]
+    n = max(len(r) for r in rows)
+    out = np.full((len(rows), n), -1, np.int64)
+    for i, r in enumerate(rows):
+        out[i, n - len(r):] = r
+    return out
+
+
+def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
+    """The decode loop. Yields (sequences, pieces) after each token, then
+    returns the results (StopIteration.value)."""
+    _check(gen)
+    gen = gen.merged(model.generation_defaults)
+    prompts, batched = _prompts(model, prompt)
+    stops = _stops(model, gen)
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    lengths = np.array([len(p) for p in prompts], np.int64)
+    need = int(lengths.max()) + gen.max_new_tokens - 1  # the last token is never fed back
+    if need > model.config.max_positions:
+        raise ContextOverflowError(
+            f"prompt ({int(lengths.max())} tokens) + max_new_tokens ({gen.max_new_tokens}) needs {need} positions; "
+            f"the model takes at most {model.config.max_positions}")
+    seqs = [_Sequence(p, model.tokenizer, *stops) for p in prompts]
+    cache = KVCache(model.config, len(prompts), need)
+    tokens = np.zeros((len(prompts), int(lengths.max())), np.int64)
+    for i, p in enumerate(prompts):
+        tokens[i, tokens.shape[1] - len(p):] = p  # left padding
+
+    def choose(logits):
+        if gen.logits_processors:
+            history = _history(prompts, seqs)
+            for proc in gen.logits_processors:
+                logits = np.asarray(proc(history, logits), dtype=np.float32)
+        seen = [p + s.token_ids for p, s in zip(prompts, seqs)] if gen.repetition_penalty not in (None, 1.0) \
+            else None
+        return next_tokens(logits, gen, rng, seen)
+
+    # the clock runs while this loop works, not while the caller holds a yielded piece
+    t0 = time.perf_counter()
+    logits = np.empty((len(prompts), model.config.vocab_size), np.float32)  # reused by every step
+    chosen = choose(forward(model.weights, model.config, tokens, cache, counts=lengths, out=logits))
+    prefill_s, decode_s = time.perf_counter() - t0, 0.0
+    for step in range(gen.max_new_tokens):
+        t0 = time.perf_counter()
+        last = step == gen.max_new_tokens - 1
+        pieces = [s.add(int(t), last) if s.finish_reason is None else None for s, t in zip(seqs, chosen)]
+        decode_s += time.perf_counter() - t0
+        yield seqs, pieces
+        if all(s.finish_reason is not None for s in seqs):
+            break
+        t0 = time.perf_counter()
+        chosen = choose(forward(model.weights, model.config, chosen[:, None], cache, out=logits))
+        decode_s += time.perf_counter() - t0
+    timing = Timing(int(lengths.sum()), prefill_s, sum(len(s.token_ids) for s in seqs), decode_s, len(seqs))
+    results = [s.result(timing) for s in seqs]
+    return results if batched else results[0]
+
+
+def generate(model, prompt, gen: GenerationConfig, rng=None):
+    loop = steps(model, prompt, gen, rng)
+    while True:
+        try:
+            next(loop)
+        except StopIteration as done:
+            return done.value
+
+
+def stream(model, prompt, gen: GenerationConfig, rng=None) -> Iterator[StreamToken]:
+    """Yields StreamToken(id, text piece) per token of one prompt; returns the GenerationResult."""
+    if is_batch(prompt):
+        raise ValueError("stream() takes one prompt; use generate() for a batch")
+    loop = steps(model, prompt, gen, rng)
+    while True:
+        try:
+            seqs, pieces = next(loop)
+        except StopIteration as done:
+            return done.value
+        yield StreamToken(seqs[0].token_ids[-1], pieces[0])

@@ -1,0 +1,155 @@
+"""Models: load a Hugging Face checkpoint directory and decode with it.
+
+    import fastdecode as fd
+    model = fd.load("path/to/checkpoint")        # or fd.load("default")
+    out = model.generate("Hello", max_new_tokens=20)
+    print(out.text, out.timing.generated_tokens_per_s)
+    for token in model.stream("Hello", max_new_tokens=20, do_sample=True, top_p=0.9, rng=0):
+        print(token.text, end="", flush=True)
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .config import ConfigError, ModelConfig, read_json
+from .transformer import ContextOverflowError, KVCache, forward
+from .weights import Checkpoint, WeightError, Weights, load_weights
+
+__all__ = ["Model", "load", "ModelConfig", "KVCache", "ConfigError", "WeightError", "ContextOverflowError",
+           "DEFAULT_MODEL_DIR"]
+
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "default")
+_SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+class Model:
+    """A loaded checkpoint: ``config``, float32 ``weights``, ``tokenizer`` (or None)."""
+
+    def __init__(self, config: ModelConfig, weights: Weights, tokenizer=None, generation_defaults=None,
+                 eos_token_ids=None, path: str | None = None):
+        self.config = config
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.generation_defaults = dict(generation_defaults or {})
+        self.eos_token_ids = tuple(config.eos_token_ids if eos_token_ids is None else eos_token_ids)
+        self.path = path
+
+    def __repr__(self):
+        c = self.config
+        return (f"<fastdecode.Model {c.architecture} layers={c.num_layers} d={c.hidden_size} heads={c.num_heads}/"
+                f"{c.num_kv_heads} vocab={c.vocab_size} from {self.path!r}>")
+
+    # -- the forward pass ---------------------------------------------------
+
+    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+        return KVCache(self.config, batch, self.config.max_positions if max_len is None else max_len)
+
+    def forward(self, tokens, cache: KVCache, counts=None, all_logits: bool = False) -> np.ndarray:
+        """Logits after appending ``tokens [B, T]`` (left-padded; ``counts[b]``
+        real tokens per row) to ``cache``: ``[B, V]`` for each row's last
+        position, or ``[B, T, V]`` with ``all_logits``."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
+            raise TypeError(f"tokens must be a [B, T] integer array; got {tokens.dtype} {tokens.shape}")
+        if tokens.shape[0] != len(cache.lengths):
+            raise ValueError(f"tokens has {tokens.shape[0]} rows but the cache {len(cache.lengths)}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}); got {tokens.min()}..{tokens.max()}")
+        if counts is not None:
+            counts = np.asarray(counts)
+            if counts.shape != (tokens.shape[0],) or counts.dtype.kind not in "iu" or \
+                    (counts.size and (counts.min() < 0 or counts.max() > tokens.shape[1])):
+                raise ValueError(f"counts must be {tokens.shape[0]} ints in [0, {tokens.shape[1]}]")
+        return forward(self.weights, self.config, tokens, cache, counts, all_logits)
+
+    # -- text ---------------------------------------------------------------
+
+    def encode(self, text: str) -> list:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path}: no tokenizer.json, so no text: pass token ids")
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids) -> str:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path}: no tokenizer.json, so no text")
+        return self.tokenizer.decode(ids)
+
+    # -- generation ---------------------------------------------------------
+
+    def generate(self, prompt, *, max_new_tokens: int = 64, rng=None, config=None, **settings):
+        """Continue ``prompt`` (text, token ids, or a list of either for a batch).
+
+        Settings (keywords, or a :class:`~fastdecode.generation.GenerationConfig`
+        as ``config``): do_sample, temperature, top_k, top_p, min_p,
+        repetition_penalty, stop (strings and/or token ids, added to the
+        checkpoint's eos), ignore_eos, logits_processors. ``rng``: a seed or a
+        ``numpy.random.Generator``. Returns a GenerationResult (a list of them
+        for a batch) with ``token_ids``, ``text``, ``finish_reason`` and
+        ``timing``.
+        """
+        from .. import generation
+
+        return generation.generate(self, prompt, self._settings(config, max_new_tokens, settings), rng)
+
+    def stream(self, prompt, *, max_new_tokens: int = 64, rng=None, config=None, **settings):
+        """Like :meth:`generate` for one prompt, yielding ``StreamToken(id, text)``
+        as each token is made; the pieces join to the result's text."""
+        from .. import generation
+
+        return generation.stream(self, prompt, self._settings(config, max_new_tokens, settings), rng)
+
+    @staticmethod
+    def _settings(config, max_new_tokens, settings):
+        import dataclasses
+
+        from ..generation import GenerationConfig
+
+        base = config if config is not None else GenerationConfig(max_new_tokens=max_new_tokens)
+        names = {f.name for f in dataclasses.fields(GenerationConfig)}
+        unknown = set(settings) - names
+        if unknown:
+            raise TypeError(f"unknown generation setting(s): {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(sorted(names))}")
+        return dataclasses.replace(base, **settings)
+
+
+def load(path: str) -> Model:
+    """A model from a Hugging Face checkpoint directory (config.json,
+    model.safetensors or shards, tokenizer.json), or ``"default"`` for the
+    model packaged with fastdecode."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    path = os.fspath(path)
+    if path == "default":
+        if not os.path.isdir(DEFAULT_MODEL_DIR):
+            raise FileNotFoundError(f"the default model is not packaged in this build ({DEFAULT_MODEL_DIR} is "
+                                    "missing); pass the path of a checkpoint directory instead")
+        path = DEFAULT_MODEL_DIR
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: not a directory (fastdecode.load takes a checkpoint directory "
+                                "with config.json and model.safetensors)")
+    config = ModelConfig.from_file(os.path.join(path, "config.json"))
+    weights = load_weights(config, Checkpoint(path))
+    tokenizer = None
+    if os.path.isfile(os.path.join(path, "tokenizer.json")):
+        from ..tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(path)
+    gen_defaults = read_json(os.path.join(path, "generation_config.json"))
+    eos = _eos_ids(gen_defaults.get("eos_token_id"), config, tokenizer)
+    defaults = {k: gen_defaults[k] for k in _SAMPLING_KEYS if gen_defaults.get(k) is not None}
+    return Model(config, weights, tokenizer, defaults, eos, path)
+
+
+def _eos_ids(from_generation_config, config: ModelConfig, tokenizer) -> tuple:
+    """eos ids: generation_config.json, else config.json, else tokenizer_config.json."""
+    if from_generation_config is not None:
+        ids = from_generation_config if isinstance(from_generation_config, list) else [from_generation_config]
+        return tuple(int(i) for i in ids)
+    if config.eos_token_ids:
+        return config.eos_token_ids
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        return (tokenizer.eos_token_id,)
+    return ()
