@@ -233,3 +233,34 @@ def test_fuzz_generate(tiny_model, prompt, max_new_tokens, temperature, top_p, s
     results = out if isinstance(out, list) else [out]
     for r in results:
         assert isinstance(r.text, str) and len(r.token_ids) <= max_new_tokens
+
+
+# ---------------------------------------------------------------------------
+# linear
+# ---------------------------------------------------------------------------
+
+@st.composite
+def linear_args(draw):
+    if draw(st.integers(0, 3)) == 0:
+        return draw(junk_arrays()), draw(junk_arrays()), draw(st.one_of(st.none(), junk_arrays()))
+    rows, n_in, n_out = draw(st.integers(0, 10)), draw(st.integers(0, 40)), draw(st.integers(0, 20))
+    x = draw(junk_arrays(float_bias=1.0, shape=draw(st.sampled_from([(rows, n_in), (n_in,), (2, rows, n_in)]))))
+    w = draw(junk_arrays(float_bias=1.0, shape=(n_out, n_in + draw(st.sampled_from([0, 0, 0, 1])))))
+    b = draw(st.one_of(st.none(), junk_arrays(float_bias=1.0, shape=(n_out + draw(st.sampled_from([0, 0, -1])),)
+                                              if n_out else (0,))))
+    dtype = draw(st.sampled_from([np.float32, np.float32, np.float64, np.int32]))
+    return x.astype(dtype), w.astype(dtype), (b if b is None else b.astype(dtype))
+
+
+@FUZZ
+@given(args=linear_args(), backend=st.sampled_from(BACKENDS))
+def test_fuzz_linear(args, backend):
+    count("linear")
+    x, w, b = args
+    snap = snapshot(x, w, b)
+    with fd.use_backend(backend):
+        y = expect_clean(fd.linear, ["x", "weight", "bias", "out"], x, w, b)
+    assert unchanged(snap), "an input was modified"
+    if y is not None and np.isfinite(x).all() and np.isfinite(w).all() and (b is None or np.isfinite(b).all()):
+        ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T + (0 if b is None else np.asarray(b, np.float64))
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-3 * (1 + np.abs(ref).max(initial=0)))
