@@ -37,35 +37,55 @@
 #include <stdlib.h>
 
 #define FD_ATT_BK 64          /* keys per block of the rows-on-lanes engine */
-#define FD_ATT_BK1 32         /* keys per block of the keys-on-lanes engine */
-#define FD_ATT_PF 64          /* keys-on-lanes: K and V are prefetched this many keys ahead, */
-#define FD_ATT_PF_LOC 1       /* into L2 (L1 holds the block being computed on) */
-#define FD_DOT_KB 4           /* keys-on-lanes: key rows read together by one dot product loop */
 #define FD_ATT_TILE_ROWS 64   /* rows-on-lanes tile: query rows (a multiple of every FD_VLEN) */
 #define FD_ATT_SPLIT 4        /* split the keys until there are this many items per thread */
 #define FD_ATT_MIN_CHUNK 256  /* but never into chunks shorter than this */
+#define FD_ATT_PAR_MIN (1 << 18) /* multiply-adds below which one thread beats waking others */
+/* Keys on lanes: besides the hardware prefetcher, which follows the row
+ * streams, K and V are asked for this many keys ahead (into L2), so the
+ * memory stays busy while a block is computed on (0: hardware only). */
+#ifndef FD_ATT_PF
+#define FD_ATT_PF 256
+#endif
 
-/* Register tiles, per level: out += P V as NR rows x NC vectors; rows-on-lanes
- * scores as NJ keys x NV row vectors. Each fits the level's register file. */
+/* Register tiles, per level. Scores: keys on lanes, FD_DOT_NR rows x
+ * FD_DOT_KB keys; rows on lanes, FD_QK_NJ keys x FD_QK_NV row vectors.
+ * out += P V: rows on lanes, FD_PV_NR rows x FD_PV_NC vectors; keys on lanes,
+ * FD_PVK_NR x FD_PVK_NC, wide enough to take a whole row of V (D 128) per key,
+ * so V is read row after row. Each fits the level's register file. */
+#define FD_DOT_KB 4
 #if FD_VLEN == 16
+#define FD_DOT_NR 4
 #define FD_PV_NR 6
 #define FD_PV_NC 4
+#define FD_PVK_NR 2
+#define FD_PVK_NC 8
 #define FD_QK_NJ 6
 #define FD_QK_NV 4
+#ifndef FD_ATT_LANES_MIN
 #define FD_ATT_LANES_MIN 16   /* group rows from which rows-on-lanes is faster */
+#endif
 #elif FD_VLEN == 8
+#define FD_DOT_NR 2
 #define FD_PV_NR 6
 #define FD_PV_NC 2
+#define FD_PVK_NR 1
+#define FD_PVK_NC 8
 #define FD_QK_NJ 4
 #define FD_QK_NV 3
 #define FD_ATT_LANES_MIN 8
 #else
+#define FD_DOT_NR 2
 #define FD_PV_NR 4
 #define FD_PV_NC 4
+#define FD_PVK_NR 2
+#define FD_PVK_NC 4
 #define FD_QK_NJ 4
 #define FD_QK_NV 4
 #define FD_ATT_LANES_MIN 8
 #endif
+/* keys-on-lanes block: FD_DOT_KB runs of FD_VLEN keys (one score vector each), at least 32 keys */
+#define FD_ATT_BK1 (FD_DOT_KB * FD_VLEN < 32 ? 32 : FD_DOT_KB * FD_VLEN)
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FD_INLINE static inline __attribute__((always_inline))
@@ -204,11 +224,11 @@ static int scratch_alloc(att_scratch *w, const att_plan *p) {
 /* o: [NR][ldo] += sum over j < nk of p[r * prs + j * pjs] * v[j][0 .. NC vectors] */
 FD_INLINE void pv_tile(float *o, int64_t ldo, const float *p, int64_t prs, int64_t pjs,
                        const float *v, int64_t ldv, int nk, const int NR, const int NC) {
-    vf acc[FD_PV_NR][FD_PV_NC];
+    vf acc[6][8];
     for (int r = 0; r < NR; r++)
         for (int c = 0; c < NC; c++) acc[r][c] = vf_load(o + r * ldo + c * FD_VLEN);
     for (int j = 0; j < nk; j++) {
-        vf vv[FD_PV_NC];
+        vf vv[8];
         for (int c = 0; c < NC; c++) vv[c] = vf_load(v + j * ldv + c * FD_VLEN);
         for (int r = 0; r < NR; r++) {
             vf pr = vf_set1(p[r * prs + j * pjs]);
@@ -219,36 +239,46 @@ FD_INLINE void pv_tile(float *o, int64_t ldo, const float *p, int64_t prs, int64
         for (int c = 0; c < NC; c++) vf_store(o + r * ldo + c * FD_VLEN, acc[r][c]);
 }
 
-#define FD_PV_COLS(NR)                                                         \
-    switch (nc) {                                                              \
-    case 1: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, 1); break;            \
-    case 2: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, (FD_PV_NC > 1 ? 2 : 1)); break; \
-    case 3: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, (FD_PV_NC > 2 ? 3 : 1)); break; \
-    default: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, FD_PV_NC); break;   \
+/* pv_tile with nr <= NRM rows and nc <= NCM vectors (NRM <= 6, NCM <= 8), as constants */
+#define FD_PV_NC_CASES(NR, NCM)                                                              \
+    switch (nc) {                                                                            \
+    case 1: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, 1); break;                          \
+    case 2: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 2 ? 2 : 1); break;           \
+    case 3: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 3 ? 3 : 1); break;           \
+    case 4: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 4 ? 4 : 1); break;           \
+    case 5: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 5 ? 5 : 1); break;           \
+    case 6: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 6 ? 6 : 1); break;           \
+    case 7: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 7 ? 7 : 1); break;           \
+    default: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 8 ? 8 : 1); break;          \
     }
-
-static void pv_tile_any(float *o, int64_t ldo, const float *p, int64_t prs, int64_t pjs,
-                        const float *v, int64_t ldv, int nk, int nr, int nc) {
-    switch (nr) {
-    case 1: FD_PV_COLS(1) break;
-    case 2: FD_PV_COLS(2) break;
-    case 3: FD_PV_COLS(3) break;
-    case 4: FD_PV_COLS(4) break;
-    case 5: FD_PV_COLS((FD_PV_NR > 4 ? 5 : 4)) break;
-    default: FD_PV_COLS(FD_PV_NR) break;
+#define FD_PV_ANY(name, NRM, NCM)                                                            \
+    static void name(float *o, int64_t ldo, const float *p, int64_t prs, int64_t pjs,        \
+                     const float *v, int64_t ldv, int nk, int nr, int nc) {                  \
+        switch (nr) {                                                                        \
+        case 1: FD_PV_NC_CASES(1, NCM) break;                                                \
+        case 2: FD_PV_NC_CASES(NRM >= 2 ? 2 : 1, NCM) break;                                 \
+        case 3: FD_PV_NC_CASES(NRM >= 3 ? 3 : 1, NCM) break;                                 \
+        case 4: FD_PV_NC_CASES(NRM >= 4 ? 4 : 1, NCM) break;                                 \
+        case 5: FD_PV_NC_CASES(NRM >= 5 ? 5 : 1, NCM) break;                                 \
+        default: FD_PV_NC_CASES(NRM >= 6 ? 6 : 1, NCM) break;                                \
+        }                                                                                    \
     }
-}
+FD_PV_ANY(pv_tile_rows, FD_PV_NR, FD_PV_NC)   /* rows on lanes */
+FD_PV_ANY(pv_tile_keys, FD_PVK_NR, FD_PVK_NC) /* keys on lanes */
 
-/* o: [rows][dp] += P V over nk keys; P's entry (row r, key j) at p[r * prs + j * pjs];
- * v: [nk][ldv], dp floats used per key (dp a multiple of FD_VLEN). */
-static void pv_block(float *o, int64_t dp, const float *p, int64_t prs, int64_t pjs,
-                     const float *v, int64_t ldv, int64_t rows, int nk) {
+typedef void (*pv_tile_fn)(float *, int64_t, const float *, int64_t, int64_t, const float *, int64_t, int, int, int);
+
+/* o: [rows][dp] += P V over nk keys with tiles of up to nrm x ncm; P's entry
+ * (row r, key j) at p[r * prs + j * pjs]; v: [nk][ldv], dp floats used per key
+ * (dp a multiple of FD_VLEN). */
+static void pv_block(float *o, int64_t dp, const float *p, int64_t prs, int64_t pjs, const float *v, int64_t ldv,
+                     int64_t rows, int nk, pv_tile_fn tile, int nrm, int ncm) {
     const int64_t ncols = dp / FD_VLEN;
-    for (int64_t r0 = 0; r0 < rows; r0 += FD_PV_NR) {
-        int nr = (int)min64(FD_PV_NR, rows - r0);
-        for (int64_t c0 = 0; c0 < ncols; c0 += FD_PV_NC) {
-            int nc = (int)min64(FD_PV_NC, ncols - c0);
-            pv_tile_any(o + r0 * dp + c0 * FD_VLEN, dp, p + r0 * prs, prs, pjs, v + c0 * FD_VLEN, ldv, nk, nr, nc);
+    for (int64_t r0 = 0; r0 < rows; r0 += nrm) {
+        int nr = (int)min64(nrm, rows - r0);
+        for (int64_t c0 = 0; c0 < ncols; c0 += ncm) {
+            int nc = (int)min64(ncm, ncols - c0);
+            tile(o + r0 * dp + c0 * FD_VLEN, dp, p + r0 * prs, prs, pjs, v + c0 * FD_VLEN, ldv, nk, nr, nc);
         }
     }
 }
@@ -287,35 +317,65 @@ static void scale_row(float *x, int64_t n, float a) {
  * Engine 1: keys on lanes (decode)
  * ---------------------------------------------------------------------------- */
 
-/* FD_VLEN dot products of q: [dp] with key rows k + j * ld, j < FD_VLEN (rows
- * past nvalid repeat the last valid one; their lanes are ignored). The keys
- * go four at a time: four row pointers live, each q vector loaded once per
- * four FMAs. pf_mask picks which of the four rows of each batch also ask for
- * their K and V rows FD_ATT_PF keys ahead (pf_k, pf_v), so the rows of a
- * tile share the prefetching. */
-FD_INLINE vf dot_keys(const float *q, const float *k, int64_t ld, int nvalid, int64_t dp,
-                      const float *pf_k, const float *pf_v, unsigned pf_mask) {
-    enum { KB = FD_VLEN < FD_DOT_KB ? FD_VLEN : FD_DOT_KB };
-    vf acc[FD_VLEN];
-    for (int jb = 0; jb < FD_VLEN; jb += KB) {
-        const float *kr[KB];
-        for (int jj = 0; jj < KB; jj++) kr[jj] = k + (jb + jj < nvalid ? jb + jj : nvalid - 1) * ld;
-        vf a[KB];
-        for (int jj = 0; jj < KB; jj++) a[jj] = vf_set1(0.0f);
-        for (int64_t c = 0; c < dp; c += FD_VLEN) {
-            vf qc = vf_load(q + c);
-            for (int jj = 0; jj < KB; jj++) a[jj] = vf_fmadd(qc, vf_load(kr[jj] + c), a[jj]);
-#if defined(__GNUC__) || defined(__clang__)
-            for (int jj = 0; jj < KB; jj++)
-                if ((pf_mask & (1u << jj)) && (FD_VLEN >= 16 || (c & 15) == 0)) { /* once per 64-byte line */
-                    __builtin_prefetch(pf_k + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
-                    __builtin_prefetch(pf_v + (jb + jj) * ld + c, 0, FD_ATT_PF_LOC);
-                }
-#endif
-        }
-        for (int jj = 0; jj < KB; jj++) acc[jb + jj] = a[jj];
+/* Scores of NR query rows q + r * ldq: [dp] against the FD_DOT_KB x FD_VLEN
+ * keys at k: [.][ld] (the first nvalid real; later ones repeat the last and
+ * their lanes are ignored), as vectors whose lanes still need summing: acc[r][g][b]
+ * for key g * FD_VLEN + b. Slot g of the register tile takes key g * FD_VLEN + b
+ * of batch b, so the slots walk FD_DOT_KB runs of K rows, each row after row
+ * in address order: streams the hardware prefetcher follows (four rows side
+ * by side, line by line, it does not). Each K vector loaded serves all NR rows. */
+FD_INLINE void dot_tile(vf acc[][FD_DOT_KB][FD_VLEN], const float *q, int64_t ldq, const float *k, int64_t ld,
+                        int b, int nvalid, int64_t dp, const float *pf_k, const float *pf_v, const int NR) {
+    const float *kr[FD_DOT_KB];
+    for (int g = 0; g < FD_DOT_KB; g++) {
+        int j = g * FD_VLEN + b;
+        kr[g] = k + (j < nvalid ? j : nvalid - 1) * ld;
     }
-    return vf_transpose_sum(acc);
+    vf a[FD_DOT_NR][FD_DOT_KB];
+    for (int r = 0; r < NR; r++)
+        for (int g = 0; g < FD_DOT_KB; g++) a[r][g] = vf_set1(0.0f);
+    for (int64_t c = 0; c < dp; c += FD_VLEN) {
+        vf kv[FD_DOT_KB];
+        for (int g = 0; g < FD_DOT_KB; g++) kv[g] = vf_load(kr[g] + c);
+        for (int r = 0; r < NR; r++) {
+            vf qc = vf_load(q + r * ldq + c);
+            for (int g = 0; g < FD_DOT_KB; g++) a[r][g] = vf_fmadd(qc, kv[g], a[r][g]);
+        }
+#if FD_ATT_PF && (defined(__GNUC__) || defined(__clang__))
+        if (pf_k && (FD_VLEN >= 16 || (c & 15) == 0))
+            for (int g = 0; g < FD_DOT_KB; g++) {
+                __builtin_prefetch(pf_k + (g * FD_VLEN + b) * ld + c, 0, 1);
+                __builtin_prefetch(pf_v + (g * FD_VLEN + b) * ld + c, 0, 1);
+            }
+#else
+        (void)pf_k, (void)pf_v;
+#endif
+    }
+    for (int r = 0; r < NR; r++)
+        for (int g = 0; g < FD_DOT_KB; g++) acc[r][g][b] = a[r][g];
+}
+
+/* s: [rows][lds], columns 0 .. FD_DOT_KB * FD_VLEN = scale * (q: [rows][dp]) .
+ * (the keys at k: [.][ld], the first nvalid real) */
+static void score_keys(float *s, int64_t lds, const float *q, int64_t rows, const float *k, int64_t ld,
+                       int nvalid, int64_t dp, vf scale, const float *pf_k, const float *pf_v) {
+    for (int64_t r0 = 0; r0 < rows; r0 += FD_DOT_NR) {
+        vf acc[FD_DOT_NR][FD_DOT_KB][FD_VLEN];
+        const float *qr = q + r0 * dp;
+        const float *pk = r0 == 0 ? pf_k : NULL; /* the first rows pull the keys in */
+        int nr = (int)min64(FD_DOT_NR, rows - r0);
+        for (int b = 0; b < FD_VLEN; b++) {
+            switch (nr) {
+            case 1: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, pf_v, 1); break;
+            case 2: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, pf_v, FD_DOT_NR >= 2 ? 2 : 1); break;
+            case 3: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, pf_v, FD_DOT_NR >= 3 ? 3 : 1); break;
+            default: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, pf_v, FD_DOT_NR); break;
+            }
+        }
+        for (int r = 0; r < nr; r++)
+            for (int g = 0; g < FD_DOT_KB; g++)
+                vf_store(s + (r0 + r) * lds + g * FD_VLEN, vf_mul(vf_transpose_sum(acc[r][g]), scale));
+    }
 }
 
 /* One row's online-softmax step. s: [nk] scores of the block, nv of them
@@ -374,34 +434,22 @@ static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
     const int64_t end = min64(c1, vis_max);
     const vf scale = vf_set1(p->scale);
     const float *k = p->k + kv_offset, *v = p->v + kv_offset;
-    unsigned pf_masks[FD_ATT_LANES_MIN]; /* row r prefetches rows jj of a batch with jj % rows == r */
-    for (int64_t r = 0; r < rows; r++) {
-        pf_masks[r] = 0;
-        for (int jj = (int)r; jj < FD_DOT_KB; jj += (int)rows) pf_masks[r] |= 1u << jj;
-    }
     for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_BK1) {
         const int nk = (int)min64(FD_ATT_BK1, end - j0);
         const float *kb, *vb;
         int64_t ld;
         block_kv(p, w, k + j0 * D, v + j0 * D, nk, &kb, &vb, &ld);
-        for (int jg = 0; jg < nk; jg += FD_VLEN) {
-            int nvalid = nk - jg < FD_VLEN ? nk - jg : FD_VLEN;
-            /* The first row pulls the keys from memory; it also asks for the
-             * K rows FD_ATT_PF keys ahead and for this group's V rows, which
-             * the hardware prefetcher misses in this access order. */
+        for (int jg = 0; jg < nk; jg += FD_DOT_KB * FD_VLEN) {
             int64_t ahead = j0 + jg + FD_ATT_PF;
-            int prefetch = FD_VLEN >= 8 && ld == D && ahead + FD_VLEN <= end;
-            for (int64_t r = 0; r < rows; r++) {
-                unsigned mask = prefetch ? pf_masks[r] : 0;
-                vf sv = dot_keys(w->qs + r * dp, kb + jg * ld, ld, nvalid, dp, k + ahead * D, v + ahead * D, mask);
-                vf_store(w->s + r * bkp + jg, vf_mul(sv, scale));
-            }
+            int prefetch = FD_ATT_PF && ld == D && ahead + FD_DOT_KB * FD_VLEN <= end;
+            score_keys(w->s + jg, bkp, w->qs, rows, kb + jg * ld, ld, (int)min64(FD_DOT_KB * FD_VLEN, nk - jg), dp,
+                       scale, prefetch ? k + ahead * D : NULL, prefetch ? v + ahead * D : NULL);
         }
         for (int64_t r = 0; r < rows; r++) {
             int64_t nv = min64(max64(visible_keys(p, t->b, tile_row_pos(t, r)) - j0, 0), nk);
             row_update(w->s + r * bkp, (int)nv, nk, &w->m[r], &w->l[r], &w->chk[r], w->o + r * dp, dp);
         }
-        pv_block(w->o, dp, w->s, bkp, 1, vb, ld, rows, nk);
+        pv_block(w->o, dp, w->s, bkp, 1, vb, ld, rows, nk, pv_tile_keys, FD_PVK_NR, FD_PVK_NC);
     }
 }
 
@@ -506,7 +554,7 @@ static void rows_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
         }
         for (int64_t r = 0; r < rows; r++)
             if (w->alpha[r] != 1.0f) scale_row(w->o + r * dp, dp, w->alpha[r]);
-        pv_block(w->o, dp, st, 1, rpad, vb, ld, rows, nk);
+        pv_block(w->o, dp, st, 1, rpad, vb, ld, rows, nk, pv_tile_rows, FD_PV_NR, FD_PV_NC);
     }
 }
 
@@ -608,6 +656,10 @@ int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const fl
     p.scale = scale;
     p.causal = causal != 0;
     plan_init(&p, nt);
+    if ((double)B * Hq * Tq * p.chunk * p.nchunks * D < FD_ATT_PAR_MIN) { /* query rows x keys x D, at most */
+        nt = 1;
+        plan_init(&p, nt);
+    }
     const int64_t items = p.tiles * p.nchunks;
     if (items < nt) nt = (int)items;
 

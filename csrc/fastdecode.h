@@ -56,7 +56,7 @@ typedef struct {
 /* What a row that cannot be sampled gets instead of a token id (status): */
 #define FD_ROW_NAN (-1)    /* a NaN in the row */
 #define FD_ROW_POSINF (-2) /* +inf in the row, or made by the penalty or temperature */
-#define FD_ROW_NEGINF (-3) /* every entry -inf */
+#define FD_ROW_NEGINF (-3) /* every entry -inf, given or made by the penalty or temperature */
 
 /* Previously seen tokens (repetition penalty), ragged rows: row r saw
  * prev_ids[prev_offsets[r] .. prev_offsets[r+1]-1], each in [0, n);

@@ -7,32 +7,37 @@
  *      64 vectors' lanes (a NaN check rides along);
  *   2. top-k: the k-th largest group max is a lower bound on the k-th
  *      largest logit (k groups reach it), so one compare pass collects a
- *      few candidates and a quickselect over them finds the threshold;
+ *      few candidates, and a selection over them finds the threshold;
  *   3. top-p: S = sum exp(z - max) in one pass. The boundary logit lies
  *      above two cheap bounds: the weighted selection (mass instead of
  *      rank) over the group maxima, which carry at least their own mass,
  *      and L, as the tokens below L = (1-p) S / 2n carry less than
  *      (1-p) S / 2 together. A compare pass collects the tokens above the
- *      higher bound, and a weighted quickselect over them finds the
+ *      higher bound, and a weighted selection over them finds the
  *      boundary; ties there are kept in id order while the mass above
  *      stays below p S;
  *   4. min-p: p_i >= min_p p_max, that is z_i - max >= log(min_p), a plain
- *      threshold on logits;
+ *      threshold on logits (alone, it needs no S: only the tokens above it
+ *      are exponentiated);
  *   5. draw: inverse CDF in token-id order over the kept tokens, with the
  *      caller's u in [0, 1): the first token whose cumulative mass exceeds
  *      u * total.
+ * Selections over many entries start with histogram rounds (buckets of
+ * equal width in z, a branch-free pass each) and finish with a three-way
+ * quickselect over one bucket.
  * Tokens are ranked by logit (descending), then id (ascending): the same
  * order as by probability, without an exp that could round two logits
  * together. Masses are float32 exp(z - max) summed in double.
  *
  * Rows run in parallel (OpenMP), each thread with its own scratch memory,
- * allocated per call. Every entry through vf_exp (tails are padded), so a
+ * kept between calls. Every entry through vf_exp (tails are padded), so a
  * token's mass never depends on where it sits in an array.
  */
 #include "fastdecode.h"
 #include "simd.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,34 +48,60 @@
 #define FD_SAMPLE_PAR_MIN (1 << 15) /* elements in all rows worth a parallel region */
 
 /* ----------------------------------------------------------------------------
- * Scratch memory: one block per thread and call
+ * Scratch memory: one block per thread, kept between calls
+ *
+ * Fresh memory costs a page fault per 4 KiB touched, more than a whole
+ * top-k draw at V = 150k, so each thread keeps its block (grown when a row
+ * needs more) until it exits: about 30 bytes per vocabulary entry.
  * ---------------------------------------------------------------------------- */
 
 typedef struct {
     float *z;     /* [n] the scaled row, when it is not the input itself */
     float *group; /* [n / 64 + 2 FD_VLEN + 2] group maxima */
-    int32_t *id;  /* [n] candidate ids, ascending */
-    float *cz;    /* [n] candidate logits; the whole row's masses on the plain path */
-    float *ce;    /* [n] candidate masses exp(z - max) */
-    float *sz;    /* [n] selection copies, permuted */
-    float *se;    /* [n] */
-    void *base;
+    int32_t *id;  /* [n + FD_VLEN] candidate ids, ascending */
+    int32_t *bin; /* [n + FD_VLEN] histogram buckets */
+    float *cz;    /* [n + FD_VLEN] candidate logits; the whole row's masses on the plain path */
+    float *ce;    /* [n + FD_VLEN] candidate masses exp(z - max) */
+    float *sz;    /* [n + FD_VLEN] selection copies, permuted */
+    float *se;    /* [n + FD_VLEN] */
 } scratch;
+
+typedef struct {
+    size_t floats; /* capacity */
+    float data[];
+} scratch_block;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok;
+
+static void scratch_key_create(void) { scratch_key_ok = pthread_key_create(&scratch_key, free) == 0; }
 
 static int64_t group_capacity(int64_t n) { return n / 64 + 2 * FD_VLEN + 2; }
 
-static int scratch_alloc(scratch *s, int64_t n) {
-    int64_t ng = group_capacity(n);
-    float *f = malloc(((size_t)n * 7 + (size_t)ng) * sizeof(float) + 64);
-    s->base = f;
-    if (!f) return 0;
+/* This thread's block, large enough for rows of n; 0 when out of memory. */
+static int scratch_get(scratch *s, int64_t n) {
+    int64_t len = n + FD_VLEN; /* room for vf_compress's whole-vector stores */
+    size_t need = (size_t)len * 7 + (size_t)group_capacity(n);
+    pthread_once(&scratch_once, scratch_key_create);
+    if (!scratch_key_ok) return 0;
+    scratch_block *b = pthread_getspecific(scratch_key);
+    if (!b || b->floats < need) {
+        free(b);
+        b = malloc(sizeof(scratch_block) + need * sizeof(float));
+        if (b) b->floats = need;
+        pthread_setspecific(scratch_key, b);
+        if (!b) return 0;
+    }
+    float *f = b->data;
     s->z = f;
-    s->cz = f + n;
-    s->ce = f + 2 * n;
-    s->sz = f + 3 * n;
-    s->se = f + 4 * n;
-    s->id = (int32_t *)(f + 5 * n);
-    s->group = f + 6 * n;
+    s->cz = f + len;
+    s->ce = f + 2 * len;
+    s->sz = f + 3 * len;
+    s->se = f + 4 * len;
+    s->id = (int32_t *)(f + 5 * len);
+    s->bin = (int32_t *)(f + 6 * len);
+    s->group = f + 7 * len;
     return 1;
 }
 
@@ -246,23 +277,20 @@ static int64_t cdf_pick(const float *e, int64_t n, double u) {
  * Candidates: (id, logit, mass) in id order
  * ---------------------------------------------------------------------------- */
 
-/* id, cz: [n] out; z: [n]. Appends every i with z[i] - shift >= lo; returns the count. */
+/* id, cz: [n + FD_VLEN] out; z: [n]. Appends every i with z[i] - shift >= lo; returns the count. */
 static int64_t collect(int32_t *id, float *cz, const float *z, int64_t n, float shift, float lo) {
     vf sv = vf_set1(shift), lv = vf_set1(lo);
     int64_t c = 0, i = 0;
     for (; i + 4 * FD_VLEN <= n; i += 4 * FD_VLEN) {
-        uint32_t k0 = vf_mask_ge(vf_sub(vf_load(z + i), sv), lv);
-        uint32_t k1 = vf_mask_ge(vf_sub(vf_load(z + i + FD_VLEN), sv), lv);
-        uint32_t k2 = vf_mask_ge(vf_sub(vf_load(z + i + 2 * FD_VLEN), sv), lv);
-        uint32_t k3 = vf_mask_ge(vf_sub(vf_load(z + i + 3 * FD_VLEN), sv), lv);
-        if (!(k0 | k1 | k2 | k3)) continue;
-        uint32_t ks[4] = {k0, k1, k2, k3};
-        for (int q = 0; q < 4; q++)
-            for (uint32_t k = ks[q]; k; k &= k - 1) {
-                int64_t j = i + q * FD_VLEN + __builtin_ctz(k);
-                id[c] = (int32_t)j;
-                cz[c++] = z[j];
-            }
+        vf a = vf_load(z + i), b = vf_load(z + i + FD_VLEN);
+        vf d = vf_load(z + i + 2 * FD_VLEN), e = vf_load(z + i + 3 * FD_VLEN);
+        uint32_t ka = vf_mask_ge(vf_sub(a, sv), lv), kb = vf_mask_ge(vf_sub(b, sv), lv);
+        uint32_t kd = vf_mask_ge(vf_sub(d, sv), lv), ke = vf_mask_ge(vf_sub(e, sv), lv);
+        if (!(ka | kb | kd | ke)) continue; /* the common case: nothing here */
+        c += vf_compress(cz + c, id + c, (int32_t)i, a, ka);
+        c += vf_compress(cz + c, id + c, (int32_t)(i + FD_VLEN), b, kb);
+        c += vf_compress(cz + c, id + c, (int32_t)(i + 2 * FD_VLEN), d, kd);
+        c += vf_compress(cz + c, id + c, (int32_t)(i + 3 * FD_VLEN), e, ke);
     }
     for (; i < n; i++)
         if (z[i] - shift >= lo) {
@@ -275,13 +303,12 @@ static int64_t collect(int32_t *id, float *cz, const float *z, int64_t n, float 
 /* id, cz, ce (ce may be NULL): [nc]. Keeps the entries with cz - shift >= lo, in order. */
 static int64_t keep_ge(int32_t *id, float *cz, float *ce, int64_t nc, float shift, float lo) {
     int64_t c = 0;
-    for (int64_t i = 0; i < nc; i++)
-        if (cz[i] - shift >= lo) {
-            id[c] = id[i];
-            cz[c] = cz[i];
-            if (ce) ce[c] = ce[i];
-            c++;
-        }
+    for (int64_t i = 0; i < nc; i++) { /* without a branch, as in top_p_cut */
+        float v = cz[i];
+        id[c] = id[i], cz[c] = v;
+        if (ce) ce[c] = ce[i];
+        c += v - shift >= lo;
+    }
     return c;
 }
 
@@ -303,9 +330,87 @@ static float pick_pivot(const float *a, int64_t lo, int64_t hi, uint64_t *seed) 
     return v[0] > v[1] ? v[0] : v[1];
 }
 
-/* a: [n] (permuted), 1 <= k <= n. The k-th largest entry. */
-static float kth_largest(float *a, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n, want = k - 1;
+#define FD_HIST_BINS 2048 /* most buckets in a histogram round; one per 8 entries below that */
+#ifndef FD_HIST_MIN
+#define FD_HIST_MIN 256 /* selections over more entries start with histogram rounds */
+#endif
+
+/* z, e: [n] (permuted; e NULL: every weight 1), n > FD_HIST_MIN; bin:
+ * [n + FD_VLEN] scratch. One round of histogram selection: buckets of equal width in z (bucket 0 the
+ * largest), the mass of each, the first bucket where the mass from the top
+ * reaches target; its entries move to the front. Returns their count (n:
+ * no progress) and adds the mass of the buckets above to *acc. Every
+ * bucket index comes from the same vector code (the tail padded), so an
+ * entry's bucket is the same in both passes that need it. */
+static int64_t histogram_round(float *z, float *e, int64_t n, double target, double *acc, int32_t *bin) {
+    vf vhi = vf_set1(-INFINITY), vlo = vf_set1(INFINITY);
+    int64_t i = 0;
+    for (; i + FD_VLEN <= n; i += FD_VLEN) {
+        vf v = vf_load(z + i);
+        vhi = vf_max(vhi, v);
+        vlo = vf_min(vlo, v);
+    }
+    float hi = vf_reduce_max(vhi), lo = -vf_reduce_max(vf_sub(vf_set1(0.0f), vlo));
+    for (; i < n; i++) {
+        hi = z[i] > hi ? z[i] : hi;
+        lo = z[i] < lo ? z[i] : lo;
+    }
+    double range = (double)hi - (double)lo;
+    if (!(range > 0) || range > 1e30) return n;
+    int bins = n / 8 < FD_HIST_BINS ? (int)(n / 8) : FD_HIST_BINS;
+    vf hv = vf_set1(hi), sv = vf_set1((float)(bins / range)), top = vf_set1((float)(bins - 1));
+    for (i = 0; i < n; i += FD_VLEN) {
+        float pad[FD_VLEN];
+        const float *src = z + i;
+        if (i + FD_VLEN > n) {
+            for (int j = 0; j < FD_VLEN; j++) pad[j] = i + j < n ? z[i + j] : hi;
+            src = pad;
+        }
+        vi_store(bin + i, vf_to_int(vf_min(vf_mul(vf_sub(hv, vf_load(src)), sv), top)));
+    }
+    double mass[FD_HIST_BINS];
+    memset(mass, 0, (size_t)bins * sizeof(double));
+    if (e)
+        for (i = 0; i < n; i++) mass[bin[i]] += e[i];
+    else
+        for (i = 0; i < n; i++) mass[bin[i]] += 1.0;
+    int b = 0, last = 0;
+    double a = *acc;
+    for (; b < bins; b++) {
+        if (mass[b] > 0) last = b;
+        if (a + mass[b] >= target) break;
+        a += mass[b];
+    }
+    if (b == bins) { /* rounding kept the total below target: the last bucket */
+        b = last;
+        a -= mass[b];
+    }
+    *acc = a;
+    int64_t c = 0;
+    for (i = 0; i < n; i++)
+        if (bin[i] == b) {
+            float v = z[i];
+            z[i] = z[c], z[c] = v;
+            if (e) {
+                float w = e[i];
+                e[i] = e[c], e[c] = w;
+            }
+            c++;
+        }
+    return c;
+}
+
+/* a: [n] (permuted), 1 <= k <= n; bin: [n + FD_VLEN] scratch. The k-th
+ * largest entry: histogram rounds (unit weights) while n is large, then a
+ * three-way quickselect. */
+static float kth_largest(float *a, int64_t n, int64_t k, int32_t *bin) {
+    double above = 0.0; /* entries ranked above a[0, n) */
+    while (n > FD_HIST_MIN) {
+        int64_t c = histogram_round(a, NULL, n, (double)k, &above, bin);
+        if (c == n) break;
+        n = c;
+    }
+    int64_t lo = 0, hi = n, want = k - 1 - (int64_t)above;
     uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
     while (hi - lo > FD_SELECT_SMALL) {
         float pv = pick_pivot(a, lo, hi, &seed);
@@ -337,11 +442,18 @@ static float kth_largest(float *a, int64_t n, int64_t k) {
 
 /* z, e: [n] (permuted together), target > 0. The boundary logit zb of a
  * weighted selection, ranked by z descending: mass(z > zb) < target <=
- * mass(z >= zb); *above = mass(z > zb). When rounding leaves the whole
- * mass below target, the smallest logit (every token stays). */
-static float weighted_select(float *z, float *e, int64_t n, double target, double *above) {
-    int64_t lo = 0, hi = n;
+ * mass(z >= zb); *above = mass(z > zb); bin: [n + FD_VLEN] scratch. When rounding leaves the whole
+ * mass below target, the smallest logit (every token stays). Large inputs
+ * go through histogram rounds first (a few branch-free passes each), then
+ * a three-way quickselect weighted by mass finishes. */
+static float weighted_select(float *z, float *e, int64_t n, double target, double *above, int32_t *bin) {
     double acc = 0.0; /* mass of everything ranked above [lo, hi); stays < target */
+    while (n > FD_HIST_MIN) {
+        int64_t c = histogram_round(z, e, n, target, &acc, bin);
+        if (c == n) break;
+        n = c;
+    }
+    int64_t lo = 0, hi = n;
     uint64_t seed = 0xD1B54A32D192ED03ull ^ (uint64_t)n;
     while (hi - lo > FD_SELECT_SMALL) {
         float pv = pick_pivot(z, lo, hi, &seed);
@@ -405,41 +517,40 @@ static float weighted_select(float *z, float *e, int64_t n, double target, doubl
  * Filters over the candidates
  * ---------------------------------------------------------------------------- */
 
-/* id, cz, ce: [nc] in id order, sz, se: [nc] scratch. Keeps the tokens
+/* id, cz, ce: [nc] in id order, sz, se, bin: [nc + FD_VLEN] scratch. Keeps the tokens
  * whose mass ranked strictly above stays below target = p * S. */
-static int64_t top_p_cut(int32_t *id, float *cz, float *ce, int64_t nc, double target, float *sz, float *se) {
+static int64_t top_p_cut(int32_t *id, float *cz, float *ce, int64_t nc, double target, float *sz, float *se,
+                         int32_t *bin) {
     memcpy(sz, cz, (size_t)nc * sizeof(float));
     memcpy(se, ce, (size_t)nc * sizeof(float));
     double above;
-    float zb = weighted_select(sz, se, nc, target, &above);
+    float zb = weighted_select(sz, se, nc, target, &above, bin);
     int64_t c = 0;
-    for (int64_t i = 0; i < nc; i++) {
-        int keep = cz[i] > zb;
-        if (cz[i] == zb && above < target) { /* a tie at the boundary: id order decides */
+    for (int64_t i = 0; i < nc; i++) { /* compaction without a branch: keeping is a coin flip */
+        float v = cz[i], w = ce[i];
+        int keep = v > zb;
+        if (v == zb && above < target) { /* a tie at the boundary: id order decides */
             keep = 1;
-            above += ce[i];
+            above += w;
         }
-        if (keep) {
-            id[c] = id[i];
-            cz[c] = cz[i];
-            ce[c] = ce[i];
-            c++;
-        }
+        id[c] = id[i], cz[c] = v, ce[c] = w;
+        c += keep;
     }
     return c;
 }
 
-/* group: [ng] the scan's group maxima; gz, ge: [ng] scratch. A lower
+/* group: [ng] the scan's group maxima; gz, ge, bin: [ng + FD_VLEN] scratch. A lower
  * bound on top-p's boundary logit: each group whose max is >= zg holds at
  * least its max's mass, so once those reach target (with a margin for
  * rounding) the kept tokens all lie at or above zg. -inf when they never do
  * (a flat row), and L's cut is all there is. */
-static float top_p_group_cut(const float *group, int64_t ng, float m, double target, float *gz, float *ge) {
+static float top_p_group_cut(const float *group, int64_t ng, float m, double target, float *gz, float *ge,
+                             int32_t *bin) {
     memcpy(gz, group, (size_t)ng * sizeof(float));
     target *= 1.0 + 1e-5;
     if (exp_masked(ge, gz, ng, m, -INFINITY) < target) return -INFINITY;
     double above;
-    return weighted_select(gz, ge, ng, target, &above);
+    return weighted_select(gz, ge, ng, target, &above, bin);
 }
 
 /* The smallest float d with (double)d >= x: float compares then decide
@@ -512,11 +623,11 @@ static int run_row(row_result r, const float *x, int64_t n, const fd_sample_para
         float lo = -INFINITY;
         if (k * 4 <= ng) { /* the k-th largest group max: a lower bound with few tokens above */
             memcpy(s->sz, s->group, (size_t)ng * sizeof(float));
-            lo = kth_largest(s->sz, ng, k);
+            lo = kth_largest(s->sz, ng, k, s->bin);
         }
         nc = collect(s->id, s->cz, z, n, 0.0f, lo);
         memcpy(s->sz, s->cz, (size_t)nc * sizeof(float));
-        float kth = kth_largest(s->sz, nc, k);
+        float kth = kth_largest(s->sz, nc, k, s->bin);
         nc = keep_ge(s->id, s->cz, NULL, nc, 0.0f, kth);
         mass = exp_masked(s->ce, s->cz, nc, m, -INFINITY);
     }
@@ -526,12 +637,12 @@ static int run_row(row_result r, const float *x, int64_t n, const fd_sample_para
             /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together,
              * so the boundary lies above (the 1e-3 covers vf_exp's rounding) */
             float lo = (float)(log((1.0 - p->top_p) * mass / (2.0 * (double)n)) - 1e-3);
-            float zg = top_p_group_cut(s->group, ng, m, p->top_p * mass, s->sz, s->se);
+            float zg = top_p_group_cut(s->group, ng, m, p->top_p * mass, s->sz, s->se, s->bin);
             lo = zg - m > lo ? zg - m : lo;
             nc = collect(s->id, s->cz, z, n, m, lo);
             exp_masked(s->ce, s->cz, nc, m, -INFINITY);
         }
-        nc = top_p_cut(s->id, s->cz, s->ce, nc, p->top_p * mass, s->sz, s->se);
+        nc = top_p_cut(s->id, s->cz, s->ce, nc, p->top_p * mass, s->sz, s->se, s->bin);
     } else if (nc < 0 && dmin > -INFINITY) { /* min-p alone: a plain threshold, no S needed */
         nc = collect(s->id, s->cz, z, n, m, dmin);
         exp_masked(s->ce, s->cz, nc, m, -INFINITY);
@@ -576,7 +687,7 @@ static int64_t run_rows(int64_t *ids, int64_t *status, float *out, int probs, co
 #endif
     {
         scratch s;
-        int ok = scratch_alloc(&s, n);
+        int ok = scratch_get(&s, n);
         nomem |= !ok;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -598,7 +709,6 @@ static int64_t run_rows(int64_t *ids, int64_t *status, float *out, int probs, co
             if (status) status[r] = code;
             bad += code != 0;
         }
-        free(s.base);
     }
     return nomem ? -1 : bad;
 }

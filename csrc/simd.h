@@ -49,6 +49,7 @@ static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 static inline vf vf_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 static inline vi vf_to_int(vf a) { return _mm512_cvtps_epi32(a); }
+static inline void vi_store(int32_t *p, vi a) { _mm512_storeu_si512(p, a); }
 static inline vf vf_from_bits(vi a) { return _mm512_castsi512_ps(a); }
 static inline vi vi_add_shift23(vi n) { return _mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23); }
 static inline float vf_reduce_max(vf v) { return _mm512_reduce_max_ps(v); }
@@ -63,6 +64,16 @@ static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
 /* bit i set where lane i of a >= b (false for NaN) / a == b */
 static inline uint32_t vf_mask_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
 static inline uint32_t vf_mask_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+/* Packs the lanes of v selected by k to the front of out, and base + lane
+ * of each to idx; writes FD_VLEN entries to each (room needed), returns
+ * how many were packed. Register compress, then a plain store: the memory
+ * form of vcompressps is microcoded and slow on some CPUs. */
+static inline int vf_compress(float *out, int32_t *idx, int32_t base, vf v, uint32_t k) {
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    _mm512_storeu_ps(out, _mm512_maskz_compress_ps((__mmask16)k, v));
+    _mm512_storeu_si512(idx, _mm512_maskz_compress_epi32((__mmask16)k, _mm512_add_epi32(_mm512_set1_epi32(base), lane)));
+    return __builtin_popcount(k);
+}
 /* x >= lim ? a : b, lane by lane */
 static inline vf vf_where_ge(vf x, vf lim, vf a, vf b) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lim, _CMP_GE_OQ), b, a);
@@ -115,6 +126,7 @@ static inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 static inline vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
 static inline vf vf_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 static inline vi vf_to_int(vf a) { return _mm256_cvtps_epi32(a); }
+static inline void vi_store(int32_t *p, vi a) { _mm256_storeu_si256((__m256i *)p, a); }
 static inline vf vf_from_bits(vi a) { return _mm256_castsi256_ps(a); }
 static inline vi vi_add_shift23(vi n) { return _mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23); }
 static inline float vf_reduce_max(vf v) {
@@ -136,6 +148,17 @@ static inline int vf_any_nan(vf a) { return _mm256_movemask_ps(_mm256_cmp_ps(a, 
 static inline vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
 static inline uint32_t vf_mask_ge(vf a, vf b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
 static inline uint32_t vf_mask_eq(vf a, vf b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
+static inline int vf_compress(float *out, int32_t *idx, int32_t base, vf v, uint32_t k) {
+    float lanes[8];
+    int c = 0;
+    _mm256_storeu_ps(lanes, v);
+    for (; k; k &= k - 1) {
+        int j = __builtin_ctz(k);
+        out[c] = lanes[j];
+        idx[c++] = base + j;
+    }
+    return c;
+}
 static inline vf vf_where_ge(vf x, vf lim, vf a, vf b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, lim, _CMP_GE_OQ)); }
 static inline vi vi_zero(void) { return _mm256_setzero_si256(); }
 static inline vi vi_nan_track(vi acc, vf x) {
@@ -184,6 +207,7 @@ static inline vf vf_max(vf a, vf b) { return a > b ? a : b; }
 static inline vf vf_min(vf a, vf b) { return a < b ? a : b; }
 static inline vf vf_round(vf a) { return nearbyintf(a); }
 static inline vi vf_to_int(vf a) { return (vi)a; }
+static inline void vi_store(int32_t *p, vi a) { *p = a; }
 static inline vf vf_from_bits(vi a) { float f; memcpy(&f, &a, 4); return f; }
 static inline vi vi_add_shift23(vi n) { return (vi)((uint32_t)(n + 127) << 23); }
 static inline float vf_reduce_max(vf v) { return v; }
@@ -193,6 +217,11 @@ static inline int vf_any_nan(vf a) { return a != a; }
 static inline vf vf_div(vf a, vf b) { return a / b; }
 static inline uint32_t vf_mask_ge(vf a, vf b) { return a >= b; }
 static inline uint32_t vf_mask_eq(vf a, vf b) { return a == b; }
+static inline int vf_compress(float *out, int32_t *idx, int32_t base, vf v, uint32_t k) {
+    *out = v;
+    *idx = base;
+    return (int)(k & 1);
+}
 static inline vf vf_where_ge(vf x, vf lim, vf a, vf b) { return x >= lim ? a : b; }
 static inline vi vi_zero(void) { return 0; }
 static inline vi vi_nan_track(vi acc, vf x) {

@@ -107,7 +107,59 @@ static void row_finish(float *out, const float *x, int64_t n, float m, double s,
     else row_scale(out, n, (float)(1.0 / s));
 }
 
+/* A row longer than L2 can hold twice (x and out) pays for every pass
+ * over it, so long rows take the max and the exponentials block by block
+ * while the block is in L1: each block's terms are taken against the
+ * running max, and the sum (and, for softmax, the block's stored terms) is
+ * rescaled when the max grows. That reads x from memory once instead of
+ * twice. FD_BLOCK_ROW_MIN: where it starts paying; FD_ROW_BLOCKS bounds the
+ * per-block maxima kept on the stack (longer rows use the three passes). */
+#define FD_ROW_BLOCK 2048
+#define FD_ROW_BLOCKS 1024
+#define FD_BLOCK_ROW_MIN (1 << 16)
+
+static void softmax_row_blocked(float *out, const float *x, int64_t n, int take_log) {
+    float block_max[FD_ROW_BLOCKS]; /* the running max each block's terms were taken against */
+    int64_t nb = (n + FD_ROW_BLOCK - 1) / FD_ROW_BLOCK;
+    float m = -INFINITY;
+    double s = 0.0;
+    int nan = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t lo = b * FD_ROW_BLOCK, len = n - lo < FD_ROW_BLOCK ? n - lo : FD_ROW_BLOCK;
+        int bnan;
+        float bm = row_max(x + lo, len, &bnan);
+        nan |= bnan;
+        if (bm > m) {
+            if (m > -INFINITY) s *= exp((double)m - (double)bm);
+            m = bm;
+        }
+        block_max[b] = m;
+        if (m == -INFINITY || m == INFINITY || nan) { /* nothing to add yet, or undefined anyway */
+            if (!take_log) row_fill(out + lo, len, 0.0f);
+            continue;
+        }
+        s += row_exp_sum(out + lo, x + lo, len, m, !take_log);
+    }
+    if (row_undefined(m, nan)) {
+        row_fill(out, n, NAN);
+        return;
+    }
+    if (take_log) {
+        row_shift(out, x, n, m, (float)log(s));
+        return;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t lo = b * FD_ROW_BLOCK, len = n - lo < FD_ROW_BLOCK ? n - lo : FD_ROW_BLOCK;
+        double rescale = block_max[b] == -INFINITY ? 0.0 : exp((double)block_max[b] - (double)m);
+        row_scale(out + lo, len, (float)(rescale / s));
+    }
+}
+
 static void softmax_row(float *out, const float *x, int64_t n, int take_log) {
+    if (n >= FD_BLOCK_ROW_MIN && n <= (int64_t)FD_ROW_BLOCK * FD_ROW_BLOCKS) {
+        softmax_row_blocked(out, x, n, take_log);
+        return;
+    }
     int nan;
     float m = row_max(x, n, &nan);
     if (row_undefined(m, nan)) {

@@ -372,3 +372,36 @@ def test_native_wrapper_refuses_inconsistent_shapes():
                               np.array([5], np.int64))
     with pytest.raises(ValueError):
         _native.attention_f32(np.zeros((1, 4, 2, 8), np.float32), q, k, k, True, 1.0, np.array([5, 5], np.int64))
+
+
+# ---------------------------------------------------------------------------
+# Alignment
+# ---------------------------------------------------------------------------
+
+def _at_offset(a, floats):
+    """a's values in a C-contiguous array that starts `floats` floats past a 64-byte boundary."""
+    buf = fd.empty_aligned(a.size + floats, a.dtype)
+    out = buf[floats:].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 2, 1, 300, 128), (1, 4, 4, 1, 100, 64), (1, 8, 2, 40, 40, 80)])
+def test_alignment_does_not_change_results(simd, rng, shape):
+    q, k, v = qkv(rng, *shape)
+    results = [fd.attention(_at_offset(q, off), _at_offset(k, off), _at_offset(v, off)) for off in (0, 1, 4, 15)]
+    for y in results[1:]:
+        assert np.array_equal(y, results[0])
+    check(results[0], q, k, v)
+
+
+def test_empty_aligned():
+    for shape, dtype, alignment in [((2, 3, 5, 7), np.float32, 64), (10, np.float64, 128), ((0, 4), np.float32, 64)]:
+        a = fd.empty_aligned(shape, dtype, alignment)
+        assert a.shape == (shape if isinstance(shape, tuple) else (shape,)) and a.dtype == dtype
+        assert a.flags.c_contiguous and a.flags.writeable
+        assert a.size == 0 or a.ctypes.data % alignment == 0
+    with pytest.raises(ValueError, match="alignment"):
+        fd.empty_aligned(4, np.float32, 48)
+    with pytest.raises(ValueError, match="shape"):
+        fd.empty_aligned((2, -1))

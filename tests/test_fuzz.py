@@ -99,3 +99,168 @@ def test_fuzz_attention(args, causal, scale, backend):
             with fd.use_backend("numpy"):
                 ref = fd.attention(q, k, v, causal=causal, scale=scale, lengths=lengths)
             np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# sampling: sample, argmax, process_logits, apply_repetition_penalty
+# ---------------------------------------------------------------------------
+
+SCALARS = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 300),
+                    st.sampled_from(["0.5", [0.5], [[1.0]], np.float32(0.3), True]))
+
+
+@st.composite
+def logits_args(draw):
+    if draw(st.integers(0, 3)) == 0:
+        logits = draw(junk_arrays())
+    else:
+        rows, vocab = draw(st.integers(0, 3)), draw(st.integers(0, 70))
+        shape = draw(st.sampled_from([(rows, vocab), (vocab,)]))
+        logits = draw(junk_arrays(float_bias=0.9, shape=shape))
+    kw = {}
+    for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+        if draw(st.booleans()):
+            kw[key] = draw(SCALARS)
+    if draw(st.booleans()):
+        kw["prev_tokens"] = draw(st.one_of(
+            st.lists(st.integers(-3, 80), max_size=6),
+            st.lists(st.lists(st.integers(-3, 80), max_size=4), max_size=4),
+            junk_arrays()))
+    return logits, kw
+
+
+SAMPLING_ARGS = ["logits", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "prev_tokens",
+                 "do_sample", "rng", "penalty", "out"]
+
+
+@FUZZ
+@given(args=logits_args(), do_sample=st.sampled_from([None, True, False, "yes"]),
+       rng=st.sampled_from([None, 0, 7, -1, "seed", np.random.default_rng(1)]),
+       backend=st.sampled_from(BACKENDS))
+def test_fuzz_sample(args, do_sample, rng, backend):
+    count("sample")
+    logits, kw = args
+    snap = snapshot(logits, kw.get("prev_tokens"))
+    with fd.use_backend(backend):
+        ids = expect_clean(fd.sample, SAMPLING_ARGS, logits, do_sample=do_sample,
+                           rng=rng if not isinstance(rng, np.random.Generator) else np.random.default_rng(1), **kw)
+    assert unchanged(snap), "an input was modified"
+    if ids is not None:
+        x = np.asarray(logits)
+        ids_arr = np.atleast_1d(np.asarray(ids))
+        assert ids_arr.dtype.kind == "i" and ids_arr.shape == (1 if x.ndim == 1 else x.shape[0],)
+        assert ((ids_arr >= 0) & (ids_arr < x.shape[-1])).all()
+        rows = x.reshape(-1, x.shape[-1])
+        assert all(np.isfinite(rows[r, i]) or rows[r, i] > -np.inf for r, i in enumerate(ids_arr)), \
+            "a masked (-inf) token was drawn"
+        if backend == "c" and isinstance(rng, int):  # a seed: the same u for both backends
+            with fd.use_backend("numpy"):
+                ref = fd.sample(logits, do_sample=do_sample, rng=rng, **kw)
+            assert np.array_equal(np.asarray(ids), np.asarray(ref))
+
+
+@settings(max_examples=900, deadline=None, suppress_health_check=list(HealthCheck))  # ~300 per function
+@given(args=logits_args(), backend=st.sampled_from(BACKENDS), which=st.integers(0, 2))
+def test_fuzz_argmax_process_penalty(args, backend, which):
+    logits, kw = args
+    snap = snapshot(logits, kw.get("prev_tokens"))
+    with fd.use_backend(backend):
+        if which == 0:
+            count("argmax")
+            got = expect_clean(fd.argmax, ["logits"], logits)
+        elif which == 1:
+            count("process_logits")
+            got = expect_clean(fd.process_logits, SAMPLING_ARGS + ["return_probs"], logits, **kw)
+        else:
+            count("apply_repetition_penalty")
+            got = expect_clean(fd.apply_repetition_penalty, SAMPLING_ARGS, logits, kw.get("prev_tokens"),
+                               kw.get("repetition_penalty", 1.3))
+    assert unchanged(snap), "an input was modified"
+    if got is not None and backend == "c":
+        with fd.use_backend("numpy"):
+            ref = [lambda: fd.argmax(logits), lambda: fd.process_logits(logits, **kw),
+                   lambda: fd.apply_repetition_penalty(logits, kw.get("prev_tokens"),
+                                                       kw.get("repetition_penalty", 1.3))][which]()
+        np.testing.assert_allclose(np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64),
+                                   rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# load and generate
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from model_checkpoints import checkpoint
+
+    return fd.load(checkpoint("llama-gqa-tied")[0])
+
+
+LOAD_JUNK = [None, 3, "", "/", "/definitely/not/here", "default\x00", b"bytes", ["a"], "/etc/passwd", "/proc"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(path=st.one_of(st.sampled_from(LOAD_JUNK), st.text(max_size=20), st.binary(max_size=10)))
+def test_fuzz_load(path):
+    count("load")
+    try:
+        fd.load(path)
+    except (TypeError, ValueError, OSError) as exc:
+        assert str(exc), "an empty error message"
+    else:
+        pytest.fail(f"load({path!r}) returned a model")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(prompt=st.one_of(st.text(max_size=30), st.lists(st.integers(-5, 600), max_size=8), st.none(),
+                        st.integers(), st.lists(st.text(max_size=5), max_size=3)),
+       max_new_tokens=st.one_of(st.integers(-2, 6), st.sampled_from([None, 2.5, "3", 10**12])),
+       temperature=st.sampled_from([None, 0.0, 0.7, -1.0, np.nan]),
+       top_p=st.sampled_from([None, 0.9, 0.0, 1.5]),
+       stop=st.sampled_from([None, "\n", ["a", 5], 10**9, [None]]),
+       backend=st.sampled_from(BACKENDS))
+def test_fuzz_generate(tiny_model, prompt, max_new_tokens, temperature, top_p, stop, backend):
+    count("generate")
+    kw = {k: v for k, v in dict(temperature=temperature, top_p=top_p, stop=stop).items() if v is not None}
+    snap = snapshot(np.asarray(prompt)) if isinstance(prompt, list) and prompt else []
+    with fd.use_backend(backend):
+        try:
+            out = tiny_model.generate(prompt, max_new_tokens=max_new_tokens, rng=0, **kw)
+        except (TypeError, ValueError) as exc:
+            assert str(exc)
+            return
+    assert unchanged(snap)
+    results = out if isinstance(out, list) else [out]
+    for r in results:
+        assert isinstance(r.text, str) and len(r.token_ids) <= max_new_tokens
+
+
+# ---------------------------------------------------------------------------
+# linear
+# ---------------------------------------------------------------------------
+
+@st.composite
+def linear_args(draw):
+    if draw(st.integers(0, 3)) == 0:
+        return draw(junk_arrays()), draw(junk_arrays()), draw(st.one_of(st.none(), junk_arrays()))
+    rows, n_in, n_out = draw(st.integers(0, 10)), draw(st.integers(0, 40)), draw(st.integers(0, 20))
+    x = draw(junk_arrays(float_bias=1.0, shape=draw(st.sampled_from([(rows, n_in), (n_in,), (2, rows, n_in)]))))
+    w = draw(junk_arrays(float_bias=1.0, shape=(n_out, n_in + draw(st.sampled_from([0, 0, 0, 1])))))
+    b = draw(st.one_of(st.none(), junk_arrays(float_bias=1.0, shape=(n_out + draw(st.sampled_from([0, 0, -1])),)
+                                              if n_out else (0,))))
+    dtype = draw(st.sampled_from([np.float32, np.float32, np.float64, np.int32]))
+    return x.astype(dtype), w.astype(dtype), (b if b is None else b.astype(dtype))
+
+
+@FUZZ
+@given(args=linear_args(), backend=st.sampled_from(BACKENDS))
+def test_fuzz_linear(args, backend):
+    count("linear")
+    x, w, b = args
+    snap = snapshot(x, w, b)
+    with fd.use_backend(backend):
+        y = expect_clean(fd.linear, ["x", "weight", "bias", "out"], x, w, b)
+    assert unchanged(snap), "an input was modified"
+    if y is not None and np.isfinite(x).all() and np.isfinite(w).all() and (b is None or np.isfinite(b).all()):
+        ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T + (0 if b is None else np.asarray(b, np.float64))
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-3 * (1 + np.abs(ref).max(initial=0)))

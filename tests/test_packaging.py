@@ -36,6 +36,15 @@ def test_wheel_installs_in_fresh_venv(tmp_path):
     code = "import numpy as np, fastdecode as fd; print(float(fd.softmax(np.zeros(4, np.float32)).sum()))"
     out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "1.0", out.stderr
+    # the README's first command, from the installed script, the same text under both backends
+    texts = []
+    for backend in ("c", "numpy"):
+        out = subprocess.run([str(venv / "bin" / "fastdecode"), "generate", "Once upon a time", "-n", "20",
+                              "--seed", "1", "--backend", backend], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=300)
+        assert out.returncode == 0, out.stderr
+        texts.append(out.stdout)
+    assert texts[0] == texts[1] and texts[0].startswith("Once upon a time") and len(texts[0]) > 40
     # the embedded default model ships inside the wheel
     code = ("import importlib.resources as r; d = r.files('fastdecode') / 'models' / 'default'; "
             "print(sorted(p.name for p in d.iterdir()))")

@@ -28,9 +28,15 @@ def test_python_blocks_run(tmp_path, monkeypatch):
 
 
 def console_commands():
+    """`$ fastdecode ...` lines of console blocks, and the `fastdecode ...` steps
+    of bash blocks (their `pip install` steps are what tests/test_packaging.py
+    does in a fresh virtual environment)."""
     cmds = []
     for block in blocks("console"):
         cmds += [line[2:] for line in block.splitlines() if line.startswith("$ fastdecode")]
+    for block in blocks("bash"):
+        for line in block.splitlines():
+            cmds += [step.strip() for step in line.split("&&") if step.strip().startswith("fastdecode ")]
     return cmds
 
 

@@ -274,3 +274,18 @@ def test_bad_shapes_and_args(backend):
         fd.softmax(x, out=ro)
     with pytest.raises(TypeError, match="x must be an array"):
         fd.softmax([[1.0, 2.0], [3.0]])
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_long_rows_blockwise(backend, rng, log):
+    """Rows long enough for the C kernel's block-by-block pass (>= 65536):
+    the max grows late, whole leading blocks are -inf, NaN in a late block."""
+    n = 150_001
+    x = (rng.standard_normal((4, n)) * 3).astype(np.float32)
+    x[0, :10_000] = -np.inf                 # leading blocks masked
+    x[1, -5] = 60.0                         # max in the last block: earlier terms rescaled
+    x[2] = np.linspace(-80, 80, n)          # max grows in every block
+    x[3, -100] = np.nan                     # undefined row
+    y = fd.log_softmax(x) if log else fd.softmax(x)
+    check(y, x, log=log)
+    assert np.isnan(y[3]).all() and not np.isnan(y[:3]).any()

@@ -101,6 +101,9 @@ def test_no_leak_over_100k_calls(rng, name):
         "softmax": (lambda x: lambda: fd.softmax(x))(np.ones((2, 64), np.float32)),
         "log_softmax": (lambda x: lambda: fd.log_softmax(x))(np.ones((2, 64), np.float32)),
         "attention": (lambda a: lambda: fd.attention(a, a, a))(np.ones((1, 2, 2, 16), np.float32)),
+        "sample": (lambda x: lambda: fd.sample(x, temperature=0.8, top_k=5, top_p=0.9, repetition_penalty=1.2,
+                                               prev_tokens=[[1, 2], [3]], rng=7))(np.ones((2, 64), np.float32)),
+        "argmax": (lambda x: lambda: fd.argmax(x))(np.ones((2, 64), np.float32)),
     }
     call = small.get(name, calls[name])
     with fd.use_backend("c"):

@@ -103,7 +103,22 @@ def run_sampling(fdp):
     assert np.array_equal(np.asarray(ids), np.asarray(ref)), (ids, ref, kw)
 
 
-TARGETS = [run_softmax, run_attention, run_sampling]
+def run_linear(fdp):
+    rows, n_in, n_out = fdp.ConsumeIntInRange(0, 12), fdp.ConsumeIntInRange(0, 70), fdp.ConsumeIntInRange(0, 40)
+    x = array(fdp, (rows, n_in) if fdp.ConsumeBool() else (n_in,))
+    w = array(fdp, (n_out, n_in + fdp.ConsumeIntInRange(0, 1)))
+    b = array(fdp, (n_out,)) if fdp.ConsumeBool() else None
+    try:
+        y = fd.linear(x, w, b)
+    except (TypeError, ValueError):
+        return
+    if np.isfinite(x).all() and np.isfinite(w).all() and (b is None or np.isfinite(b).all()):
+        with fd.use_backend("numpy"):
+            ref = fd.linear(x, w, b)
+        np.testing.assert_allclose(y, ref, rtol=1e-3, atol=1e-3 * (1 + np.abs(ref).max(initial=0)))
+
+
+TARGETS = [run_softmax, run_attention, run_sampling, run_linear]
 
 
 def one_input(data: bytes):

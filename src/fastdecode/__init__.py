@@ -25,6 +25,7 @@ from .backend import (
     set_simd,
     use_backend,
 )
+from .arrays import empty_aligned
 from .ops import apply_repetition_penalty, argmax, attention, linear, log_softmax, process_logits, sample, softmax
 
 __version__ = "0.1.0"
@@ -49,7 +50,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "attention", "linear", "log_softmax", "softmax",
+    "attention", "linear", "log_softmax", "softmax", "empty_aligned",
     "sample", "argmax", "process_logits", "apply_repetition_penalty", *_LAZY,
     "backend_info", "get_backend", "set_backend", "use_backend",
     "get_simd", "set_simd", "get_num_threads", "set_num_threads",

@@ -6,10 +6,23 @@ import json
 import sys
 
 
+def _embedded_model_info() -> dict:
+    import pathlib
+
+    directory = pathlib.Path(__file__).parent / "models" / "default"
+    if not (directory / "config.json").exists():
+        return {"default_model": "missing from this installation"}
+    config = json.loads((directory / "config.json").read_text())
+    size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    return {"default_model": f"{config.get('architectures', ['?'])[0]}, {config.get('num_hidden_layers')} layers, "
+                             f"hidden {config.get('hidden_size')}, vocab {config.get('vocab_size')}, "
+                             f"{size / 1e6:.1f} MB ({directory})"}
+
+
 def _cmd_info(args) -> int:
     import fastdecode
 
-    info = {"version": fastdecode.__version__, **fastdecode.backend_info()}
+    info = {"version": fastdecode.__version__, **fastdecode.backend_info(), **_embedded_model_info()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -158,7 +158,7 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
     if tq > tk and lengths is None:
         raise ValueError(f"q has {tq} positions but k only {tk}; queries are the last positions of the keys")
     if scale is None:
-        scale = 1.0 / np.sqrt(d) if d else 1.0
+        scale = 1.0 / math.sqrt(d) if d else 1.0
     else:
         try:
             if isinstance(scale, (str, bytes)):  # float("0.5") parses; a scale is a number
@@ -188,9 +188,10 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
     if tk == 0:
         result[...] = 0
         return result
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
     # the kernels write rows of out while still reading q, k and v
-    aside = not result.flags.c_contiguous or any(np.may_share_memory(result, a) for a in (q, k, v))
+    aside = (not result.flags.c_contiguous or np.may_share_memory(result, q) or np.may_share_memory(result, k)
+             or np.may_share_memory(result, v))
     target = np.empty(q.shape, q.dtype) if aside else result
     _backend.active().attention(target, q, k, v, bool(causal), scale, lengths)
     if target is not result:
@@ -397,7 +398,10 @@ def _prev_tokens(prev_tokens, rows, vocab, one_row):
             raise ValueError(f"prev_tokens has {len(prev_tokens)} rows but logits has {rows}")
         seqs = prev_tokens
     if seqs is not None:
-        arrays = [np.asarray(s) for s in seqs]
+        try:
+            arrays = [np.asarray(s) for s in seqs]
+        except (ValueError, TypeError) as exc:  # ragged where one row was meant, objects, ...
+            raise TypeError(f"prev_tokens rows must be 1-D sequences of integer token ids; {exc}") from None
         for a in arrays:
             if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
                 raise TypeError(f"prev_tokens rows must be 1-D sequences of integer token ids; got {a.dtype} {a.shape}")
@@ -422,9 +426,9 @@ def _raise_bad_row(codes, x, params, one_row):
     code = int(codes[r])
     if code == -1:
         raise ValueError(f"{where} contains NaN")
-    if code == -3:
+    if code == -3 and np.isneginf(x[r]).all():
         raise ValueError(f"{where} is all -inf: no token can be sampled")
-    if np.isposinf(x[r]).any():
+    if code == -2 and np.isposinf(x[r]).any():
         raise ValueError(f"{where} contains +inf")
     raise ValueError(f"{where} overflows float32 after the repetition penalty and temperature "
                      f"(temperature={params[r, _TEMPERATURE]:g}); raise the temperature, or use 0 for greedy")

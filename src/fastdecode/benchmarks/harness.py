@@ -227,6 +227,9 @@ def execute(args, modules: list) -> list[dict]:
 
         rows = run(cases, thread_counts, rounds=rounds, progress=progress)
     print(table(rows))
+    for module in modules:  # optional per-kernel remarks; may add to the rows' params
+        for line in getattr(module, "notes", lambda rows: [])(rows):
+            print(line)
     if args.json:
         write_json(args.json, rows)
     if args.plot:

@@ -79,6 +79,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config.json must hold a JSON object; got a {type(raw).__name__}")
         archs = raw.get("architectures") or [_MODEL_TYPES.get(raw.get("model_type"), raw.get("model_type"))]
         arch = next((a for a in archs if a in ARCHITECTURES), None)
         if arch is None:
@@ -110,8 +112,19 @@ class ModelConfig:
             raise ConfigError(f"unsupported activation {self.activation!r}; supported: {', '.join(ACTIVATIONS)}")
 
 
+def _positive(raw: dict, *keys) -> tuple:
+    """The fields as ints, each checked positive before any arithmetic uses it."""
+    values = []
+    for key in keys:
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer; got {value!r}")
+        values.append(value)
+    return tuple(values)
+
+
 def _gpt2(raw: dict) -> dict:
-    d, heads = raw["n_embd"], raw["n_head"]
+    d, heads = _positive(raw, "n_embd", "n_head")
     if d % heads:
         raise ConfigError(f"n_embd ({d}) must be a multiple of n_head ({heads})")
     head_dim = d // heads
@@ -127,7 +140,7 @@ def _gpt2(raw: dict) -> dict:
 
 
 def _llama(raw: dict, arch: str) -> dict:
-    d, heads = raw["hidden_size"], raw["num_attention_heads"]
+    d, heads = _positive(raw, "hidden_size", "num_attention_heads")
     head_dim = raw.get("head_dim") or d // heads
     rope = dict(raw.get("rope_parameters") or {})  # transformers 5.x
     legacy = raw.get("rope_scaling")  # transformers 4.x

@@ -166,9 +166,19 @@ def _out_in(w):  # GPT-2 Conv1D's [in, out] -> [out, in], C-contiguous
 
 
 def load_weights(config: ModelConfig, ckpt: Checkpoint) -> Weights:
-    if config.family == "gpt2":
-        return _gpt2(config, ckpt)
-    return _llama(config, ckpt)
+    weights = _gpt2(config, ckpt) if config.family == "gpt2" else _llama(config, ckpt)
+    return _read_only(weights)
+
+
+def _read_only(weights: Weights) -> Weights:
+    """Nothing may write to the weights: that is what lets threads share a model."""
+    holders = [weights, *weights.layers]
+    for holder in holders:
+        for f in dataclasses.fields(holder):
+            value = getattr(holder, f.name)
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+    return weights
 
 
 def _prefix(ckpt: Checkpoint, probe: str, prefixes: tuple) -> str:

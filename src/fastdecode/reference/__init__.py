@@ -37,27 +37,33 @@ def _row_settings(r, params, prev_ids, prev_offsets):  # -> (filter settings, u,
 def _scaled_rows(x, params, prev_ids, prev_offsets):  # yields (r, filter settings, u, scaled row, code)
     for r in range(len(x)):
         settings, u, pen, prev = _row_settings(r, params, prev_ids, prev_offsets)
-        with np.errstate(over="ignore", invalid="ignore"):
-            z = sampling.scaled_logits(x[r], settings["temperature"], pen, prev)
+        z = sampling.scaled_logits(x[r], settings["temperature"], pen, prev)
         yield r, settings, u, z, sampling.row_problem(x[r], z)
+
+
+# logits / temperature may overflow (an error, reported by code) and z - max
+# may reach -inf (probability 0): neither is worth a warning
+_QUIET = dict(over="ignore", invalid="ignore")
 
 
 def _sample_rows(ids, x, params, prev_ids, prev_offsets):  # ids: [B], x: [B, V]
     bad = 0
-    for r, settings, u, z, code in _scaled_rows(x, params, prev_ids, prev_offsets):
-        if code:
-            ids[r], bad = code, bad + 1
-        else:
-            ids[r] = sampling.draw(sampling.shifted_exp(sampling.filtered_logits(z, **settings)), u)
+    with np.errstate(**_QUIET):
+        for r, settings, u, z, code in _scaled_rows(x, params, prev_ids, prev_offsets):
+            if code:
+                ids[r], bad = code, bad + 1
+            else:
+                ids[r] = sampling.draw(sampling.shifted_exp(sampling.filtered_logits(z, **settings)), u)
     return bad
 
 
 def _process_rows(out, status, x, params, prev_ids, prev_offsets, probs):  # out, x: [B, V], status: [B]
-    for r, settings, u, z, code in _scaled_rows(x, params, prev_ids, prev_offsets):
-        status[r] = code
-        if not code:
-            f = sampling.filtered_logits(z, **settings)
-            out[r] = sampling.probabilities(f) if probs else f
+    with np.errstate(**_QUIET):
+        for r, settings, u, z, code in _scaled_rows(x, params, prev_ids, prev_offsets):
+            status[r] = code
+            if not code:
+                f = sampling.filtered_logits(z, **settings)
+                out[r] = sampling.probabilities(f) if probs else f
     return int(np.count_nonzero(status))
 
 

@@ -116,11 +116,11 @@ def sample(x, u, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, penalty=1.0, pr
 
 def row_problem(x, z):  # row x [V] and its scaled logits z [V] -> 0 or a negative code
     """What makes a row unsampleable: NaN (-1), +inf in the logits or made by
-    the penalty or temperature (-2), nothing but -inf (-3)."""
+    the penalty or temperature (-2), nothing but -inf, given or made (-3)."""
     if np.isnan(x).any():
         return -1
     if np.isposinf(z).any():
         return -2
-    if np.isneginf(x).all():
+    if np.isneginf(z).all():
         return -3
     return 0
