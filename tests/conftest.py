@@ -1,4 +1,6 @@
 """Shared fixtures: run a test under each backend and each SIMD level."""
+import os
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,9 @@ HAVE_C = "c" in fastdecode.backend_info()["available"]
 # every level this CPU can run; the dispatcher never picks one it cannot
 SIMD_LEVELS = (fd_backend.SIMD_LEVELS[: fd_backend.SIMD_LEVELS.index(fastdecode.backend_info()["simd_cpu_best"]) + 1]
                if HAVE_C else ())
+
+# the level a run was started at (FASTDECODE_SIMD), restored after a test forces another
+RUN_SIMD = os.environ.get("FASTDECODE_SIMD")
 
 requires_c = pytest.mark.skipif(not HAVE_C, reason="the C backend is not built")
 
@@ -33,7 +38,7 @@ def simd(request):
         with fastdecode.use_backend("c"):
             yield request.param
     finally:
-        fastdecode.set_simd(None)
+        fastdecode.set_simd(RUN_SIMD)
 
 
 @pytest.fixture

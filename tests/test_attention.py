@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastdecode as fd
-from conftest import HAVE_C, requires_c
+from conftest import RUN_SIMD, HAVE_C, requires_c
 
 RTOL, ATOL = 1e-5, 2e-6
 
@@ -116,7 +116,7 @@ def test_simd_levels_agree(rng):
     with fd.use_backend("c"):
         for level in ("portable", "avx2", "avx512"):
             results[fd.set_simd(level)] = fd.attention(q, k, v)
-    fd.set_simd(None)
+    fd.set_simd(RUN_SIMD)
     for y in results.values():
         np.testing.assert_allclose(y, results["portable"], rtol=1e-5, atol=1e-6)
 

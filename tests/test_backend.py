@@ -10,7 +10,7 @@ import pytest
 
 import fastdecode as fd
 from fastdecode import backend as fd_backend
-from conftest import HAVE_C, requires_c
+from conftest import RUN_SIMD, HAVE_C, requires_c
 
 
 def run_python(code, **env):
@@ -161,7 +161,7 @@ def test_c_refuses_level_above_cpu():
     try:
         assert _native.set_level("avx512") == best or best == "avx512"
     finally:
-        fd.set_simd(None)
+        fd.set_simd(RUN_SIMD)
 
 
 def test_num_threads():
