@@ -65,11 +65,20 @@ def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
     return axis % ndim
 
 
-def _writable_target(target: np.ndarray, shape: tuple):
-    """target reshaped to `shape` when that is a view; else None."""
-    if target.flags.c_contiguous:
-        return target.reshape(shape)
-    return None
+def kernel_target(result: np.ndarray, shape: tuple, *inputs) -> np.ndarray:
+    """The C-contiguous `shape` array a kernel writes: `result` itself (a view)
+    when it is contiguous and overlaps none of `inputs` (which the kernel still
+    reads while writing), else scratch that :func:`copy_in` copies over."""
+    if result.flags.c_contiguous and not any(np.may_share_memory(result, a) for a in inputs if a is not None):
+        return result.reshape(shape)
+    return np.empty(shape, result.dtype)
+
+
+def copy_in(result: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`result` once the kernel has written `target` (from :func:`kernel_target`)."""
+    if not np.may_share_memory(result, target):  # scratch: copy it in
+        result[...] = target.reshape(result.shape)
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -91,13 +100,9 @@ def _softmax(x, axis, out, log: bool):
     xt = np.moveaxis(x, axis, -1)  # [..., n]
     rt = np.moveaxis(result, axis, -1)  # [..., n]
     x2 = np.ascontiguousarray(xt).reshape(-1, n)  # [rows, n], copied once if needed
-    r2 = _writable_target(rt, x2.shape)
-    if r2 is None:  # out is strided: compute, then copy in
-        r2 = np.empty(x2.shape, x.dtype)
-        _backend.active().softmax_rows(r2, x2, log)
-        rt[...] = r2.reshape(rt.shape)
-    else:
-        _backend.active().softmax_rows(r2, x2, log)
+    r2 = kernel_target(rt, x2.shape)  # the row passes may run in place
+    _backend.active().softmax_rows(r2, x2, log)
+    copy_in(rt, r2)
     return result
 
 
@@ -189,14 +194,9 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
         result[...] = 0
         return result
     q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
-    # the kernels write rows of out while still reading q, k and v
-    aside = (not result.flags.c_contiguous or np.may_share_memory(result, q) or np.may_share_memory(result, k)
-             or np.may_share_memory(result, v))
-    target = np.empty(q.shape, q.dtype) if aside else result
+    target = kernel_target(result, q.shape, q, k, v)  # rows of out are written while q, k, v are read
     _backend.active().attention(target, q, k, v, bool(causal), scale, lengths)
-    if target is not result:
-        result[...] = target
-    return result
+    return copy_in(result, target)
 
 
 # ---------------------------------------------------------------------------
@@ -233,15 +233,9 @@ def linear(x, weight, bias=None, *, out=None):
         return result
     x2 = np.ascontiguousarray(x).reshape(result.size // n_out, n_in)  # [N, in]
     weight = np.ascontiguousarray(weight)
-    # the kernel writes out while reading its inputs
-    target = None if any(np.may_share_memory(result, a) for a in (x2, weight, bias) if a is not None) \
-        else _writable_target(result, (x2.shape[0], n_out))
-    if target is None:
-        target = np.empty((x2.shape[0], n_out), x.dtype)
+    target = kernel_target(result, (x2.shape[0], n_out), x2, weight, bias)  # written while they are read
     _backend.active().linear(target, x2, weight, bias)
-    if target.base is not result and target is not result:
-        result[...] = target.reshape(shape)
-    return result
+    return copy_in(result, target)
 
 
 # ---------------------------------------------------------------------------
@@ -437,14 +431,7 @@ def _raise_bad_row(codes, x, params, one_row):
 def _rows_output(out, x, one_row):  # -> (what the caller gets, the [B, V] C-contiguous array the kernel fills)
     shape = x.shape[1:] if one_row else x.shape
     result = np.empty(shape, x.dtype) if out is None else check_out(out, shape, x.dtype)
-    target = _writable_target(result, x.shape)
-    return result, (np.empty(x.shape, x.dtype) if target is None else target)
-
-
-def _rows_result(result, target):
-    if target.base is None and target is not result:  # out= was strided: copy in
-        result[...] = target.reshape(result.shape)
-    return result
+    return result, kernel_target(result, x.shape)  # the sampling kernels may run in place
 
 
 def _prepare(logits, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, do_sample):
@@ -543,7 +530,7 @@ def process_logits(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=Non
         if bad < 0:
             raise MemoryError("process_logits: could not allocate scratch memory")
         _raise_bad_row(status, x, params, one_row)
-    return _rows_result(result, target)
+    return copy_in(result, target)
 
 
 def apply_repetition_penalty(logits, prev_tokens, penalty, *, out=None):
@@ -560,4 +547,4 @@ def apply_repetition_penalty(logits, prev_tokens, penalty, *, out=None):
     result, target = _rows_output(out, x, one_row)
     if _backend.active().repetition_penalty_rows(target, x, pen, prev_ids, prev_offsets) < 0:
         raise MemoryError("apply_repetition_penalty: could not allocate memory")
-    return _rows_result(result, target)
+    return copy_in(result, target)
