@@ -159,7 +159,7 @@ def test_c_refuses_level_above_cpu():
 
     best = _native.cpu_max_level()
     try:
-        assert _native.set_level("avx512") == best or best == "avx512"
+        assert _native.set_level("avx512") == best  # clamped to the CPU's best, whatever that is
     finally:
         fd.set_simd(RUN_SIMD)
 

@@ -53,9 +53,12 @@ def _cmd_generate(args) -> int:
         fastdecode.set_backend(args.backend)
     if args.threads is not None:
         fastdecode.set_num_threads(args.threads)
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)  # NumPy's BLAS: the model's matmuls
+        try:  # NumPy's BLAS runs the prefill's matmuls; threadpoolctl is optional (bench extra)
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pass
+        else:
+            threadpool_limits(args.threads)
     model = fastdecode.load(args.model)
     settings = dict(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy and args.temperature > 0,
                     temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
