@@ -52,7 +52,8 @@ _c_error: str | None = None
 # parallel only when the work is large enough to repay a wake-up (~20 us).
 # libgomp reads this once, when it is loaded, so it applies when fastdecode
 # loads it first; the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+OMP_WAIT_POLICY_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+if OMP_WAIT_POLICY_SET:
     os.environ["OMP_WAIT_POLICY"] = "passive"
 try:
     from . import _native
