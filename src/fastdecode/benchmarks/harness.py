@@ -80,6 +80,16 @@ def threads(n: int):
             torch.set_num_threads(before_torch)
 
 
+def _version(dist: str):
+    """An installed package's version (imported or not: a peer may run in a worker process), or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -92,13 +102,13 @@ def machine() -> dict:
         pass
     import fastdecode
 
-    torch = sys.modules.get("torch")
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "torch": getattr(torch, "__version__", None),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
         "fastdecode": fastdecode.__version__,
         "simd": fastdecode.get_simd(),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
