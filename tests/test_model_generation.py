@@ -265,3 +265,13 @@ def test_forward_rejects_bad_tokens(model):
     with pytest.raises(TypeError, match="tokens"):
         model.forward(np.array([1, 2]), cache)
     assert cache.lengths.tolist() == [0]
+
+
+def test_kv_cache_rows_start_on_cache_lines_and_start_zeroed():
+    import fastdecode as fd
+
+    model = fd.load("default")
+    cache = model.new_cache(batch=2, max_len=48)
+    for a in (cache.k, cache.v):
+        assert a.ctypes.data % 64 == 0 and a.strides[-2] % 64 == 0  # every cached row on a 64-byte line
+        assert a.flags.c_contiguous and a.dtype == np.float32 and not a.any()
