@@ -107,73 +107,33 @@ def load_models(directory: str) -> tuple:
     return fastdecode.load(directory), hf
 
 
-# transformers runs in a worker process of its own. In one process torch and
-# fastdecode would share one GNU OpenMP runtime (both load libgomp.so.1), and
-# with it fastdecode's passive wait policy (backend.py), which costs torch
-# ~10% at 2 threads on the machine we measured; in its own process torch
-# keeps the policy it has for its users. The two processes take turns: the
-# parent times each request, and neither computes while the other does.
+# transformers runs in a worker process of its own (harness.Worker says why),
+# so torch keeps its own OpenMP settings; the parent times each request.
 _PEER_WORKER = r"""
-import json, sys, time
+import json, sys
 import torch, transformers
 model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
 model.generation_config.eos_token_id = None  # like ignore_eos: every run makes all its tokens
 model.generation_config.pad_token_id = 0
-print("ready", flush=True)
+print(json.dumps("ready"), flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     torch.set_num_threads(req["threads"])
     with torch.no_grad():
         model.generate(torch.tensor([req["prompt"]]), max_new_tokens=req["n"], **req["mode"])
-    print("done", flush=True)
+    print(json.dumps("done"), flush=True)
 """
 
 
-class PeerProcess:
-    """transformers ``generate()`` on one checkpoint, in a worker process
-    started without fastdecode's OpenMP settings; :meth:`generate` blocks
-    until the worker has finished."""
+class PeerProcess(harness.Worker):
+    """transformers ``generate()`` on one checkpoint, in a worker process;
+    :meth:`generate` blocks until the worker has finished."""
 
     def __init__(self, directory: str):
-        import subprocess
-        import tempfile
-        import weakref
-
-        from .. import backend
-
-        env = dict(os.environ)
-        if backend.OMP_WAIT_POLICY_SET:  # ours, not the user's: the worker starts as torch's users do
-            env.pop("OMP_WAIT_POLICY", None)
-        self._log = tempfile.TemporaryFile(mode="w+")
-        self._proc = subprocess.Popen([sys.executable, "-c", _PEER_WORKER, directory], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)
-        self._finalizer = weakref.finalize(self, _stop, self._proc, self._log)
-        self._expect("ready")
+        super().__init__(_PEER_WORKER, directory)
 
     def generate(self, prompt: list, new_tokens: int, mode: dict, threads: int) -> None:
-        self._proc.stdin.write(json.dumps({"prompt": prompt, "n": new_tokens, "mode": mode, "threads": threads}) + "\n")
-        self._proc.stdin.flush()
-        self._expect("done")
-
-    def close(self) -> None:
-        self._finalizer()
-
-    def _expect(self, word: str) -> None:
-        line = self._proc.stdout.readline().strip()
-        if line != word:
-            self._log.seek(0)
-            tail = self._log.read()[-2000:]
-            raise RuntimeError(f"the transformers worker process failed (exit code {self._proc.poll()}):\n{tail}")
-
-
-def _stop(proc, log) -> None:
-    if proc.stdin:
-        proc.stdin.close()
-    try:
-        proc.wait(timeout=10)
-    except Exception:
-        proc.kill()
-    log.close()
+        self.request(prompt=prompt, n=new_tokens, mode=mode, threads=threads)
 
 
 def contenders(models: tuple, mode: dict, prompt: np.ndarray, backends=("c", "numpy")) -> dict:

@@ -1,7 +1,7 @@
 """The benchmark harness: interleaved timing, medians, ratios, JSON.
 
 Every case names its contenders (callables with no arguments, inputs bound
-in advance). For each thread count the harness sets the same count on every
+in advance); PyTorch's run in a worker process of their own (see Worker). For each thread count the harness sets the same count on every
 library (fastdecode's OpenMP, PyTorch, NumPy's BLAS through threadpoolctl),
 then runs rounds in which each contender takes one timed sample, in rotated
 order, so slow drifts of a shared machine hit every contender alike. A
@@ -116,14 +116,142 @@ def machine() -> dict:
 
 
 # ---------------------------------------------------------------------------
+# PyTorch in a process of its own
+# ---------------------------------------------------------------------------
+# torch's wheel ships its own libgomp.so.1 and fastdecode links the system's;
+# the loader keeps one library per soname, so in one process the two share
+# one GNU OpenMP runtime, and whichever loaded it first set the wait policy
+# for both (backend.py sets passive waiting before fastdecode loads it). At
+# 2 threads that made torch ~10% slower in transformers' generate() and up
+# to 1.7x slower in small SDPA calls on the machine we measured. So torch's
+# contenders run in a worker process that imports torch before anything
+# else, as torch's users do, and the two processes take turns: each request
+# is timed inside the worker while the parent waits.
+
+class Worker:
+    """A Python process that runs `code` with `args`, answers one JSON line
+    per request line, and starts with the user's environment minus
+    fastdecode's own OMP_WAIT_POLICY. Its stderr is kept for the error
+    message when it fails."""
+
+    def __init__(self, code: str, *args: str):
+        import subprocess
+        import tempfile
+        import weakref
+
+        from .. import backend
+
+        env = dict(os.environ)
+        if backend.OMP_WAIT_POLICY_SET:  # ours, not the user's
+            env.pop("OMP_WAIT_POLICY", None)
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)
+        self._finalizer = weakref.finalize(self, _stop_worker, self._proc, self._log)
+        self._reply()  # "ready"
+
+    def request(self, **req):
+        self._proc.stdin.write(json.dumps(req) + "\n")
+        self._proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def _reply(self):
+        line = self._proc.stdout.readline()
+        try:
+            return json.loads(line)
+        except ValueError:
+            self._log.seek(0)
+            tail = self._log.read()[-2000:]
+            raise RuntimeError(f"the benchmark worker process failed (exit code {self._proc.poll()}):\n{tail}") \
+                from None
+
+
+def _stop_worker(proc, log) -> None:
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except Exception:
+        proc.kill()
+    log.close()
+
+
+_TORCH_WORKER = r"""
+import importlib, json, sys, time
+import torch  # first: torch's own libgomp, with torch's own settings, serves this process
+modules, quick = json.loads(sys.argv[1]), sys.argv[2] == "1"
+fns = {}
+for name in modules:  # the same cases, built from the same seeds, in this process's memory
+    module = importlib.import_module(name)
+    for case in module.cases(quick):
+        for k in module.TORCH_CONTENDERS:
+            if k in case.contenders:
+                fns[case.kernel + " " + case.name + " " + k] = case.contenders[k]
+print(json.dumps(sorted(fns)), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    torch.set_num_threads(req["threads"])
+    fn = fns[req["key"]]
+    t0 = time.perf_counter()
+    for _ in range(req["n"]):
+        fn()
+    print(json.dumps(time.perf_counter() - t0), flush=True)
+"""
+
+
+class Remote:
+    """A contender timed in a Worker: ``sample(n)`` is the seconds n calls took there."""
+
+    def __init__(self, worker: Worker, key: str):
+        self.worker, self.key = worker, key
+
+    def sample(self, n: int) -> float:
+        import fastdecode
+
+        return float(self.worker.request(key=self.key, n=n, threads=fastdecode.get_num_threads()))
+
+    def __call__(self) -> None:
+        self.sample(1)
+
+
+def torch_in_worker(modules: list, cases_by_module: list, quick: bool) -> Worker | None:
+    """Move the torch contenders of these cases (each module's TORCH_CONTENDERS)
+    into one worker process; returns it (close it when done), or None when no
+    module has any or torch is not installed."""
+    import importlib.util
+
+    names = [m.__name__ for m in modules if getattr(m, "TORCH_CONTENDERS", ())]
+    if not names or importlib.util.find_spec("torch") is None:
+        return None
+    worker = Worker(_TORCH_WORKER, json.dumps(names), "1" if quick else "0")
+    for module, cases in zip(modules, cases_by_module):
+        for case in cases:
+            for k in getattr(module, "TORCH_CONTENDERS", ()):
+                if k in case.contenders:
+                    case.contenders[k] = Remote(worker, f"{case.kernel} {case.name} {k}")
+    return worker
+
+
+# ---------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------
 
+def _seconds(fn, n: int) -> float:
+    """Wall time of n calls of fn (a Remote contender times them where it runs)."""
+    if isinstance(fn, Remote):
+        return fn.sample(n)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return time.perf_counter() - t0
+
+
 def _calls_per_sample(fn, sample_s: float) -> int:
     fn()  # warm-up: first-call costs (allocation, lazy init) are not the steady state
-    t0 = time.perf_counter()
-    fn()
-    dt = time.perf_counter() - t0
+    dt = _seconds(fn, 1)
     return max(1, min(10_000, int(sample_s / max(dt, 1e-7))))
 
 
@@ -134,11 +262,7 @@ def time_case(case: Case, rounds: int, sample_s: float) -> dict[str, float]:
     samples: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
-            fn, n = case.contenders[k], number[k]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[k].append((time.perf_counter() - t0) / n)
+            samples[k].append(_seconds(case.contenders[k], number[k]) / number[k])
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
@@ -224,7 +348,9 @@ def execute(args, modules: list) -> list[dict]:
     for name, present in peers.items():
         if not present:
             print(f"note: {name} is not installed; its contenders are skipped", file=sys.stderr)
-    cases = [c for m in modules for c in m.cases(args.quick)]
+    by_module = [m.cases(args.quick) for m in modules]
+    cases = [c for module_cases in by_module for c in module_cases]
+    worker = torch_in_worker(modules, by_module, args.quick)
     thread_counts = resolve_threads(args.threads)
     rounds = args.rounds or (5 if args.quick else 15)
     if rounds < 1:
@@ -235,7 +361,11 @@ def execute(args, modules: list) -> list[dict]:
             bar.set_postfix_str(f"{row['kernel']} {row['case']} {row['threads']}T")
             bar.update()
 
-        rows = run(cases, thread_counts, rounds=rounds, progress=progress)
+        try:
+            rows = run(cases, thread_counts, rounds=rounds, progress=progress)
+        finally:
+            if worker is not None:
+                worker.close()
     print(table(rows))
     for module in modules:  # optional per-kernel remarks; may add to the rows' params
         for line in getattr(module, "notes", lambda rows: [])(rows):
