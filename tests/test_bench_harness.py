@@ -1,33 +1,15 @@
-"""The benchmark harness's worker process for PyTorch's contenders: it serves
-the same cases, times them where they run, and starts without fastdecode's
-own OpenMP wait policy. Speed itself is never asserted here."""
+"""The benchmark harness's worker process (the end-to-end benchmark's
+transformers peer runs in one): torch there runs on its own OpenMP runtime,
+a failure carries the worker's error, and it starts without fastdecode's own
+OpenMP wait policy. Speed itself is never asserted here."""
 import sys
 
 import pytest
 
 from fastdecode import backend
-from fastdecode.benchmarks import harness, softmax
+from fastdecode.benchmarks import harness
 
-pytest.importorskip("torch", reason="the worker exists for PyTorch's contenders")
-
-
-def test_torch_contenders_move_to_a_worker_that_times_them():
-    cases = softmax.cases(quick=True)
-    worker = harness.torch_in_worker([softmax], [cases], quick=True)
-    try:
-        remote = cases[0].contenders["torch"]
-        assert isinstance(remote, harness.Remote)
-        assert not isinstance(cases[0].contenders["fastdecode-c"], harness.Remote)  # ours stay here
-        assert remote.sample(1) > 0  # seconds, measured in the worker
-        # 300 softmaxes of 50257 floats (200 KB read and written each) cannot take under
-        # 0.1 ms (150 GB/s): the worker made the calls it was asked for
-        assert remote.sample(300) > 1e-4
-        rows = harness.run(cases[:1], [1], rounds=2, sample_s=0.001)
-        assert rows[0]["median_s"]["torch"] > 0 and rows[0]["speedup"]["torch"] > 0
-    finally:
-        worker.close()
-    with pytest.raises((RuntimeError, ValueError, OSError)):  # closed: no more answers
-        remote.sample(1)
+pytest.importorskip("torch", reason="the worker exists for PyTorch")
 
 
 def test_the_worker_runs_torch_on_torchs_own_openmp_settings():
@@ -41,7 +23,7 @@ def test_the_worker_runs_torch_on_torchs_own_openmp_settings():
         libs = worker.request()
     finally:
         worker.close()
-    if sys.platform.startswith("linux") and libs:
+    if sys.platform.startswith("linux"):  # torch's Linux wheels link GNU OpenMP
         assert len(libs) == 1 and "torch" in libs[0]
 
 

@@ -24,8 +24,6 @@ import numpy as np
 
 from .harness import BASELINE, Case, optional_import
 
-TORCH_CONTENDERS = ("torch",)  # timed in a worker process (harness.Worker)
-
 DECODE = [(32, 8, 128, 1024), (32, 8, 128, 4096), (12, 12, 64, 1024)]  # Hq, Hkv, D, Tk
 PREFILL = [(12, 12, 64, 512), (32, 8, 128, 1024)]  # Hq, Hkv, D, T
 FLOOR = "read-floor"

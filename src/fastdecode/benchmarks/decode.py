@@ -110,7 +110,7 @@ def load_models(directory: str) -> tuple:
 # transformers runs in a worker process of its own (harness.Worker says why),
 # so torch keeps its own OpenMP settings; the parent times each request.
 _PEER_WORKER = r"""
-import json, sys
+import json, sys, time
 import torch, transformers
 model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
 model.generation_config.eos_token_id = None  # like ignore_eos: every run makes all its tokens
@@ -121,6 +121,7 @@ for line in sys.stdin:
     torch.set_num_threads(req["threads"])
     with torch.no_grad():
         model.generate(torch.tensor([req["prompt"]]), max_new_tokens=req["n"], **req["mode"])
+    time.sleep(0.03)  # torch's idle OpenMP workers spin for a while (harness.Worker)
     print(json.dumps("done"), flush=True)
 """
 

@@ -1,7 +1,7 @@
 """The benchmark harness: interleaved timing, medians, ratios, JSON.
 
 Every case names its contenders (callables with no arguments, inputs bound
-in advance); PyTorch's run in a worker process of their own (see Worker). For each thread count the harness sets the same count on every
+in advance). For each thread count the harness sets the same count on every
 library (fastdecode's OpenMP, PyTorch, NumPy's BLAS through threadpoolctl),
 then runs rounds in which each contender takes one timed sample, in rotated
 order, so slow drifts of a shared machine hit every contender alike. A
@@ -116,17 +116,19 @@ def machine() -> dict:
 
 
 # ---------------------------------------------------------------------------
-# PyTorch in a process of its own
+# A process of its own (for PyTorch)
 # ---------------------------------------------------------------------------
 # torch's wheel ships its own libgomp.so.1 and fastdecode links the system's;
 # the loader keeps one library per soname, so in one process the two share
 # one GNU OpenMP runtime, and whichever loaded it first set the wait policy
-# for both (backend.py sets passive waiting before fastdecode loads it). At
-# 2 threads that made torch ~10% slower in transformers' generate() and up
-# to 1.7x slower in small SDPA calls on the machine we measured. So torch's
-# contenders run in a worker process that imports torch before anything
-# else, as torch's users do, and the two processes take turns: each request
-# is timed inside the worker while the parent waits.
+# for both (backend.py sets passive waiting before fastdecode loads it). The
+# end-to-end benchmark (decode.py) runs transformers in a Worker that
+# imports torch first, as torch's users do; the two processes take turns.
+# The kernel cases keep torch in this process: timed across processes, the
+# other process's spinning threads (OpenBLAS after a NumPy contender, libgomp
+# after torch) take the core a 2-thread contender needs, and torch's 2-thread
+# SDPA swung between 0.26 and 4 ms per call. So the kernel tables' 2-thread
+# torch figures are under fastdecode's passive policy (README says by how much).
 
 class Worker:
     """A Python process that runs `code` with `args`, answers one JSON line
@@ -179,70 +181,12 @@ def _stop_worker(proc, log) -> None:
     log.close()
 
 
-_TORCH_WORKER = r"""
-import importlib, json, sys, time
-import torch  # first: torch's own libgomp, with torch's own settings, serves this process
-modules, quick = json.loads(sys.argv[1]), sys.argv[2] == "1"
-fns = {}
-for name in modules:  # the same cases, built from the same seeds, in this process's memory
-    module = importlib.import_module(name)
-    for case in module.cases(quick):
-        for k in module.TORCH_CONTENDERS:
-            if k in case.contenders:
-                fns[case.kernel + " " + case.name + " " + k] = case.contenders[k]
-print(json.dumps(sorted(fns)), flush=True)
-for line in sys.stdin:
-    req = json.loads(line)
-    torch.set_num_threads(req["threads"])
-    fn = fns[req["key"]]
-    t0 = time.perf_counter()
-    for _ in range(req["n"]):
-        fn()
-    print(json.dumps(time.perf_counter() - t0), flush=True)
-"""
-
-
-class Remote:
-    """A contender timed in a Worker: ``sample(n)`` is the seconds n calls took there."""
-
-    def __init__(self, worker: Worker, key: str):
-        self.worker, self.key = worker, key
-
-    def sample(self, n: int) -> float:
-        import fastdecode
-
-        return float(self.worker.request(key=self.key, n=n, threads=fastdecode.get_num_threads()))
-
-    def __call__(self) -> None:
-        self.sample(1)
-
-
-def torch_in_worker(modules: list, cases_by_module: list, quick: bool) -> Worker | None:
-    """Move the torch contenders of these cases (each module's TORCH_CONTENDERS)
-    into one worker process; returns it (close it when done), or None when no
-    module has any or torch is not installed."""
-    import importlib.util
-
-    names = [m.__name__ for m in modules if getattr(m, "TORCH_CONTENDERS", ())]
-    if not names or importlib.util.find_spec("torch") is None:
-        return None
-    worker = Worker(_TORCH_WORKER, json.dumps(names), "1" if quick else "0")
-    for module, cases in zip(modules, cases_by_module):
-        for case in cases:
-            for k in getattr(module, "TORCH_CONTENDERS", ()):
-                if k in case.contenders:
-                    case.contenders[k] = Remote(worker, f"{case.kernel} {case.name} {k}")
-    return worker
-
-
 # ---------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------
 
 def _seconds(fn, n: int) -> float:
-    """Wall time of n calls of fn (a Remote contender times them where it runs)."""
-    if isinstance(fn, Remote):
-        return fn.sample(n)
+    """Wall time of n calls of fn."""
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
@@ -348,9 +292,7 @@ def execute(args, modules: list) -> list[dict]:
     for name, present in peers.items():
         if not present:
             print(f"note: {name} is not installed; its contenders are skipped", file=sys.stderr)
-    by_module = [m.cases(args.quick) for m in modules]
-    cases = [c for module_cases in by_module for c in module_cases]
-    worker = torch_in_worker(modules, by_module, args.quick)
+    cases = [c for m in modules for c in m.cases(args.quick)]
     thread_counts = resolve_threads(args.threads)
     rounds = args.rounds or (5 if args.quick else 15)
     if rounds < 1:
@@ -361,11 +303,7 @@ def execute(args, modules: list) -> list[dict]:
             bar.set_postfix_str(f"{row['kernel']} {row['case']} {row['threads']}T")
             bar.update()
 
-        try:
-            rows = run(cases, thread_counts, rounds=rounds, progress=progress)
-        finally:
-            if worker is not None:
-                worker.close()
+        rows = run(cases, thread_counts, rounds=rounds, progress=progress)
     print(table(rows))
     for module in modules:  # optional per-kernel remarks; may add to the rows' params
         for line in getattr(module, "notes", lambda rows: [])(rows):

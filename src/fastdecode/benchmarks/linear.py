@@ -12,8 +12,6 @@ import numpy as np
 
 from .harness import Case, optional_import
 
-TORCH_CONTENDERS = ("torch",)  # timed in a worker process (harness.Worker)
-
 # (rows, in, out): GPT-2-124M's projections and head, a Llama MLP, small batches
 SHAPES = [(1, 768, 2304), (1, 768, 768), (1, 3072, 768), (1, 768, 50257), (1, 2048, 768), (4, 768, 3072)]
 QUICK = [(1, 768, 2304), (1, 3072, 768), (1, 768, 50257)]

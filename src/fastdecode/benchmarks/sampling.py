@@ -15,8 +15,6 @@ import numpy as np
 
 from .harness import Case, optional_import
 
-TORCH_CONTENDERS = ("torch-topk", "hf-warpers")  # timed in a worker process (harness.Worker)
-
 TEMPERATURE = 0.8
 FILTERS = {
     "top-k 50": dict(top_k=50),

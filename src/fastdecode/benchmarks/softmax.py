@@ -4,8 +4,6 @@ import numpy as np
 
 from .harness import Case, optional_import
 
-TORCH_CONTENDERS = ("torch",)  # timed in a worker process (harness.Worker)
-
 
 def cases(quick: bool) -> list:
     import fastdecode
