@@ -12,7 +12,10 @@ def plot(rows: list[dict], path: str, title: str = "fastdecode benchmarks") -> N
     kernels = list(dict.fromkeys(r["kernel"] for r in rows))
     if not kernels:
         raise ValueError("no benchmark results to plot")
-    fig, axes = plt.subplots(2, len(kernels), figsize=(5.5 * len(kernels), 8), squeeze=False)
+    # each panel as wide as its cases need (sampling has dozens), so every label stays legible
+    widths = [max(5.5, 0.3 * sum(r["kernel"] == k for r in rows)) for k in kernels]
+    fig, axes = plt.subplots(2, len(kernels), figsize=(sum(widths), 9), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     for col, kernel in enumerate(kernels):
         mine = [r for r in rows if r["kernel"] == kernel]
         labels = [f"{r['case']}\n{r['threads']}T" for r in mine]
@@ -32,6 +35,9 @@ def plot(rows: list[dict], path: str, title: str = "fastdecode benchmarks") -> N
             ys = [r["speedup"].get(name) or 0 for r in mine]
             bottom.bar([xi + (i - (len(peers) - 1) / 2) * width for xi in x], ys, width, label=name)
         bottom.axhline(1.0, color="black", linewidth=0.8)
+        spread = [v for name in peers for v in (r["speedup"].get(name) for r in mine) if v]
+        if spread and max(spread) / min(spread) > 20:  # e.g. 4x next to 200x: only a log axis shows both
+            bottom.set_yscale("log")
         bottom.set_ylabel(f"speed-up of {mine[0]['baseline']} (x)")
         bottom.legend(fontsize=7)
         for ax in (top, bottom):
