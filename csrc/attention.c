@@ -87,8 +87,13 @@
 #define FD_QK_NV 4
 #define FD_ATT_LANES_MIN 8
 #endif
-/* keys-on-lanes block: FD_DOT_KB runs of FD_VLEN keys (one score vector each), at least 32 keys */
-#define FD_ATT_BK1 (FD_DOT_KB * FD_VLEN < 32 ? 32 : FD_DOT_KB * FD_VLEN)
+/* keys-on-lanes block: the keys whose scores are taken (FD_DOT_KB * FD_VLEN
+ * at a time) before their softmax step and their P V; a whole number of
+ * score runs. Longer blocks mean longer runs of each of the K and V streams
+ * between switches: cold decode, one thread, Zen 4, share of an interleaved
+ * read of the same bytes (32/8/128 Tk 4096; 12/12/64 Tk 1024): 64 keys
+ * 56-58% / 59-61%, 256 keys 60-65% / 64-66%, 512 keys 63-64% / 61-63%. */
+#define FD_ATT_BK1 256
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FD_INLINE static inline __attribute__((always_inline))
