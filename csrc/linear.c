@@ -19,8 +19,7 @@
 #include "simd.h"
 
 #define FD_LINEAR_ROWS 8
-/* Idle OpenMP workers spin only briefly, then sleep (backend.py), and
- * waking a sleeping one costs 20-100 us:
+/* Idle OpenMP workers sleep (backend.py), and waking one costs 20-100 us:
  * one thread streams ~4 MiB in that time, so smaller weights stay on one. */
 #define FD_LINEAR_PAR_MIN (1 << 20) /* weight elements */
 

@@ -10,8 +10,8 @@
 
 #include <math.h>
 
-/* Idle OpenMP workers spin only briefly, then sleep (backend.py says why),
- * and waking a sleeping one costs 20-100 us (most in a VM), while one thread softmaxes about 3 elements
+/* Idle OpenMP workers sleep (backend.py says why), and waking one costs
+ * 20-100 us (most in a VM), while one thread softmaxes about 3 elements
  * per ns. So rows are handed out dynamically (the caller's thread starts
  * at once and a late worker only takes what is left), and a single row is
  * split across threads, which makes every thread wait at two barriers,

@@ -176,18 +176,3 @@ def test_num_threads():
     finally:
         if HAVE_C:
             fd.set_num_threads(before)
-
-
-@pytest.mark.parametrize("user_env, expected", [
-    ({}, {"GOMP_SPINCOUNT": fd_backend.OPENMP_SPINCOUNT, "OMP_WAIT_POLICY": None}),  # ours: a short spin
-    ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": None, "OMP_WAIT_POLICY": "passive"}),  # the user's wins
-    ({"GOMP_SPINCOUNT": "300000"}, {"GOMP_SPINCOUNT": "300000", "OMP_WAIT_POLICY": None}),
-])
-def test_openmp_wait_setting_is_set_before_libgomp_loads_unless_the_user_chose(user_env, expected):
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    env.update(user_env)
-    code = ("import json, os, fastdecode.backend as b\n"
-            "print(json.dumps([os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'), b.OPENMP_ENV_SET]))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    spin, policy, ours = __import__("json").loads(out.stdout)
-    assert (spin, policy, ours) == (expected["GOMP_SPINCOUNT"], expected["OMP_WAIT_POLICY"], not user_env)

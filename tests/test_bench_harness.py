@@ -32,7 +32,7 @@ def test_worker_failure_carries_its_error():
         harness.Worker("1 / 0")
 
 
-def test_worker_environment_drops_only_fastdecodes_openmp_setting(monkeypatch):
+def test_worker_environment_drops_only_fastdecodes_wait_policy(monkeypatch):
     seen = {}
 
     class FakePopen:
@@ -41,9 +41,9 @@ def test_worker_environment_drops_only_fastdecodes_openmp_setting(monkeypatch):
             raise OSError("stop here")
 
     monkeypatch.setattr("subprocess.Popen", FakePopen)
-    monkeypatch.setenv("GOMP_SPINCOUNT", backend.OPENMP_SPINCOUNT)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     for ours, kept in ((True, False), (False, True)):
-        monkeypatch.setattr(backend, "OPENMP_ENV_SET", ours)
+        monkeypatch.setattr(backend, "OMP_WAIT_POLICY_SET", ours)
         with pytest.raises(OSError, match="stop here"):
             harness.Worker("pass")
-        assert ("GOMP_SPINCOUNT" in seen["env"]) is kept
+        assert ("OMP_WAIT_POLICY" in seen["env"]) is kept

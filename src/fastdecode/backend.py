@@ -42,24 +42,19 @@ _numpy_backend = reference.backend
 _c_backend = None
 _c_error: str | None = None
 
-# GNU OpenMP keeps an idle worker spinning (without yielding) for
-# GOMP_SPINCOUNT iterations after each parallel region, 300,000 by default:
-# milliseconds. Where a NumPy matmul (OpenBLAS, its own threads) follows a
-# parallel kernel, those spinners hold the cores OpenBLAS needs: a 0.08 ms
-# matmul+softmax step took 8 ms on a 2-core machine. Passive waiting (sleep
-# at once) costs a wake-up of 20-100 us at every parallel region instead,
-# and a decode step has dozens. fastdecode takes the middle: 10,000 spins,
-# long enough to span the gaps between the kernels of a decode step (GPT-2
-# decode at 2 threads 9% faster than passive, 8 of 8 alternating runs),
-# short enough to leave OpenBLAS its cores soon (that matmul+softmax step:
-# 0.78 ms, against 0.27 ms passive; bench/openmp_spin.py). libgomp reads
-# this once, when it is loaded, so it applies when fastdecode loads it first
-# (torch shares the same libgomp.so.1: whichever loads first sets it for
-# both); the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-OPENMP_SPINCOUNT = "10000"
-OPENMP_ENV_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
-if OPENMP_ENV_SET:
-    os.environ["GOMP_SPINCOUNT"] = OPENMP_SPINCOUNT
+# GNU OpenMP keeps idle worker threads spinning (without yielding) for about
+# 300,000 iterations after each parallel region: tens of milliseconds. In a
+# decode loop, where a NumPy matmul (OpenBLAS, its own threads) follows each
+# kernel, those spinners hold the cores OpenBLAS needs: a 0.08 ms
+# matmul+softmax step took 8 ms on a 2-core machine, and a short spin
+# (GOMP_SPINCOUNT=1000) still cost 0.2 ms, against 0.11 ms with passive
+# waiting (bench/openmp_spin.py). So idle workers sleep, and the kernels go
+# parallel only when the work is large enough to repay a wake-up (~20 us).
+# libgomp reads this once, when it is loaded, so it applies when fastdecode
+# loads it first; the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+OMP_WAIT_POLICY_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+if OMP_WAIT_POLICY_SET:
+    os.environ["OMP_WAIT_POLICY"] = "passive"
 try:
     from . import _native
 except ImportError as exc:  # not built, or built for another platform

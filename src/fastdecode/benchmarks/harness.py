@@ -121,19 +121,19 @@ def machine() -> dict:
 # torch's wheel ships its own libgomp.so.1 and fastdecode links the system's;
 # the loader keeps one library per soname, so in one process the two share
 # one GNU OpenMP runtime, and whichever loaded it first set the wait policy
-# for both (backend.py sets a short spin before fastdecode loads it). The
+# for both (backend.py sets passive waiting before fastdecode loads it). The
 # end-to-end benchmark (decode.py) runs transformers in a Worker that
 # imports torch first, as torch's users do; the two processes take turns.
 # The kernel cases keep torch in this process: timed across processes, the
 # other process's spinning threads (OpenBLAS after a NumPy contender, libgomp
 # after torch) take the core a 2-thread contender needs, and torch's 2-thread
 # SDPA swung between 0.26 and 4 ms per call. So the kernel tables' 2-thread
-# torch figures are under fastdecode's OpenMP settings (README says by how much).
+# torch figures are under fastdecode's passive policy (README says by how much).
 
 class Worker:
     """A Python process that runs `code` with `args`, answers one JSON line
     per request line, and starts with the user's environment minus
-    fastdecode's own OpenMP setting (GOMP_SPINCOUNT). Its stderr is kept for the error
+    fastdecode's own OMP_WAIT_POLICY. Its stderr is kept for the error
     message when it fails."""
 
     def __init__(self, code: str, *args: str):
@@ -144,8 +144,8 @@ class Worker:
         from .. import backend
 
         env = dict(os.environ)
-        if backend.OPENMP_ENV_SET:  # ours, not the user's
-            env.pop("GOMP_SPINCOUNT", None)
+        if backend.OMP_WAIT_POLICY_SET:  # ours, not the user's
+            env.pop("OMP_WAIT_POLICY", None)
         self._log = tempfile.TemporaryFile(mode="w+")
         self._proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)
