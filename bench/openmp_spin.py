@@ -29,6 +29,7 @@ with threadpool_limits(n):
 """
 
 SETTINGS = [("libgomp default (300k spins)", {"GOMP_SPINCOUNT": "300000"}),
+            ("GOMP_SPINCOUNT=10000", {"GOMP_SPINCOUNT": "10000"}),
             ("GOMP_SPINCOUNT=1000", {"GOMP_SPINCOUNT": "1000"}),
             ("OMP_WAIT_POLICY=passive (fastdecode's default)", {})]
 

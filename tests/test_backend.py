@@ -176,3 +176,18 @@ def test_num_threads():
     finally:
         if HAVE_C:
             fd.set_num_threads(before)
+
+
+@pytest.mark.parametrize("user_env, expected", [
+    ({}, (None, "passive")),  # ours: idle workers sleep at once
+    ({"OMP_WAIT_POLICY": "active"}, (None, "active")),  # the user's choice wins
+    ({"GOMP_SPINCOUNT": "10000"}, ("10000", None)),
+])
+def test_openmp_wait_setting_is_made_before_libgomp_loads_unless_the_user_chose(user_env, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(user_env)
+    code = ("import json, os, fastdecode.backend as b\n"
+            "print(json.dumps([os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'), b.OMP_WAIT_POLICY_SET]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    spin, policy, ours = __import__("json").loads(out.stdout)
+    assert (spin, policy, ours) == (*expected, not user_env)
