@@ -24,6 +24,7 @@ def test_decode_benchmark_runs_on_tiny_models(tmp_path, monkeypatch):
     assert table.count("\n") == len(rows) + 1
     assert any("transformers tokens/s" in line for line in decode.targets(rows))
     assert (tmp_path / "gpt2-tiny" / "model.safetensors").exists()  # cached for the next run
+    assert not list(tmp_path.glob("*.partial-*"))  # built aside, then moved into place
 
 
 def test_transformers_worker_failure_names_the_cause(tmp_path):

@@ -55,13 +55,19 @@ def checkpoint(name: str, cache_dir: str | None = None) -> str:
     """The directory of model `name`, built with transformers (seed 0) on first use."""
     directory = os.path.join(cache_dir or default_cache_dir(), name)
     if not os.path.isfile(os.path.join(directory, "model.safetensors")):
+        import shutil
+
         import torch
         import transformers
 
         config_cls, kwargs = MODELS[name]
+        print(f"building the {name} checkpoint (random weights, once) in {directory}", file=sys.stderr, flush=True)
         torch.manual_seed(0)
         model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_cls)(**kwargs))
-        model.save_pretrained(directory)
+        partial = f"{directory}.partial-{os.getpid()}"  # an interrupted build never looks finished
+        model.save_pretrained(partial)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(partial, directory)
     return directory
 
 
