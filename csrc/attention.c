@@ -92,7 +92,7 @@
  * score runs. Longer blocks mean longer runs of each of the K and V streams
  * between switches: cold decode, one thread, Zen 4, share of an interleaved
  * read of the same bytes (32/8/128 Tk 4096; 12/12/64 Tk 1024): 64 keys
- * 56-58% / 59-61%, 256 keys 60-65% / 64-66%, 512 keys 63-64% / 61-63%. */
+ * 56-58% / 59-61%, 256 keys 60-65% / 63-66%, 512 keys 63-64% / 61-63%. */
 #define FD_ATT_BK1 256
 
 #if defined(__GNUC__) || defined(__clang__)

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from . import harness
+from .bandwidth import read_gbps
 from .harness import Case, optional_import
 
 PROMPT_TOKENS = 32
@@ -69,34 +70,6 @@ def checkpoint(name: str, cache_dir: str | None = None) -> str:
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(partial, directory)
     return directory
-
-
-def read_gbps() -> float:
-    """Read bandwidth (GB/s) at the current thread count: benchmarks.bandwidth
-    when this build has it, else the same C probe (a sum over 512 MiB by
-    every thread) called here, else BLAS sgemv over 512 MiB."""
-    try:
-        from .bandwidth import read_gbps as probe
-    except ImportError:
-        return _interim_read_gbps()
-    return float(probe())
-
-
-def _interim_read_gbps(nbytes: int = 512 << 20, repeats: int = 5) -> float:
-    try:
-        from .._native import read_sum_f32 as read
-    except ImportError:  # no C build: the access pattern of a decode step, through BLAS
-        w, x = np.ones((1024, nbytes // 4096), np.float32), np.ones((1, 1024), np.float32)
-        data, read = w, (lambda w: x @ w)
-    else:
-        data = np.ones(nbytes // 4, np.float32)
-    read(data)  # page in
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        read(data)
-        best = min(best, time.perf_counter() - t0)
-    return data.nbytes / best / 1e9
 
 
 # ---------------------------------------------------------------------------
