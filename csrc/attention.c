@@ -34,6 +34,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #define FD_ATT_BK 64          /* keys per block of the rows-on-lanes engine */
@@ -647,6 +648,39 @@ static void run_item(const att_plan *p, att_scratch *w, int64_t item, att_partia
     else keep_partial(p, w, &t, item, pt);
 }
 
+typedef struct {
+    const att_plan *p;
+    att_partials *pt;
+    int64_t items;
+    atomic_llong next; /* the next item nobody has taken */
+    atomic_int failed; /* scratch memory was lacking */
+} att_job;
+
+/* Items are handed out one at a time: under a causal mask they differ in
+ * length, and a late-waking worker only takes what is left. */
+static void att_items(void *ctx, int t, int nt) {
+    att_job *j = ctx;
+    att_scratch w;
+    (void)t, (void)nt;
+    if (!scratch_alloc(&w, j->p)) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    for (int64_t it; (it = atomic_fetch_add(&j->next, 1)) < j->items;) run_item(j->p, &w, it, j->pt);
+    free(w.raw);
+}
+
+static void att_merge(void *ctx, int t, int nt) {
+    att_job *j = ctx;
+    float *acc = malloc((size_t)j->p->dp * sizeof(float));
+    if (!acc) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    for (int64_t ti = j->p->tiles * t / nt; ti < j->p->tiles * (t + 1) / nt; ti++) merge_tile(j->p, j->pt, ti, acc);
+    free(acc);
+}
+
 /* out, q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D]; lengths: [B] (clamped to
  * [0, Tk]). Returns 0, or -1 when scratch memory could not be allocated
  * (out is then unspecified), -2 for impossible head counts. */
@@ -679,49 +713,14 @@ int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const fl
         if (!pt_raw) return -1;
         pt.o = (float *)pt_raw, pt.m = pt.o + n * p.dp, pt.l = pt.m + n;
     }
-    int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-        att_scratch w;
-        int ok = scratch_alloc(&w, &p);
-        if (!ok) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t it = 0; it < items; it++)
-            if (ok) run_item(&p, &w, it, &pt);
-        free(w.raw);
-    }
-    if (p.nchunks > 1 && !failed) {
-        int mt = p.tiles < nt ? (int)p.tiles : nt;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(mt) if (mt > 1)
-#endif
-        {
-            float *acc = malloc((size_t)p.dp * sizeof(float));
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (int64_t ti = 0; ti < p.tiles; ti++)
-                if (acc) merge_tile(&p, &pt, ti, acc);
-            if (!acc) {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-                failed = 1;
-            }
-            free(acc);
-        }
-    }
+    att_job job = {&p, &pt, items};
+    atomic_init(&job.next, 0);
+    atomic_init(&job.failed, 0);
+    fd_parallel(att_items, &job, nt);
+    if (p.nchunks > 1 && !atomic_load(&job.failed))
+        fd_parallel(att_merge, &job, p.tiles < nt ? (int)p.tiles : nt);
     free(pt_raw);
-    return failed ? -1 : 0;
+    return atomic_load(&job.failed) ? -1 : 0;
 }
 
 #if FD_ENTRY_POINTS

@@ -26,20 +26,29 @@ static double sum_part(const float *x, int64_t n) {
     return s;
 }
 
-double FD_FN(fd_read_sum_f32)(const float *x, int64_t n) {
-    double total = 0.0;
-#ifdef _OPENMP
-    int nt = fd_num_threads > 1 ? fd_num_threads : 1;
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total)
-    {
-        int t = omp_get_thread_num(), T = omp_get_num_threads();
-        int64_t chunk = ((n + T - 1) / T + 15) & ~(int64_t)15; /* whole cache lines */
-        int64_t lo = t * chunk < n ? t * chunk : n, hi = lo + chunk < n ? lo + chunk : n;
-        total += sum_part(x + lo, hi - lo);
+typedef struct {
+    const float *x;
+    int64_t n;
+    int parts;
+    double part_sum[256];
+} read_job;
+
+/* Part p of the array: a contiguous slice, whole cache lines. Share t of nt
+ * sums parts t, t + nt, ... (nt is fewer than the parts when the pool is busy). */
+static void read_part(void *ctx, int t, int nt) {
+    read_job *j = ctx;
+    int64_t chunk = ((j->n + j->parts - 1) / j->parts + 15) & ~(int64_t)15;
+    for (int part = t; part < j->parts; part += nt) {
+        int64_t lo = part * chunk < j->n ? part * chunk : j->n, hi = lo + chunk < j->n ? lo + chunk : j->n;
+        j->part_sum[part] = sum_part(j->x + lo, hi - lo);
     }
-#else
-    total = sum_part(x, n);
-#endif
+}
+
+double FD_FN(fd_read_sum_f32)(const float *x, int64_t n) {
+    read_job j = {x, n, fd_num_threads < 256 ? fd_num_threads : 256};
+    fd_parallel(read_part, &j, j.parts);
+    double total = 0.0;
+    for (int part = 0; part < j.parts; part++) total += j.part_sum[part];
     return total;
 }
 

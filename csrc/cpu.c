@@ -1,19 +1,14 @@
-/* cpu.c: which SIMD level the kernels run at, and how many threads.
+/* cpu.c: which SIMD level the kernels run at.
  * The default level is the best one the CPU and OS support; fd_set_level
  * can only lower it, so a forced level never executes an instruction the
  * machine lacks. */
 #include "fastdecode.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #ifndef FD_BUILD_FLAGS
 #define FD_BUILD_FLAGS "unknown"
 #endif
 
 int fd_level = -1;
-int fd_num_threads = 1;
 
 int fd_cpu_max_level(void) {
 #if FD_HAVE_X86_LEVELS && (defined(__GNUC__) || defined(__clang__))
@@ -34,27 +29,6 @@ int fd_set_level(int level) {
     if (level < FD_LEVEL_PORTABLE) level = FD_LEVEL_PORTABLE;
     fd_level = level > best ? best : level;
     return fd_level;
-}
-
-int fd_set_num_threads(int n) {
-    fd_num_threads = n < 1 ? 1 : n;
-    return fd_num_threads;
-}
-
-int fd_openmp_enabled(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
-
-int fd_openmp_max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }
 
 const char *fd_build_flags(void) { return FD_BUILD_FLAGS; }

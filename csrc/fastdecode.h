@@ -31,6 +31,17 @@ int fd_cpu_max_level(void);     /* best level this CPU and OS support */
 int fd_set_level(int level);    /* clamps to fd_cpu_max_level(); returns level in use */
 int fd_set_num_threads(int n);  /* n < 1 means 1; returns the count in use */
 int fd_openmp_enabled(void);
+
+/* ---- pool.c: the worker threads ---------------------------------------- */
+/* A job's share t of nt (0 <= t < nt); share 0 runs on the caller. */
+typedef void (*fd_task)(void *ctx, int t, int nt);
+/* Runs fn(ctx, t, nt') for t < nt' on the caller and the pool's workers and
+ * returns when all are done; nt' <= nt (1 when the pool is busy with
+ * another caller's job or no thread can be started). */
+void fd_parallel(fd_task fn, void *ctx, int nt);
+void fd_set_spin_ns(long long ns); /* how long idle workers poll before sleeping */
+long long fd_get_spin_ns(void);
+int fd_threads_supported(void);
 int fd_openmp_max_threads(void);
 const char *fd_build_flags(void);
 

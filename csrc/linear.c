@@ -19,9 +19,11 @@
 #include "simd.h"
 
 #define FD_LINEAR_ROWS 8
-/* Idle OpenMP workers sleep (backend.py), and waking one costs 20-100 us:
- * one thread streams ~4 MiB in that time, so smaller weights stay on one. */
-#define FD_LINEAR_PAR_MIN (1 << 20) /* weight elements */
+/* Below this many weight elements one thread does it all. A sleeping worker
+ * (pool.c) takes 20-100 us to wake, in which one thread streams ~4 MiB; a
+ * polling one answers in a microsecond, and then a 0.5 MiB weight repays it. */
+#define FD_LINEAR_PAR_MIN (1 << 20)
+#define FD_LINEAR_PAR_MIN_SPIN (1 << 17)
 
 /* ----------------------------------------------------------------------------
  * Dot products of one weight row
@@ -71,20 +73,24 @@ static void dot_rows(float *acc, const float *w, const float *x, int64_t rows, i
  * The kernel
  * ---------------------------------------------------------------------------- */
 
-/* out: [rows, n_out]; x: [rows, n_in]; w: [n_out, n_in]; bias: [n_out] or NULL */
-void FD_FN(fd_linear_f32)(float *out, const float *x, const float *w, const float *bias, int64_t rows,
-                          int64_t n_in, int64_t n_out) {
-    int nt = fd_num_threads > 1 && n_out * n_in >= FD_LINEAR_PAR_MIN ? fd_num_threads : 1;
-    for (int64_t r0 = 0; r0 < rows; r0 += FD_LINEAR_ROWS) { /* each group of rows streams W once */
-        int64_t nr = rows - r0 < FD_LINEAR_ROWS ? rows - r0 : FD_LINEAR_ROWS;
-        const float *xs = x + r0 * n_in;
-        float *ys = out + r0 * n_out;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-#endif
-        for (int64_t o = 0; o < n_out; o++) {
-            const float *wo = w + o * n_in;
-            float b = bias ? bias[o] : 0.0f;
+typedef struct {
+    float *out;
+    const float *x, *w, *bias;
+    int64_t rows, n_in, n_out;
+} linear_job;
+
+/* Share t of nt: one contiguous block of weight rows, for every row of x. */
+static void linear_part(void *ctx, int t, int nt) {
+    const linear_job *j = ctx;
+    const int64_t n_in = j->n_in, n_out = j->n_out;
+    const int64_t lo = n_out * t / nt, hi = n_out * (t + 1) / nt;
+    for (int64_t r0 = 0; r0 < j->rows; r0 += FD_LINEAR_ROWS) { /* each group of rows streams W once */
+        int64_t nr = j->rows - r0 < FD_LINEAR_ROWS ? j->rows - r0 : FD_LINEAR_ROWS;
+        const float *xs = j->x + r0 * n_in;
+        float *ys = j->out + r0 * n_out;
+        for (int64_t o = lo; o < hi; o++) {
+            const float *wo = j->w + o * n_in;
+            float b = j->bias ? j->bias[o] : 0.0f;
             if (nr == 1) {
                 ys[o] = dot1(wo, xs, n_in) + b;
             } else {
@@ -95,7 +101,16 @@ void FD_FN(fd_linear_f32)(float *out, const float *x, const float *w, const floa
             }
         }
     }
-    (void)nt;
+}
+
+/* out: [rows, n_out]; x: [rows, n_in]; w: [n_out, n_in]; bias: [n_out] or NULL */
+void FD_FN(fd_linear_f32)(float *out, const float *x, const float *w, const float *bias, int64_t rows,
+                          int64_t n_in, int64_t n_out) {
+    linear_job job = {out, x, w, bias, rows, n_in, n_out};
+    int64_t par_min = fd_get_spin_ns() > 0 ? FD_LINEAR_PAR_MIN_SPIN : FD_LINEAR_PAR_MIN;
+    int nt = n_out * n_in >= par_min ? fd_num_threads : 1;
+    if (nt > n_out) nt = (int)n_out;
+    fd_parallel(linear_part, &job, nt);
 }
 
 #if FD_ENTRY_POINTS

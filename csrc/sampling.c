@@ -38,6 +38,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -674,43 +675,61 @@ static int run_row(row_result r, const float *x, int64_t n, const fd_sample_para
  * Kernels
  * ---------------------------------------------------------------------------- */
 
+typedef struct {
+    int64_t *ids, *status;
+    float *out;
+    int probs;
+    const float *x;
+    int64_t rows, n;
+    const fd_sample_params *params;
+    const int64_t *prev_ids, *prev_offsets;
+    int64_t n_prev;
+    atomic_llong next;  /* the next row nobody has taken */
+    atomic_llong bad;   /* rows that could not be sampled */
+    atomic_int nomem;
+} rows_job;
+
+/* Rows are handed out one at a time: a row with top-p costs more than a greedy one. */
+static void rows_part(void *ctx, int t, int nt) {
+    rows_job *j = ctx;
+    const int64_t n = j->n;
+    (void)t, (void)nt;
+    scratch s;
+    if (!scratch_get(&s, n)) {
+        atomic_store(&j->nomem, 1);
+        return;
+    }
+    int64_t bad = 0;
+    for (int64_t r; (r = atomic_fetch_add(&j->next, 1)) < j->rows;) {
+        const int64_t *prev = NULL;
+        int64_t nprev = 0;
+        if (j->prev_ids && j->prev_offsets) { /* offsets clamped: C does not trust its caller */
+            int64_t a = j->prev_offsets[r] < 0 ? 0 : j->prev_offsets[r];
+            int64_t b = j->prev_offsets[r + 1] < j->n_prev ? j->prev_offsets[r + 1] : j->n_prev;
+            prev = j->prev_ids + a;
+            nprev = b > a ? b - a : 0;
+        }
+        int64_t pick = 0;
+        row_result res = {j->ids ? &pick : NULL, j->out ? j->out + r * n : NULL, j->probs};
+        int code = run_row(res, j->x + r * n, n, j->params + r, prev, nprev, &s);
+        if (j->ids) j->ids[r] = code ? code : pick;
+        if (j->status) j->status[r] = code;
+        bad += code != 0;
+    }
+    atomic_fetch_add(&j->bad, bad);
+}
+
 /* The rows of one call: ids (draws) or status, out (process) as given. */
 static int64_t run_rows(int64_t *ids, int64_t *status, float *out, int probs, const float *x, int64_t rows,
                         int64_t n, const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
                         const int64_t *prev_offsets) {
-    int64_t bad = 0;
-    int nomem = 0;
-#ifdef _OPENMP
+    rows_job j = {ids, status, out, probs, x, rows, n, params, prev_ids, prev_offsets, n_prev};
+    atomic_init(&j.next, 0);
+    atomic_init(&j.bad, 0);
+    atomic_init(&j.nomem, 0);
     int nt = fd_num_threads < rows ? fd_num_threads : (int)rows;
-    nt = nt < 1 || rows * n < FD_SAMPLE_PAR_MIN ? 1 : nt;
-#pragma omp parallel num_threads(nt) reduction(+ : bad) reduction(| : nomem) if (nt > 1)
-#endif
-    {
-        scratch s;
-        int ok = scratch_get(&s, n);
-        nomem |= !ok;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t r = 0; r < rows; r++) {
-            if (!ok) continue;
-            const int64_t *prev = NULL;
-            int64_t nprev = 0;
-            if (prev_ids && prev_offsets) { /* offsets clamped: C does not trust its caller */
-                int64_t a = prev_offsets[r] < 0 ? 0 : prev_offsets[r];
-                int64_t b = prev_offsets[r + 1] < n_prev ? prev_offsets[r + 1] : n_prev;
-                prev = prev_ids + a;
-                nprev = b > a ? b - a : 0;
-            }
-            int64_t pick = 0;
-            row_result res = {ids ? &pick : NULL, out ? out + r * n : NULL, probs};
-            int code = run_row(res, x + r * n, n, params + r, prev, nprev, &s);
-            if (ids) ids[r] = code ? code : pick;
-            if (status) status[r] = code;
-            bad += code != 0;
-        }
-    }
-    return nomem ? -1 : bad;
+    fd_parallel(rows_part, &j, nt < 1 || rows * n < FD_SAMPLE_PAR_MIN ? 1 : nt);
+    return atomic_load(&j.nomem) ? -1 : atomic_load(&j.bad);
 }
 
 /* ids: [rows]; x: [rows, n]; params: [rows]; prev_ids: [n_prev] */

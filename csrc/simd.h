@@ -25,10 +25,6 @@
 #endif
 #define FD_FN(name) FD_CAT(name, FD_LEVEL)
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 /* ------------------------------------------------------------------------
  * Vector vocabulary
  * ------------------------------------------------------------------------ */
@@ -317,11 +313,6 @@ static inline float fd_expf(float x) {
     return x >= FD_EXP_LO ? p * scale : 0.0f;
 }
 
-/* ------------------------------------------------------------------------
- * Threads: one global count, set from Python, used by every parallel region
- * through num_threads(); omp_set_num_threads would only bind the caller.
- * ------------------------------------------------------------------------ */
-extern int fd_num_threads;
 extern int fd_level;
 
 /* Body of an unsuffixed entry point: call the copy for the level in use.

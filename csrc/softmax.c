@@ -9,6 +9,7 @@
 #include "simd.h"
 
 #include <math.h>
+#include <stdatomic.h>
 
 /* Idle OpenMP workers sleep (backend.py says why), and waking one costs
  * 20-100 us (most in a VM), while one thread softmaxes about 3 elements
@@ -170,39 +171,92 @@ static void softmax_row(float *out, const float *x, int64_t n, int take_log) {
     row_finish(out, x, n, m, s, take_log);
 }
 
-#ifdef _OPENMP
-/* One row, split into nt chunks: every pass runs on all threads. */
-static void softmax_row_split(float *out, const float *x, int64_t n, int take_log, int nt) {
+/* ----------------------------------------------------------------------------
+ * Threads
+ * ---------------------------------------------------------------------------- */
+
+typedef struct {
+    float *out;
+    const float *x;
+    int64_t rows, n, chunk;
+    int take_log;
+    atomic_llong next; /* rows: the first row nobody has taken */
+    /* one row split into parts (at most FD_MAX_THREADS): */
+    int parts;
+    float m;
+    double s;
     float part_max[FD_MAX_THREADS];
     int part_nan[FD_MAX_THREADS];
     double part_sum[FD_MAX_THREADS];
-#pragma omp parallel num_threads(nt)
-    {
-        int t = omp_get_thread_num(), T = omp_get_num_threads();
-        /* chunks are whole multiples of 64 floats: a cache line each side */
-        int64_t chunk = ((n + T - 1) / T + 63) & ~(int64_t)63;
-        int64_t lo = t * chunk < n ? t * chunk : n;
-        int64_t hi = lo + chunk < n ? lo + chunk : n;
-        part_max[t] = row_max(x + lo, hi - lo, &part_nan[t]);
-#pragma omp barrier
-        float m = -INFINITY;
-        int nan = 0;
-        for (int j = 0; j < T; j++) {
-            m = part_max[j] > m ? part_max[j] : m;
-            nan |= part_nan[j];
-        }
-        if (row_undefined(m, nan)) {
-            row_fill(out + lo, hi - lo, NAN);
-        } else {
-            part_sum[t] = row_exp_sum(out + lo, x + lo, hi - lo, m, !take_log);
-#pragma omp barrier
-            double s = 0.0;
-            for (int j = 0; j < T; j++) s += part_sum[j];
-            row_finish(out + lo, x + lo, hi - lo, m, s, take_log);
-        }
+} softmax_job;
+
+/* Many rows: handed out `chunk` at a time (the caller's thread starts at
+ * once, and a late worker only takes what is left). */
+static void rows_part(void *ctx, int t, int nt) {
+    softmax_job *j = ctx;
+    (void)t, (void)nt;
+    for (int64_t r0; (r0 = atomic_fetch_add(&j->next, j->chunk)) < j->rows;) {
+        int64_t r1 = r0 + j->chunk < j->rows ? r0 + j->chunk : j->rows;
+        for (int64_t r = r0; r < r1; r++) softmax_row(j->out + r * j->n, j->x + r * j->n, j->n, j->take_log);
     }
 }
-#endif
+
+/* One row in j->parts parts, each pass a job of its own; share t of nt takes
+ * parts t, t + nt, ... (nt may be fewer than the parts when the pool is busy). */
+static void part_range(const softmax_job *j, int part, int64_t *lo, int64_t *hi) {
+    /* whole multiples of 64 floats: a cache line each side */
+    int64_t chunk = ((j->n + j->parts - 1) / j->parts + 63) & ~(int64_t)63;
+    *lo = part * chunk < j->n ? part * chunk : j->n;
+    *hi = *lo + chunk < j->n ? *lo + chunk : j->n;
+}
+
+static void split_max(void *ctx, int t, int nt) {
+    softmax_job *j = ctx;
+    for (int part = t; part < j->parts; part += nt) {
+        int64_t lo, hi;
+        part_range(j, part, &lo, &hi);
+        j->part_max[part] = row_max(j->x + lo, hi - lo, &j->part_nan[part]);
+    }
+}
+
+static void split_exp_sum(void *ctx, int t, int nt) {
+    softmax_job *j = ctx;
+    for (int part = t; part < j->parts; part += nt) {
+        int64_t lo, hi;
+        part_range(j, part, &lo, &hi);
+        j->part_sum[part] = row_exp_sum(j->out + lo, j->x + lo, hi - lo, j->m, !j->take_log);
+    }
+}
+
+static void split_finish(void *ctx, int t, int nt) {
+    softmax_job *j = ctx;
+    for (int part = t; part < j->parts; part += nt) {
+        int64_t lo, hi;
+        part_range(j, part, &lo, &hi);
+        if (j->s != j->s) row_fill(j->out + lo, hi - lo, NAN); /* undefined row */
+        else row_finish(j->out + lo, j->x + lo, hi - lo, j->m, j->s, j->take_log);
+    }
+}
+
+static void softmax_row_split(softmax_job *j, int nt) {
+    fd_parallel(split_max, j, nt);
+    float m = -INFINITY;
+    int nan = 0;
+    for (int part = 0; part < j->parts; part++) {
+        m = j->part_max[part] > m ? j->part_max[part] : m;
+        nan |= j->part_nan[part];
+    }
+    j->m = m;
+    if (row_undefined(m, nan)) {
+        j->s = NAN;
+    } else {
+        fd_parallel(split_exp_sum, j, nt);
+        double s = 0.0;
+        for (int part = 0; part < j->parts; part++) s += j->part_sum[part];
+        j->s = s;
+    }
+    fd_parallel(split_finish, j, nt);
+}
 
 /* ----------------------------------------------------------------------------
  * Kernel
@@ -210,19 +264,22 @@ static void softmax_row_split(float *out, const float *x, int64_t n, int take_lo
 
 /* out, x: [rows, n] */
 void FD_FN(fd_softmax_f32)(float *out, const float *x, int64_t rows, int64_t n, int take_log) {
-#ifdef _OPENMP
     int nt = fd_num_threads < FD_MAX_THREADS ? fd_num_threads : FD_MAX_THREADS;
     if (nt > 1 && rows < nt && n >= FD_SOFTMAX_SPLIT_MIN) {
-        for (int64_t r = 0; r < rows; r++) softmax_row_split(out + r * n, x + r * n, n, take_log, nt);
+        softmax_job j = {.n = n, .take_log = take_log, .parts = nt};
+        for (int64_t r = 0; r < rows; r++) {
+            j.out = out + r * n, j.x = x + r * n;
+            softmax_row_split(&j, nt);
+        }
         return;
     }
     if (nt > 1 && rows > 1 && rows * n >= FD_SOFTMAX_PAR_MIN) {
-        int64_t chunk = rows / (4 * (int64_t)nt) > 0 ? rows / (4 * (int64_t)nt) : 1;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, chunk)
-        for (int64_t r = 0; r < rows; r++) softmax_row(out + r * n, x + r * n, n, take_log);
+        softmax_job j = {.out = out, .x = x, .rows = rows, .n = n, .take_log = take_log};
+        j.chunk = rows / (4 * (int64_t)nt) > 0 ? rows / (4 * (int64_t)nt) : 1;
+        atomic_init(&j.next, 0);
+        fd_parallel(rows_part, &j, rows < nt ? (int)rows : nt);
         return;
     }
-#endif
     for (int64_t r = 0; r < rows; r++) softmax_row(out + r * n, x + r * n, n, take_log);
 }
 

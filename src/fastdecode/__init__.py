@@ -20,9 +20,11 @@ from .backend import (
     get_backend,
     get_num_threads,
     get_simd,
+    get_worker_spin,
     set_backend,
     set_num_threads,
     set_simd,
+    set_worker_spin,
     use_backend,
 )
 from .arrays import empty_aligned
@@ -53,6 +55,6 @@ __all__ = [
     "attention", "linear", "log_softmax", "softmax", "empty_aligned",
     "sample", "argmax", "process_logits", "apply_repetition_penalty", *_LAZY,
     "backend_info", "get_backend", "set_backend", "use_backend",
-    "get_simd", "set_simd", "get_num_threads", "set_num_threads",
+    "get_simd", "set_simd", "get_num_threads", "set_num_threads", "get_worker_spin", "set_worker_spin",
     "__version__",
 ]

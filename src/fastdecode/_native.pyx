@@ -12,8 +12,9 @@ cdef extern from "fastdecode.h":
     int fd_cpu_max_level()
     int fd_set_level(int level)
     int fd_set_num_threads(int n)
-    int fd_openmp_enabled()
-    int fd_openmp_max_threads()
+    void fd_set_spin_ns(long long ns)
+    long long fd_get_spin_ns()
+    int fd_threads_supported()
     const char *fd_build_flags()
     void fd_softmax_f32(float *out, const float *x, int64_t rows, int64_t n, int take_log) nogil
     void fd_exp_f32(float *out, const float *x, int64_t n) nogil
@@ -63,12 +64,16 @@ def get_num_threads():
     return fd_num_threads
 
 
-def openmp_enabled():
-    return bool(fd_openmp_enabled())
+def set_spin_ns(long long ns):
+    fd_set_spin_ns(ns)
 
 
-def openmp_max_threads():
-    return fd_openmp_max_threads()
+def get_spin_ns():
+    return fd_get_spin_ns()
+
+
+def threads_supported():
+    return bool(fd_threads_supported())
 
 
 def build_flags():

@@ -13,21 +13,23 @@ variable, so threads and asyncio tasks do not disturb each other).
 The SIMD level of the C kernels is chosen at import from what the CPU
 supports; ``FASTDECODE_SIMD=portable|avx2|avx512`` (or :func:`set_simd`)
 forces a lower one. Threads: ``FASTDECODE_NUM_THREADS`` or
-:func:`set_num_threads`, else OpenMP's default (``OMP_NUM_THREADS`` or all
-cores).
+:func:`set_num_threads`, else ``OMP_NUM_THREADS``, else every core this
+process may run on. What idle worker threads do between two kernel calls:
+:func:`set_worker_spin` (``FASTDECODE_WORKER_SPIN_US``).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import os
+import threading
 import types
 
 from . import reference
 
 __all__ = [
     "BACKENDS", "set_backend", "get_backend", "use_backend", "backend_info",
-    "set_simd", "get_simd", "set_num_threads", "get_num_threads",
+    "set_simd", "get_simd", "set_num_threads", "get_num_threads", "set_worker_spin", "get_worker_spin",
 ]
 
 BACKENDS = ("numpy", "c")
@@ -42,24 +44,6 @@ _numpy_backend = reference.backend
 _c_backend = None
 _c_error: str | None = None
 
-# GNU OpenMP keeps idle worker threads spinning (without yielding) for
-# GOMP_SPINCOUNT iterations after each parallel region, 300,000 by default:
-# milliseconds. Where a NumPy matmul (OpenBLAS, its own threads) follows a
-# parallel kernel, as in a user's own decode loop, those spinners hold the
-# cores OpenBLAS needs: a 0.08 ms matmul+softmax step took 8 ms on a 2-core
-# machine (bench/openmp_spin.py). So idle workers sleep at once, and the
-# kernels go parallel only when the work repays a wake-up (20-100 us). The
-# price, measured: a short spin (GOMP_SPINCOUNT=10000) made fastdecode's own
-# GPT-2 decode at 2 threads ~9% faster (8 of 8 alternating runs), but the
-# same matmul+softmax step 0.78 ms instead of 0.27 ms, and a 2-thread
-# decode attention call (12 heads, 1024 keys) interleaved with NumPy's
-# matmuls 1.06 ms instead of 0.40 ms: users' decode loops come first.
-# libgomp reads this once, when it is loaded, so it applies when fastdecode
-# loads it first (torch shares the same libgomp.so.1: whichever loads first
-# sets it for both); the user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
-OMP_WAIT_POLICY_SET = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
-if OMP_WAIT_POLICY_SET:
-    os.environ["OMP_WAIT_POLICY"] = "passive"
 try:
     from . import _native
 except ImportError as exc:  # not built, or built for another platform
@@ -154,7 +138,7 @@ def get_simd() -> str | None:
 
 
 def set_num_threads(n: int) -> int:
-    """Threads the C kernels may use (OpenMP). Returns the count in use."""
+    """Threads the C kernels may use, the caller's included. Returns the count in use."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int; got {n!r}")
     return 1 if _native is None else _native.set_num_threads(n)
@@ -162,6 +146,81 @@ def set_num_threads(n: int) -> int:
 
 def get_num_threads() -> int:
     return 1 if _native is None else _native.get_num_threads()
+
+
+def default_num_threads(environ=os.environ) -> int:
+    """FASTDECODE_NUM_THREADS, else OMP_NUM_THREADS (its first entry), else the
+    cores this process may run on. A pure function of ``environ`` and the
+    process's CPU affinity, so tests can check it."""
+    for var in ("FASTDECODE_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = environ.get(var, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------
+# Idle workers: poll or sleep (csrc/pool.c)
+# ---------------------------------------------------------------------------
+
+# Between two parallel kernel calls a worker thread either sleeps (waking it
+# costs the next call 20-100 us) or polls (it answers at once but holds a
+# core). Polling pays in a loop of fastdecode calls with Python between them,
+# and hurts where the gap is another library's threaded work: a NumPy matmul
+# (OpenBLAS) then finds its core taken. So workers sleep at once unless the
+# user says otherwise, and generate() polls for DECODE_SPIN_US during its own
+# decode steps, where no other threads run.
+DECODE_SPIN_US = 300.0
+_spin_lock = threading.Lock()
+_spin_us = 0.0  # the user's setting
+_decoders = 0  # decode loops running now (generate() in any thread)
+
+
+def _apply_spin() -> None:
+    if _native is not None:
+        us = max(_spin_us, DECODE_SPIN_US) if _decoders else _spin_us
+        _native.set_spin_ns(int(us * 1000))
+
+
+def set_worker_spin(microseconds: float) -> None:
+    """How long an idle worker thread polls for the next kernel call before
+    it sleeps, in microseconds (0, the default: sleep at once).
+
+    Worth it (~8% per GPT-2 token at 2 threads) in a decode loop whose only
+    threaded work is fastdecode's; harmful where the gaps between
+    fastdecode calls run other threaded code (a NumPy matmul on the same
+    cores). ``generate()`` and ``stream()`` poll for their own decode steps
+    whatever this says."""
+    if isinstance(microseconds, bool) or not isinstance(microseconds, (int, float)) \
+            or not 0 <= microseconds <= 1e6:
+        raise ValueError(f"microseconds must be a number in [0, 1e6]; got {microseconds!r}")
+    global _spin_us
+    with _spin_lock:
+        _spin_us = float(microseconds)
+        _apply_spin()
+
+
+def get_worker_spin() -> float:
+    """The user's setting of :func:`set_worker_spin`, in microseconds."""
+    return _spin_us
+
+
+@contextlib.contextmanager
+def decode_spin():
+    """Workers poll for at least DECODE_SPIN_US while the block runs (a decode step)."""
+    global _decoders
+    with _spin_lock:
+        _decoders += 1
+        _apply_spin()
+    try:
+        yield
+    finally:
+        with _spin_lock:
+            _decoders -= 1
+            _apply_spin()
 
 
 if _native is not None:
@@ -173,9 +232,13 @@ if _native is not None:
 
         warnings.warn(f"{exc}; using the best level the CPU supports", RuntimeWarning, stacklevel=2)
         set_simd(None)
-    _env_threads = os.environ.get("FASTDECODE_NUM_THREADS", "").strip()
-    _native.set_num_threads(int(_env_threads) if _env_threads.isdigit() and int(_env_threads) > 0
-                            else _native.openmp_max_threads())
+    _native.set_num_threads(default_num_threads())
+    try:
+        set_worker_spin(float(os.environ.get("FASTDECODE_WORKER_SPIN_US", "0") or 0))
+    except ValueError as exc:
+        import warnings
+
+        warnings.warn(f"FASTDECODE_WORKER_SPIN_US: {exc}; workers sleep at once", RuntimeWarning, stacklevel=2)
 
 
 def backend_info() -> dict:
@@ -191,8 +254,9 @@ def backend_info() -> dict:
         "simd": get_simd(),
         "simd_cpu_best": None if _native is None else _native.cpu_max_level(),
         "simd_levels": list(SIMD_LEVELS),
-        "openmp": None if _native is None else _native.openmp_enabled(),
+        "threads_supported": None if _native is None else _native.threads_supported(),
         "num_threads": get_num_threads(),
+        "worker_spin_us": get_worker_spin(),
         "cpu_count": os.cpu_count(),
         "build_flags": None if _native is None else _native.build_flags(),
     }

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from . import ops
+from . import backend, ops
 from .model.transformer import ContextOverflowError, KVCache, forward
 
 # ---------------------------------------------------------------------------
@@ -277,7 +277,8 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
         if all(s.finish_reason is not None for s in seqs):
             break
         t0 = time.perf_counter()
-        chosen = choose(forward(model.weights, model.config, chosen[:, None], cache, out=logits))
+        with backend.decode_spin():  # idle workers poll between this step's kernels
+            chosen = choose(forward(model.weights, model.config, chosen[:, None], cache, out=logits))
         decode_s += time.perf_counter() - t0
     timing = Timing(int(lengths.sum()), prefill_s, sum(len(s.token_ids) for s in seqs), decode_s, len(seqs))
     results = [s.result(timing) for s in seqs]

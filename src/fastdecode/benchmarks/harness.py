@@ -118,37 +118,30 @@ def machine() -> dict:
 # ---------------------------------------------------------------------------
 # A process of its own (for PyTorch)
 # ---------------------------------------------------------------------------
-# torch's wheel ships its own libgomp.so.1 and fastdecode links the system's;
-# the loader keeps one library per soname, so in one process the two share
-# one GNU OpenMP runtime, and whichever loaded it first set the wait policy
-# for both (backend.py sets passive waiting before fastdecode loads it). The
-# end-to-end benchmark (decode.py) runs transformers in a Worker that
-# imports torch first, as torch's users do; the two processes take turns.
-# The kernel cases keep torch in this process: timed across processes, the
-# other process's spinning threads (OpenBLAS after a NumPy contender, libgomp
-# after torch) take the core a 2-thread contender needs, and torch's 2-thread
-# SDPA swung between 0.26 and 4 ms per call. So the kernel tables' 2-thread
-# torch figures are under fastdecode's passive policy (README says by how much).
+# torch runs its kernels on GNU OpenMP, whose idle threads poll for a few
+# milliseconds after each parallel region (libgomp's default). Timed in the
+# same process, a torch contender would leave them polling on the cores the
+# next contender needs. The end-to-end benchmark (decode.py) therefore runs
+# transformers in a Worker process that waits for its threads to settle
+# before it answers; the two processes take turns. The kernel cases keep
+# torch in this process: timed across processes, the other process's polling
+# threads (OpenBLAS after a NumPy contender, libgomp after torch) took the
+# core a 2-thread contender needs, and torch's 2-thread SDPA swung between
+# 0.26 and 4 ms per call.
 
 class Worker:
     """A Python process that runs `code` with `args`, answers one JSON line
-    per request line, and starts with the user's environment minus
-    fastdecode's own OMP_WAIT_POLICY. Its stderr is kept for the error
-    message when it fails."""
+    per request line, with the user's environment. Its stderr is kept for
+    the error message when it fails."""
 
     def __init__(self, code: str, *args: str):
         import subprocess
         import tempfile
         import weakref
 
-        from .. import backend
-
-        env = dict(os.environ)
-        if backend.OMP_WAIT_POLICY_SET:  # ours, not the user's
-            env.pop("OMP_WAIT_POLICY", None)
         self._log = tempfile.TemporaryFile(mode="w+")
         self._proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)
+                                      stdout=subprocess.PIPE, stderr=self._log, text=True)
         self._finalizer = weakref.finalize(self, _stop_worker, self._proc, self._log)
         self._reply()  # "ready"
 
