@@ -39,6 +39,12 @@ typedef void (*fd_task)(void *ctx, int t, int nt);
  * returns when all are done; nt' <= nt (1 when the pool is busy with
  * another caller's job or no thread can be started). */
 void fd_parallel(fd_task fn, void *ctx, int nt);
+/* fd_parallel for a job that streams the weight at `reading`: when that
+ * weight is in the decode order, idle workers then read ahead in the next. */
+void fd_parallel_reading(fd_task fn, void *ctx, int nt, const void *reading);
+/* weights: [n] start addresses, bytes: [n] sizes, in the order a decode step
+ * reads them (n = 0 clears it). The caller keeps them alive until replaced. */
+void fd_set_weight_order(const void *const *weights, const int64_t *bytes, int n);
 void fd_set_spin_ns(long long ns); /* how long idle workers poll before sleeping */
 long long fd_get_spin_ns(void);
 int fd_threads_supported(void);

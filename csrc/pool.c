@@ -1,18 +1,24 @@
 /* pool.c: the worker threads that every parallel kernel runs on.
  *
  * A decode step calls a parallel kernel every few tens of microseconds (a
- * GPT-2 token: ~50 projections and attentions), and between two calls the
- * caller runs Python and NumPy code. What an idle worker does in that gap
- * decides what the next call costs:
- *   - sleeping (futex), it needs 20-100 us to wake, which is a third of a
- *     small projection's time;
- *   - polling, it answers at once, but holds a core: when the caller's
- *     gap is a NumPy matmul, OpenBLAS's threads need that core (a 0.08 ms
- *     matmul + kernel step took 8 ms under libgomp's default polling).
- * Only the caller knows which gap it has, so the choice is the caller's:
- * an idle worker polls for fd_spin_ns (fastdecode.worker_spin(), which
- * generate() turns up for its decode loop, where no other threads run), then
+ * GPT-2 token: ~50 projections), and between two calls the caller runs
+ * Python and NumPy code. What an idle worker does in that gap decides what
+ * the next call costs:
+ *   - sleeping (futex), it needs 20-100 us to wake (more in a VM whose idle
+ *     vCPU has halted), a third of a small projection's time;
+ *   - polling, it answers at once, but holds a core: when the caller's gap
+ *     is a NumPy matmul, OpenBLAS's threads need that core (a 0.08 ms
+ *     matmul + kernel step took 8 ms under GNU OpenMP's default polling).
+ * Only the caller knows which gap it has, so the choice is the caller's: an
+ * idle worker polls for spin_ns (fastdecode.set_worker_spin(), which
+ * generate() raises for its decode steps, where no other threads run), then
  * sleeps. The default, 0, sleeps at once.
+ *
+ * Weight order: a decode step reads its weights in the same order every
+ * token. When the caller has told the pool that order (fd_set_weight_order:
+ * generate() does), a worker that has finished its share of one
+ * projection spends the gap before the next reading the start of that next
+ * weight, so the next call finds it in cache instead of waiting on memory.
  *
  * One job runs at a time: the caller posts it, runs share 0 itself, and
  * waits for every worker to finish its share. A second caller that finds the
@@ -32,19 +38,28 @@ int fd_num_threads = 1;
 #include <stdatomic.h>
 #include <time.h>
 
-#define FD_POOL_MAX 256 /* workers; more threads than this run as this many */
+#define FD_POOL_MAX 256    /* workers; more threads than this run as this many */
+#define FD_ORDER_MAX 4096  /* weights in a decode step's order */
 
 static struct {
-    pthread_mutex_t busy;  /* held by the caller whose job is posted */
+    pthread_mutex_t busy;  /* held by the caller whose job is posted, and to change the order */
     pthread_mutex_t lock;  /* with wake: where idle workers sleep */
     pthread_cond_t wake;
     atomic_ullong epoch;   /* bumped when a job is posted */
     atomic_int unfinished; /* workers yet to finish the posted job */
     atomic_int sleepers;   /* workers in (or entering) pthread_cond_wait */
+    atomic_int warming;    /* workers reading ahead in `next` */
+    atomic_int stop_warming;
     fd_task fn;            /* the posted job: fn(ctx, t, nt) for t = 1 .. nt - 1 */
     void *ctx;
     int nt;
-    int started; /* workers 1 .. started are running */
+    const char *next;      /* the weight the caller reads next, or NULL */
+    int64_t next_bytes;
+    int started;           /* workers 1 .. started are running */
+    /* the weights of a decode step in the order it reads them */
+    const void *order[FD_ORDER_MAX];
+    int64_t order_bytes[FD_ORDER_MAX];
+    int order_len, order_at;
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
 static atomic_llong spin_ns; /* how long an idle worker polls before sleeping */
@@ -63,6 +78,10 @@ static long long now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+/* ----------------------------------------------------------------------------
+ * Workers
+ * ---------------------------------------------------------------------------- */
 
 /* The epoch of the next job after `seen`: polls, then sleeps. */
 static unsigned long long wait_for_job(unsigned long long seen) {
@@ -88,6 +107,26 @@ static unsigned long long wait_for_job(unsigned long long seen) {
     return e;
 }
 
+/* Read the next weight: each of its nparts shares (as the next call will cut
+ * it) from its start, a byte per cache line, the shares side by side, until
+ * a job is posted or the order changes. Worker `me` of `workers` takes
+ * shares me - 1, me - 1 + workers, ... */
+static void warm(const char *p, int64_t n, int me, int workers, int nparts, unsigned long long seen) {
+    const int64_t line = 64, run = 64 * line; /* a run of lines between two checks */
+    unsigned sink = 0;
+    for (int64_t off = 0; off < n / nparts; off += run) {
+        if (atomic_load_explicit(&pool.epoch, memory_order_relaxed) != seen ||
+            atomic_load_explicit(&pool.stop_warming, memory_order_relaxed))
+            break;
+        for (int part = me - 1; part < nparts; part += workers) {
+            const char *share = p + n * part / nparts;
+            int64_t end = off + run < n / nparts ? off + run : n / nparts;
+            for (int64_t o = off; o < end; o += line) sink += *(const volatile unsigned char *)(share + o);
+        }
+    }
+    (void)sink;
+}
+
 static void *worker(void *arg) {
     const int me = (int)(intptr_t)arg;
     unsigned long long seen = start_epoch[me];
@@ -95,8 +134,16 @@ static void *worker(void *arg) {
         seen = wait_for_job(seen);
         /* the job's fields were written before the epoch was bumped, and the
          * next job waits for this one's unfinished count to reach zero */
-        if (me < pool.nt) pool.fn(pool.ctx, me, pool.nt);
+        const int nt = pool.nt, workers = pool.started;
+        const char *next = pool.next;
+        const int64_t next_bytes = pool.next_bytes;
+        if (me < nt) pool.fn(pool.ctx, me, nt);
+        if (next) atomic_fetch_add(&pool.warming, 1); /* before the job counts as done */
         atomic_fetch_sub_explicit(&pool.unfinished, 1, memory_order_release);
+        if (next) {
+            warm(next, next_bytes, me, workers, nt, seen);
+            atomic_fetch_sub(&pool.warming, 1);
+        }
     }
     return NULL;
 }
@@ -110,6 +157,7 @@ static void after_fork_child(void) {
     pool.wake = c;
     atomic_store(&pool.unfinished, 0);
     atomic_store(&pool.sleepers, 0);
+    atomic_store(&pool.warming, 0);
     pool.started = 0;
 }
 
@@ -141,7 +189,25 @@ static int ensure_workers(int n) {
     return pool.started;
 }
 
-void fd_parallel(fd_task fn, void *ctx, int nt) {
+/* ----------------------------------------------------------------------------
+ * Jobs
+ * ---------------------------------------------------------------------------- */
+
+/* The weight after `w` in the decode order (and its size), or NULL when w is
+ * not in it. Called with busy held. */
+static const void *next_in_order(const void *w, int64_t *bytes) {
+    if (!w || pool.order_len == 0) return NULL;
+    int at = pool.order[pool.order_at] == w ? pool.order_at : -1; /* the usual case: in step */
+    for (int i = 0; at < 0 && i < pool.order_len; i++)
+        if (pool.order[i] == w) at = i;
+    if (at < 0) return NULL;
+    int next = at + 1 < pool.order_len ? at + 1 : 0; /* the last weight of a step precedes the first */
+    pool.order_at = next;
+    *bytes = pool.order_bytes[next];
+    return pool.order[next];
+}
+
+void fd_parallel_reading(fd_task fn, void *ctx, int nt, const void *reading) {
     if (nt <= 1 || pthread_mutex_trylock(&pool.busy) != 0) {
         fn(ctx, 0, 1);
         return;
@@ -154,6 +220,8 @@ void fd_parallel(fd_task fn, void *ctx, int nt) {
         return;
     }
     pool.fn = fn, pool.ctx = ctx, pool.nt = nt;
+    pool.next_bytes = 0;
+    pool.next = next_in_order(reading, &pool.next_bytes);
     atomic_store(&pool.unfinished, workers);
     atomic_fetch_add(&pool.epoch, 1);
     if (atomic_load(&pool.sleepers) > 0) {
@@ -170,15 +238,36 @@ void fd_parallel(fd_task fn, void *ctx, int nt) {
     pthread_mutex_unlock(&pool.busy);
 }
 
+void fd_parallel(fd_task fn, void *ctx, int nt) { fd_parallel_reading(fn, ctx, nt, NULL); }
+
+/* Replaces the decode order. On return no worker reads any weight of the old
+ * one, so the caller may release those. */
+void fd_set_weight_order(const void *const *weights, const int64_t *bytes, int n) {
+    pthread_mutex_lock(&pool.busy); /* no job is posted meanwhile */
+    atomic_store(&pool.stop_warming, 1);
+    while (atomic_load(&pool.warming) > 0) cpu_relax();
+    atomic_store(&pool.stop_warming, 0);
+    if (n < 0) n = 0;
+    if (n > FD_ORDER_MAX) n = FD_ORDER_MAX;
+    for (int i = 0; i < n; i++) pool.order[i] = weights[i], pool.order_bytes[i] = bytes[i] > 0 ? bytes[i] : 0;
+    pool.order_len = n;
+    pool.order_at = 0;
+    pthread_mutex_unlock(&pool.busy);
+}
+
 void fd_set_spin_ns(long long ns) { atomic_store(&spin_ns, ns < 0 ? 0 : ns); }
 long long fd_get_spin_ns(void) { return atomic_load(&spin_ns); }
 int fd_threads_supported(void) { return 1; }
 
 #else /* no threads: every job runs on the caller */
 
-void fd_parallel(fd_task fn, void *ctx, int nt) {
-    (void)nt;
+void fd_parallel_reading(fd_task fn, void *ctx, int nt, const void *reading) {
+    (void)nt, (void)reading;
     fn(ctx, 0, 1);
+}
+void fd_parallel(fd_task fn, void *ctx, int nt) { fd_parallel_reading(fn, ctx, nt, NULL); }
+void fd_set_weight_order(const void *const *weights, const int64_t *bytes, int n) {
+    (void)weights, (void)bytes, (void)n;
 }
 void fd_set_spin_ns(long long ns) { (void)ns; }
 long long fd_get_spin_ns(void) { return 0; }

@@ -5,6 +5,7 @@ Nothing here validates: fastdecode.ops has already checked dtypes, shapes,
 contiguity and ranges, and hands over C-contiguous float32 arrays.
 """
 from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
 
 cdef extern from "fastdecode.h":
     int fd_level
@@ -15,6 +16,7 @@ cdef extern from "fastdecode.h":
     void fd_set_spin_ns(long long ns)
     long long fd_get_spin_ns()
     int fd_threads_supported()
+    void fd_set_weight_order(const void *const *weights, const int64_t *bytes, int n) nogil
     const char *fd_build_flags()
     void fd_softmax_f32(float *out, const float *x, int64_t rows, int64_t n, int take_log) nogil
     void fd_exp_f32(float *out, const float *x, int64_t n) nogil
@@ -70,6 +72,34 @@ def set_spin_ns(long long ns):
 
 def get_spin_ns():
     return fd_get_spin_ns()
+
+
+_weight_order = []  # what the pool's pointers point into: alive until replaced
+
+
+def set_weight_order(list weights):
+    """The weights a decode step reads, in order ([] clears): C-contiguous
+    float32 2-D arrays. The pool reads ahead in them between kernel calls."""
+    global _weight_order
+    cdef Py_ssize_t n = len(weights), i
+    cdef const void **ptrs = <const void **>malloc(max(n, 1) * sizeof(void *))
+    cdef int64_t *nbytes = <int64_t *>malloc(max(n, 1) * sizeof(int64_t))
+    cdef const float[:, ::1] a
+    if not ptrs or not nbytes:
+        free(ptrs)
+        free(nbytes)
+        raise MemoryError()
+    try:
+        for i in range(n):
+            a = weights[i]
+            ptrs[i] = &a[0, 0] if a.shape[0] * a.shape[1] else NULL
+            nbytes[i] = a.shape[0] * a.shape[1] * sizeof(float)
+        with nogil:
+            fd_set_weight_order(ptrs, nbytes, <int>n)
+        _weight_order = list(weights)  # only now: the pool no longer reads the old ones
+    finally:
+        free(ptrs)
+        free(nbytes)
 
 
 def threads_supported():

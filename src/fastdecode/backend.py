@@ -223,6 +223,30 @@ def decode_spin():
             _apply_spin()
 
 
+_order_owner = None  # the decode loop whose weight order the pool holds
+
+
+@contextlib.contextmanager
+def weight_order(weights: list):
+    """While the block runs, idle workers read ahead in ``weights`` (the
+    matrices a decode step reads, in order: csrc/pool.c). One decode loop
+    holds the order at a time; one in another thread meanwhile runs without."""
+    global _order_owner
+    token = object()
+    with _spin_lock:
+        mine = _native is not None and _order_owner is None
+        if mine:
+            _native.set_weight_order(list(weights))
+            _order_owner = token
+    try:
+        yield
+    finally:
+        if mine:
+            with _spin_lock:
+                _native.set_weight_order([])
+                _order_owner = None
+
+
 if _native is not None:
     try:
         set_simd(os.environ.get("FASTDECODE_SIMD"))

@@ -268,18 +268,19 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
     logits = np.empty((len(prompts), model.config.vocab_size), np.float32)  # reused by every step
     chosen = choose(forward(model.weights, model.config, tokens, cache, counts=lengths, out=logits))
     prefill_s, decode_s = time.perf_counter() - t0, 0.0
-    for step in range(gen.max_new_tokens):
-        t0 = time.perf_counter()
-        last = step == gen.max_new_tokens - 1
-        pieces = [s.add(int(t), last) if s.finish_reason is None else None for s, t in zip(seqs, chosen)]
-        decode_s += time.perf_counter() - t0
-        yield seqs, pieces
-        if all(s.finish_reason is not None for s in seqs):
-            break
-        t0 = time.perf_counter()
-        with backend.decode_spin():  # idle workers poll between this step's kernels
-            chosen = choose(forward(model.weights, model.config, chosen[:, None], cache, out=logits))
-        decode_s += time.perf_counter() - t0
+    with backend.weight_order(model.weights.decode_order()):  # workers read ahead between projections
+        for step in range(gen.max_new_tokens):
+            t0 = time.perf_counter()
+            last = step == gen.max_new_tokens - 1
+            pieces = [s.add(int(t), last) if s.finish_reason is None else None for s, t in zip(seqs, chosen)]
+            decode_s += time.perf_counter() - t0
+            yield seqs, pieces
+            if all(s.finish_reason is not None for s in seqs):
+                break
+            t0 = time.perf_counter()
+            with backend.decode_spin():  # idle workers poll between this step's kernels
+                chosen = choose(forward(model.weights, model.config, chosen[:, None], cache, out=logits))
+            decode_s += time.perf_counter() - t0
     timing = Timing(int(lengths.sum()), prefill_s, sum(len(s.token_ids) for s in seqs), decode_s, len(seqs))
     results = [s.result(timing) for s in seqs]
     return results if batched else results[0]

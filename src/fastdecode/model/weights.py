@@ -157,6 +157,11 @@ class Weights:
         return per_layer + self.head.nbytes + self.final_norm.nbytes + rows
 
 
+    def decode_order(self) -> list:
+        """The matrices a decode step streams, in the order it reads them."""
+        return [m for layer in self.layers for m in (layer.qkv, layer.out, layer.up, layer.down)] + [self.head]
+
+
 def _fuse(*mats):  # several [out_i, in] -> [sum out_i, in], C-contiguous float32
     return np.ascontiguousarray(np.concatenate(mats, axis=0), dtype=np.float32)
 
