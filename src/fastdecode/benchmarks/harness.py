@@ -2,11 +2,12 @@
 
 Every case names its contenders (callables with no arguments, inputs bound
 in advance). For each thread count the harness sets the same count on every
-library (fastdecode's OpenMP, PyTorch, NumPy's BLAS through threadpoolctl),
+library (fastdecode's worker pool, PyTorch, NumPy's BLAS through threadpoolctl),
 then runs rounds in which each contender takes one timed sample, in rotated
 order, so slow drifts of a shared machine hit every contender alike. A
-sample times enough calls to last about ``sample_s``; the reported figure is
-the median time per call over all rounds.
+sample times enough calls to last about ``sample_s``, after a short untimed
+pause that lets every library's idle threads go to sleep; the reported
+figure is the median time per call over all rounds.
 """
 from __future__ import annotations
 
@@ -119,15 +120,14 @@ def machine() -> dict:
 # A process of its own (for PyTorch)
 # ---------------------------------------------------------------------------
 # torch runs its kernels on GNU OpenMP, whose idle threads poll for a few
-# milliseconds after each parallel region (libgomp's default). Timed in the
-# same process, a torch contender would leave them polling on the cores the
-# next contender needs. The end-to-end benchmark (decode.py) therefore runs
-# transformers in a Worker process that waits for its threads to settle
-# before it answers; the two processes take turns. The kernel cases keep
-# torch in this process: timed across processes, the other process's polling
-# threads (OpenBLAS after a NumPy contender, libgomp after torch) took the
-# core a 2-thread contender needs, and torch's 2-thread SDPA swung between
-# 0.26 and 4 ms per call.
+# milliseconds after each parallel region (libgomp's default). The kernel
+# cases keep torch in this process and let every library's threads settle
+# before each sample (SETTLE_S): timed across processes instead, the other
+# process's polling threads (OpenBLAS after a NumPy contender, libgomp after
+# torch) took the core a 2-thread contender needs, and torch's 2-thread SDPA
+# swung between 0.26 and 4 ms per call. The end-to-end benchmark (decode.py)
+# runs transformers in a Worker process, which lets its threads settle
+# before it answers; the two processes take turns.
 
 class Worker:
     """A Python process that runs `code` with `args`, answers one JSON line
@@ -192,13 +192,21 @@ def _calls_per_sample(fn, sample_s: float) -> int:
     return max(1, min(10_000, int(sample_s / max(dt, 1e-7))))
 
 
-def time_case(case: Case, rounds: int, sample_s: float) -> dict[str, float]:
+# Before each sample the harness waits this long, untimed, so that every
+# sample starts with every library's worker threads asleep: torch's (GNU
+# OpenMP) poll for milliseconds after each call, and a contender timed while
+# they poll shares its cores with them.
+SETTLE_S = 0.02
+
+
+def time_case(case: Case, rounds: int, sample_s: float, settle_s: float = SETTLE_S) -> dict[str, float]:
     """Median seconds per call of each contender, sampled in rotated order."""
     names = list(case.contenders)
     number = {k: _calls_per_sample(case.contenders[k], sample_s) for k in names}
     samples: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
+            time.sleep(settle_s)
             samples[k].append(_seconds(case.contenders[k], number[k]) / number[k])
     return {k: float(np.median(v)) for k, v in samples.items()}
 
