@@ -20,3 +20,30 @@ def test_worker_answers_each_request():
 def test_worker_failure_carries_its_error():
     with pytest.raises(RuntimeError, match="worker process failed(?s:.*)ZeroDivisionError"):
         harness.Worker("1 / 0")
+
+
+def test_passive_torch_respects_the_user_and_stays_out_of_workers(monkeypatch):
+    seen = {}
+
+    class FakePopen:
+        def __init__(self, args, env, **kw):
+            seen["env"] = env
+            raise OSError("stop here")
+
+    monkeypatch.setattr("subprocess.Popen", FakePopen)
+    monkeypatch.setattr(harness, "_passive_set", False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # the user's choice
+    assert harness.passive_torch() is False and harness._passive_set is False
+    with pytest.raises(OSError, match="stop here"):
+        harness.Worker("pass")
+    assert seen["env"]["OMP_WAIT_POLICY"] == "active"  # the user's reaches the worker
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # torch already loaded: too late to set
+    assert harness.passive_torch() is False
+    monkeypatch.delitem(__import__("sys").modules, "torch")
+    assert harness.passive_torch() is True
+    assert __import__("os").environ["OMP_WAIT_POLICY"] == "passive"
+    with pytest.raises(OSError, match="stop here"):
+        harness.Worker("pass")
+    assert "OMP_WAIT_POLICY" not in seen["env"]  # ours stays out of the worker

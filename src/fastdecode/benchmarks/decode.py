@@ -12,7 +12,12 @@ Reported per (model, mode, threads, contender):
 - time per token: (T(128 new) - T(1 new)) / 127, the decode steps alone, the
   same subtraction for every contender;
 - the floor: bytes of weights one decode step reads / the read bandwidth
-  measured in the same run, at the same thread count.
+  (``read_gbps``) at the same thread count, measured once per round between
+  the contenders' turns (median).
+
+Every (mode, contender) pair takes its turn in one rotation, so greedy and
+sampling, fastdecode and transformers, and the bandwidth probe see the same
+stretch of this shared machine.
 
     python bench/decode.py [--threads 1,all] [--quick] [--rounds N] [--json PATH] [--cache DIR]
 """
@@ -136,14 +141,20 @@ def contenders(models: tuple, mode: dict, prompt: np.ndarray, backends=("c", "nu
     return out
 
 
-def measure(fns: dict, rounds: int, new_tokens: int) -> dict:
-    """Median seconds of generate(new_tokens) and generate(1) per contender, in rotated order."""
+def measure(fns: dict, rounds: int, new_tokens: int, bandwidth=None) -> tuple[dict, float | None]:
+    """Median seconds of generate(new_tokens) and generate(1) per contender, in
+    rotated order, and the median of ``bandwidth()`` taken once per round
+    (GB/s; None without it), so the floor is measured across the same
+    stretch of time as the contenders: this VM's bandwidth comes and goes."""
     names = list(fns)
     for fn in fns.values():  # warm-up: first-call costs (allocation, lazy init, page faults)
         fn(2)
     full = {k: [] for k in names}
     one = {k: [] for k in names}
+    gbps = []
     for r in range(rounds):
+        if bandwidth is not None:
+            gbps.append(bandwidth())
         for k in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
             fns[k](new_tokens)
@@ -151,10 +162,14 @@ def measure(fns: dict, rounds: int, new_tokens: int) -> dict:
             fns[k](1)
             full[k].append(t1 - t0)
             one[k].append(time.perf_counter() - t1)
-    return {k: {"total_s": float(np.median(full[k])), "prefill_s": float(np.median(one[k]))} for k in names}
+    times = {k: {"total_s": float(np.median(full[k])), "prefill_s": float(np.median(one[k]))} for k in names}
+    return times, float(np.median(gbps)) if gbps else None
 
 
 def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, progress=None) -> list[dict]:
+    """Every (mode, contender) of a model and thread count takes turns in one
+    rotation, so greedy and sampling, fastdecode and transformers, and the
+    bandwidth probe all see the same machine."""
     rows = []
     prompt = np.random.default_rng(0).integers(0, 32000, PROMPT_TOKENS).astype(np.int64)
     for name in models:
@@ -162,21 +177,21 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
         nbytes = loaded[0].weights.nbytes_per_token()
         for n in thread_counts:
             with harness.threads(n):
-                gbps = read_gbps()
-                for mode_name, mode in MODES.items():
-                    fns = contenders(loaded, mode, prompt)
-                    for contender, t in measure(fns, rounds, new_tokens).items():
-                        per_token = (t["total_s"] - t["prefill_s"]) / (new_tokens - 1)
-                        rows.append({
-                            "model": name, "mode": mode_name, "threads": n, "contender": contender,
-                            "prompt_tokens": PROMPT_TOKENS, "new_tokens": new_tokens,
-                            "tokens_per_s": new_tokens / t["total_s"], "time_per_token_s": per_token,
-                            "total_s": t["total_s"], "prefill_s": t["prefill_s"],
-                            "weight_bytes_per_token": nbytes, "read_gbps": gbps,
-                            "floor_s": nbytes / (gbps * 1e9),
-                        })
-                        if progress:
-                            progress(rows[-1])
+                fns = {(mode_name, contender): fn for mode_name, mode in MODES.items()
+                       for contender, fn in contenders(loaded, mode, prompt).items()}
+                times, gbps = measure(fns, rounds, new_tokens, bandwidth=lambda: read_gbps(repeats=3))
+                for (mode_name, contender), t in times.items():
+                    per_token = (t["total_s"] - t["prefill_s"]) / (new_tokens - 1)
+                    rows.append({
+                        "model": name, "mode": mode_name, "threads": n, "contender": contender,
+                        "prompt_tokens": PROMPT_TOKENS, "new_tokens": new_tokens,
+                        "tokens_per_s": new_tokens / t["total_s"], "time_per_token_s": per_token,
+                        "total_s": t["total_s"], "prefill_s": t["prefill_s"],
+                        "weight_bytes_per_token": nbytes, "read_gbps": gbps,
+                        "floor_s": nbytes / (gbps * 1e9),
+                    })
+                    if progress:
+                        progress(rows[-1])
         if loaded[1] is not None:
             loaded[1].close()
         del loaded

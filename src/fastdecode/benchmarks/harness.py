@@ -5,9 +5,8 @@ in advance). For each thread count the harness sets the same count on every
 library (fastdecode's worker pool, PyTorch, NumPy's BLAS through threadpoolctl),
 then runs rounds in which each contender takes one timed sample, in rotated
 order, so slow drifts of a shared machine hit every contender alike. A
-sample times enough calls to last about ``sample_s``, after a short untimed
-pause that lets every library's idle threads go to sleep; the reported
-figure is the median time per call over all rounds.
+sample times enough calls to last about ``sample_s``; the reported figure is
+the median time per call over all rounds.
 """
 from __future__ import annotations
 
@@ -120,28 +119,51 @@ def machine() -> dict:
 # A process of its own (for PyTorch)
 # ---------------------------------------------------------------------------
 # torch runs its kernels on GNU OpenMP, whose idle threads poll for a few
-# milliseconds after each parallel region (libgomp's default). The kernel
-# cases keep torch in this process and let every library's threads settle
-# before each sample (SETTLE_S): timed across processes instead, the other
-# process's polling threads (OpenBLAS after a NumPy contender, libgomp after
-# torch) took the core a 2-thread contender needs, and torch's 2-thread SDPA
-# swung between 0.26 and 4 ms per call. The end-to-end benchmark (decode.py)
-# runs transformers in a Worker process, which lets its threads settle
-# before it answers; the two processes take turns.
+# milliseconds after each parallel region (libgomp's default): in one
+# process, they would hold the cores of whichever contender is timed after
+# torch. The kernel cases keep torch in this process (timed across processes,
+# the other process's polling threads took the core a 2-thread contender
+# needs, and torch's 2-thread SDPA swung between 0.26 and 4 ms per call), and
+# `fastdecode bench` starts torch with OMP_WAIT_POLICY=passive (passive_torch)
+# unless the user chose a policy: its workers then sleep at once, as
+# fastdecode's do by default. (Pausing before each sample instead, so that
+# polling threads settle, made every contender pay for waking a halted vCPU:
+# fastdecode-c's 2-thread softmax [16, 50257] took 331-411 us instead of
+# 147-193.) The end-to-end benchmark (decode.py) runs transformers at its
+# own defaults in a Worker process, which lets its threads settle before it
+# answers; the two processes take turns.
+
+_passive_set = False  # OMP_WAIT_POLICY in os.environ is ours, not the user's
+
+
+def passive_torch() -> bool:
+    """Set OMP_WAIT_POLICY=passive for torch, if torch is not loaded yet and
+    the user has not chosen a policy. Returns whether it was set."""
+    global _passive_set
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+    _passive_set = True
+    return True
+
 
 class Worker:
     """A Python process that runs `code` with `args`, answers one JSON line
-    per request line, with the user's environment. Its stderr is kept for
-    the error message when it fails."""
+    per request line, with the user's environment (without the
+    OMP_WAIT_POLICY of passive_torch: a peer there runs at its defaults).
+    Its stderr is kept for the error message when it fails."""
 
     def __init__(self, code: str, *args: str):
         import subprocess
         import tempfile
         import weakref
 
+        env = dict(os.environ)
+        if _passive_set:
+            env.pop("OMP_WAIT_POLICY", None)
         self._log = tempfile.TemporaryFile(mode="w+")
         self._proc = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._log, text=True)
+                                      stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)
         self._finalizer = weakref.finalize(self, _stop_worker, self._proc, self._log)
         self._reply()  # "ready"
 
@@ -192,21 +214,13 @@ def _calls_per_sample(fn, sample_s: float) -> int:
     return max(1, min(10_000, int(sample_s / max(dt, 1e-7))))
 
 
-# Before each sample the harness waits this long, untimed, so that every
-# sample starts with every library's worker threads asleep: torch's (GNU
-# OpenMP) poll for milliseconds after each call, and a contender timed while
-# they poll shares its cores with them.
-SETTLE_S = 0.02
-
-
-def time_case(case: Case, rounds: int, sample_s: float, settle_s: float = SETTLE_S) -> dict[str, float]:
+def time_case(case: Case, rounds: int, sample_s: float) -> dict[str, float]:
     """Median seconds per call of each contender, sampled in rotated order."""
     names = list(case.contenders)
     number = {k: _calls_per_sample(case.contenders[k], sample_s) for k in names}
     samples: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
-            time.sleep(settle_s)
             samples[k].append(_seconds(case.contenders[k], number[k]) / number[k])
     return {k: float(np.median(v)) for k, v in samples.items()}
 
@@ -289,6 +303,9 @@ def execute(args, modules: list) -> list[dict]:
     """Run the cases of `modules` as the parsed arguments say; print the table."""
     from tqdm import tqdm
 
+    if passive_torch():
+        print("note: torch runs with OMP_WAIT_POLICY=passive here, so that its idle threads sleep between "
+              "calls as fastdecode's do (see fastdecode.benchmarks.harness)", file=sys.stderr)
     peers = {name: optional_import(name) is not None for name in ("scipy", "torch", "transformers")}
     for name, present in peers.items():
         if not present:
