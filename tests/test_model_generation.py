@@ -275,3 +275,18 @@ def test_kv_cache_rows_start_on_cache_lines_and_start_zeroed():
     for a in (cache.k, cache.v):
         assert a.ctypes.data % 64 == 0 and a.strides[-2] % 64 == 0  # every cached row on a 64-byte line
         assert a.flags.c_contiguous and a.dtype == np.float32 and not a.any()
+
+
+def test_decode_loops_hand_the_weight_order_back(model):
+    # generate() lends the worker pool its weight order (csrc/pool.c) for the
+    # decode loop; a stream abandoned half-way must hand it back when closed
+    from fastdecode import backend
+
+    tokens = model.stream(TEXT, max_new_tokens=8, ignore_eos=True)
+    next(tokens)
+    next(tokens)
+    assert backend._order_owner is not None or backend._native is None
+    tokens.close()
+    assert backend._order_owner is None
+    assert len(greedy(model, TEXT, n=4).token_ids) == 4  # the next loop takes it again
+    assert backend._order_owner is None

@@ -170,3 +170,25 @@ def test_fastdecode_loads_no_openmp_runtime():
             "print(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l or 'libomp' in l}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_read_ahead_in_the_weight_order(threads):
+    # the decode loop's pattern: projections in a fixed order, workers
+    # polling and reading the next weight between calls; same bits as serial
+    rng = np.random.default_rng(5)
+    ws = [rng.standard_normal(shape, dtype=np.float32) for shape in ((1500, 1024), (1024, 1500), (3001, 1024))]
+    xs = {w.shape[1]: rng.standard_normal((1, w.shape[1]), dtype=np.float32) for w in ws}
+    threads(1)
+    want = [fd.linear(xs[w.shape[1]], w) for w in ws]
+    threads(2)
+    fd.set_worker_spin(300)
+    with fd.use_backend("c"), fd_backend.weight_order(ws):
+        assert fd_backend._order_owner is not None
+        with fd_backend.weight_order(ws[:1]):  # a second loop meanwhile runs without the order
+            pass
+        assert fd_backend._order_owner is not None
+        for _ in range(5):
+            for w, expected in zip(ws, want):
+                np.testing.assert_array_equal(fd.linear(xs[w.shape[1]], w), expected)
+    assert fd_backend._order_owner is None
+    assert fd_backend._native.get_spin_ns() == 300_000
