@@ -118,6 +118,13 @@ FD_LEVELS(int, fd_attention_f32, (float *out, const float *q, const float *k, co
 FD_LEVELS(void, fd_linear_f32, (float *out, const float *x, const float *w, const float *bias, int64_t rows,
                                 int64_t n_in, int64_t n_out))
 
+/* ---- norm.c ------------------------------------------------------------ */
+/* out, x: [rows, n]; w, b: [n] (b may be NULL). rms == 0: LayerNorm,
+ * (x - mean) / sqrt(var + eps) * w + b; rms != 0: RMSNorm,
+ * x / sqrt(mean(x^2) + eps) * w. out may be x. */
+FD_LEVELS(void, fd_norm_f32, (float *out, const float *x, const float *w, const float *b, int64_t rows, int64_t n,
+                              float eps, int rms))
+
 /* ---- bandwidth.c ------------------------------------------------------- */
 /* x: [n]. sum(x), read by fd_num_threads threads: the read-bandwidth probe. */
 FD_LEVELS(double, fd_read_sum_f32, (const float *x, int64_t n))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import fastdecode as fd
 from conftest import HAVE_C
-from fuzzing import count, junk_arrays, snapshot, unchanged
+from fuzzing import count, junk_arrays, shapes, snapshot, unchanged
 from test_softmax import oracle
 
 BACKENDS = ["numpy", "c"] if HAVE_C else ["numpy"]
@@ -269,3 +269,37 @@ def test_fuzz_linear(args, backend):
         if np.abs(bound).max(initial=0) < np.finfo(y.dtype).max:
             ref = x64 @ w64.T + (0 if b64 is None else b64)
             np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-3 * (1 + np.abs(ref).max(initial=0)))
+
+
+# ---------------------------------------------------------------------------
+# layer_norm, rms_norm
+# ---------------------------------------------------------------------------
+
+@st.composite
+def norm_args(draw):
+    if draw(st.integers(0, 3)) == 0:
+        return draw(junk_arrays()), draw(st.one_of(st.none(), junk_arrays())), draw(st.one_of(st.none(), junk_arrays()))
+    shape = draw(shapes(max_rank=3))
+    n = shape[-1] if shape else 1
+    x = draw(junk_arrays(float_bias=1.0, shape=shape))
+    w, b = (draw(st.one_of(st.none(), junk_arrays(float_bias=1.0, shape=(n + draw(st.sampled_from([0, 0, 1])),))))
+            for _ in range(2))
+    dtype = draw(st.sampled_from([np.float32, np.float32, np.float64, np.int32]))
+    return tuple(a if a is None else a.astype(dtype) for a in (x, w, b))
+
+
+@FUZZ
+@given(args=norm_args(), rms=st.booleans(), eps=st.sampled_from([1e-5, 0.0, -1.0, float("nan"), "x", None]),
+       backend=st.sampled_from(BACKENDS))
+def test_fuzz_norms(args, rms, eps, backend):
+    count("layer_norm/rms_norm")
+    x, w, b = args
+    snap = snapshot(x, w, b)
+    with fd.use_backend(backend):
+        if rms:
+            y = expect_clean(fd.rms_norm, ["x", "weight", "eps", "out"], x, w, eps)
+        else:
+            y = expect_clean(fd.layer_norm, ["x", "weight", "bias", "eps", "out"], x, w, b, eps)
+    assert unchanged(snap), "an input was modified"
+    if y is not None:
+        assert y.shape == np.shape(x) and y.dtype == np.asarray(x).dtype

@@ -7,6 +7,7 @@ from scipy.special import expit
 
 import fastdecode
 from fastdecode.model import transformer
+from fastdecode.reference import norm as ref_norm
 from conftest import requires_c
 from model_checkpoints import KINDS, build, checkpoint, hf_logits, prompt_ids, torch
 
@@ -104,8 +105,10 @@ def test_float32_end_to_end(monkeypatch):
     assert seen and set(seen) == {np.dtype(np.float32)}
     x = np.random.default_rng(0).standard_normal((3, 8), dtype=np.float32)
     w = np.ones(8, np.float32)
-    for name, y in [("layer_norm", transformer.layer_norm(x, w, w, 1e-5)),
-                    ("rms_norm", transformer.rms_norm(x, w, 1e-6)),
+    for name, y in [("layer_norm", fastdecode.layer_norm(x, w, w, 1e-5)),
+                    ("rms_norm", fastdecode.rms_norm(x, w, 1e-6)),
+                    ("layer_norm ref", ref_norm.layer_norm(x, w, w, 1e-5)),
+                    ("rms_norm ref", ref_norm.rms_norm(x, w, 1e-6)),
                     ("gelu_tanh", transformer.gelu_tanh(x)), ("gelu_erf", transformer.gelu_erf(x)),
                     ("silu", transformer.silu(x))]:
         assert y.dtype == np.float32, name

@@ -28,7 +28,18 @@ from .backend import (
     use_backend,
 )
 from .arrays import empty_aligned
-from .ops import apply_repetition_penalty, argmax, attention, linear, log_softmax, process_logits, sample, softmax
+from .ops import (
+    apply_repetition_penalty,
+    argmax,
+    attention,
+    layer_norm,
+    linear,
+    log_softmax,
+    process_logits,
+    rms_norm,
+    sample,
+    softmax,
+)
 
 __version__ = "0.1.0"
 
@@ -52,7 +63,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "attention", "linear", "log_softmax", "softmax", "empty_aligned",
+    "attention", "linear", "layer_norm", "rms_norm", "log_softmax", "softmax", "empty_aligned",
     "sample", "argmax", "process_logits", "apply_repetition_penalty", *_LAZY,
     "backend_info", "get_backend", "set_backend", "use_backend",
     "get_simd", "set_simd", "get_num_threads", "set_num_threads", "get_worker_spin", "set_worker_spin",

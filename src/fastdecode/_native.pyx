@@ -36,6 +36,8 @@ cdef extern from "fastdecode.h":
     double fd_read_sum_f32(const float *x, int64_t n) nogil
     void fd_linear_f32(float *out, const float *x, const float *w, const float *bias, int64_t rows,
                        int64_t n_in, int64_t n_out) nogil
+    void fd_norm_f32(float *out, const float *x, const float *w, const float *b, int64_t rows, int64_t n,
+                     float eps, int rms) nogil
 
 LEVELS = ("portable", "avx2", "avx512")
 
@@ -264,3 +266,20 @@ def linear_f32(float[:, ::1] out, const float[:, ::1] x, const float[:, ::1] w, 
     with nogil:
         fd_linear_f32(&out[0, 0], &x[0, 0], &w[0, 0], &bias[0] if bias is not None else NULL,
                       x.shape[0], x.shape[1], w.shape[0])
+
+
+# ---------------------------------------------------------------------------
+# LayerNorm / RMSNorm
+# ---------------------------------------------------------------------------
+
+def norm_rows(float[:, ::1] out, const float[:, ::1] x, const float[::1] w, const float[::1] b, double eps,
+              bint rms):
+    """out: [rows, n] = LayerNorm (rms False) or RMSNorm of x [rows, n], weight w [n], bias b [n] or None."""
+    if out.shape[0] != x.shape[0] or out.shape[1] != x.shape[1] or w.shape[0] != x.shape[1] or \
+            (b is not None and b.shape[0] != x.shape[1]):
+        raise ValueError("norm_rows: inconsistent shapes")
+    if x.shape[0] * x.shape[1] == 0:
+        return
+    with nogil:
+        fd_norm_f32(&out[0, 0], &x[0, 0], &w[0], &b[0] if b is not None else NULL, x.shape[0], x.shape[1],
+                    <float>eps, rms)

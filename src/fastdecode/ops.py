@@ -239,6 +239,53 @@ def linear(x, weight, bias=None, *, out=None):
 
 
 # ---------------------------------------------------------------------------
+# LayerNorm and RMSNorm
+# ---------------------------------------------------------------------------
+
+def _norm(x, weight, bias, eps, out, rms: bool):
+    x = float_array(x, "x", 1)
+    n = x.shape[-1]
+    params = [("weight", weight)] + ([] if rms else [("bias", bias)])
+    arrays = {}
+    for name, a in params:
+        if a is None:
+            arrays[name] = None
+            continue
+        a = float_array(a, name, 1, 1)
+        if a.dtype != x.dtype:
+            raise TypeError(f"{name} must have x's dtype {x.dtype}; got {a.dtype}")
+        if a.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) (x's last axis); got {a.shape}")
+        arrays[name] = np.ascontiguousarray(a)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) \
+            or not 0 <= float(eps) < math.inf:
+        raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
+    result = np.empty(x.shape, x.dtype) if out is None else check_out(out, x.shape, x.dtype)
+    if result.size == 0:
+        return result
+    x2 = np.ascontiguousarray(x).reshape(-1, n)  # [rows, n]
+    w = arrays["weight"] if arrays["weight"] is not None else np.ones(n, x.dtype)
+    bias = arrays.get("bias")
+    target = kernel_target(result, x2.shape, x2, w, bias)  # written while they are read
+    _backend.active().norm_rows(target, x2, w, bias, float(eps), rms)
+    return copy_in(result, target)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, *, out=None):
+    """LayerNorm over the last axis: ``(x - mean) / sqrt(var + eps) * weight + bias``
+    (torch's ``F.layer_norm`` with ``normalized_shape = x.shape[-1:]``).
+    weight and bias: ``[n]`` or None. Statistics in double in C, in x's dtype
+    in the NumPy reference."""
+    return _norm(x, weight, bias, eps, out, False)
+
+
+def rms_norm(x, weight=None, eps=1e-6, *, out=None):
+    """RMSNorm over the last axis: ``x / sqrt(mean(x**2) + eps) * weight``
+    (Llama's; torch's ``F.rms_norm``). weight: ``[n]`` or None."""
+    return _norm(x, weight, None, eps, out, True)
+
+
+# ---------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------
 # Every sampling kernel takes logits [B, V] (or [V]) and one [B, 6] float64

@@ -75,20 +75,10 @@ class KVCache:
 # The pieces
 # ---------------------------------------------------------------------------
 
-# (np.add.reduce rather than .mean(): the same float32 sums without .mean's Python-level overhead,
-# which shows at decode sizes)
-def layer_norm(x, w, b, eps):  # x: [N, d] -> [N, d]
-    d = x.shape[-1]
-    x = x - np.add.reduce(x, axis=-1, keepdims=True) / d
-    return x * (1 / np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True) / d + eps)) * w + b
-
-
-def rms_norm(x, w, eps):  # x: [N, d] -> [N, d]
-    return x * (1 / np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True) / x.shape[-1] + eps)) * w
-
-
-def norm(x, w, b, config):  # x: [N, d] -> [N, d]
-    return layer_norm(x, w, b, config.norm_eps) if b is not None else rms_norm(x, w, config.norm_eps)
+def norm(x, w, b, config):  # x: [N, d] -> [N, d]: LayerNorm (GPT-2, with a bias) or RMSNorm (Llama)
+    if b is not None:
+        return ops.layer_norm(x, w, b, config.norm_eps)
+    return ops.rms_norm(x, w, config.norm_eps)
 
 
 def gelu_tanh(x):  # GPT-2's gelu_new

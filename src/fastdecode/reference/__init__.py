@@ -8,7 +8,7 @@ import types
 
 import numpy as np
 
-from . import attention, linear, sampling, softmax
+from . import attention, linear, norm, sampling, softmax
 
 
 def _softmax_rows(out, x, log):  # out, x: [rows, n]
@@ -80,6 +80,10 @@ def _repetition_penalty_rows(out, x, penalty, prev_ids, prev_offsets):  # out, x
     return 0
 
 
+def _norm_rows(out, x, w, b, eps, rms):  # out, x: [rows, n]; w, b: [n] (b None for RMSNorm)
+    out[...] = norm.rms_norm(x, w, eps) if rms else norm.layer_norm(x, w, b, eps)
+
+
 def _linear(out, x, w, b):  # out: [N, out], x: [N, in], w: [out, in], b: [out] | None
     np.matmul(x, w.T, out=out)  # linear.linear, written into out (NumPy's BLAS)
     if b is not None:
@@ -95,4 +99,5 @@ backend = types.SimpleNamespace(
     argmax_rows=_argmax_rows,
     repetition_penalty_rows=_repetition_penalty_rows,
     linear=_linear,
+    norm_rows=_norm_rows,
 )
