@@ -242,32 +242,33 @@ def linear(x, weight, bias=None, *, out=None):
 # LayerNorm and RMSNorm
 # ---------------------------------------------------------------------------
 
+def _norm_param(a, name: str, x: np.ndarray):  # weight or bias: None, or [n] in x's dtype
+    if a is None:
+        return None
+    a = float_array(a, name, 1, 1)
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} must have x's dtype {x.dtype}; got {a.dtype}")
+    if a.shape[0] != x.shape[-1]:
+        raise ValueError(f"{name} must have shape ({x.shape[-1]},) (x's last axis); got {a.shape}")
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 def _norm(x, weight, bias, eps, out, rms: bool):
     x = float_array(x, "x", 1)
-    n = x.shape[-1]
-    params = [("weight", weight)] + ([] if rms else [("bias", bias)])
-    arrays = {}
-    for name, a in params:
-        if a is None:
-            arrays[name] = None
-            continue
-        a = float_array(a, name, 1, 1)
-        if a.dtype != x.dtype:
-            raise TypeError(f"{name} must have x's dtype {x.dtype}; got {a.dtype}")
-        if a.shape != (n,):
-            raise ValueError(f"{name} must have shape ({n},) (x's last axis); got {a.shape}")
-        arrays[name] = np.ascontiguousarray(a)
+    weight = _norm_param(weight, "weight", x)
+    bias = _norm_param(bias, "bias", x)
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) \
             or not 0 <= float(eps) < math.inf:
         raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
     result = np.empty(x.shape, x.dtype) if out is None else check_out(out, x.shape, x.dtype)
     if result.size == 0:
         return result
-    x2 = np.ascontiguousarray(x).reshape(-1, n)  # [rows, n]
-    w = arrays["weight"] if arrays["weight"] is not None else np.ones(n, x.dtype)
-    bias = arrays.get("bias")
-    target = kernel_target(result, x2.shape, x2, w, bias)  # written while they are read
-    _backend.active().norm_rows(target, x2, w, bias, float(eps), rms)
+    n = x.shape[-1]
+    x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, n)  # [rows, n]
+    if weight is None:
+        weight = np.ones(n, x.dtype)
+    target = kernel_target(result, x2.shape, x2, weight, bias)  # written while they are read
+    _backend.active().norm_rows(target, x2, weight, bias, float(eps), rms)
     return copy_in(result, target)
 
 

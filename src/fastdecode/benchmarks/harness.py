@@ -274,7 +274,7 @@ def write_json(path: str, rows: list[dict]) -> None:
         json.dump({"machine": machine(), "results": rows}, f, indent=2)
 
 
-KERNEL_MODULES = ("softmax", "sampling", "attention", "linear", "decode")
+KERNEL_MODULES = ("softmax", "sampling", "attention", "linear", "norm", "decode")
 
 
 def available_modules(names=KERNEL_MODULES) -> list:
