@@ -51,6 +51,12 @@
 #ifndef FD_ATT_PF
 #define FD_ATT_PF 512
 #endif
+/* Chunks of at most this many keys prefetch the next KV head's instead.
+ * GPT-2's decode shape (12 heads, D 64, 96 keys visible), cold, one thread:
+ * 54-58 us per call instead of 61-68 us (five alternating runs). */
+#ifndef FD_ATT_NEXT_PF
+#define FD_ATT_NEXT_PF 512
+#endif
 
 /* Register tiles, per level. Scores: keys on lanes, FD_DOT_NR rows x
  * FD_DOT_KB keys; rows on lanes, FD_QK_NJ keys x FD_QK_NV row vectors.
@@ -443,6 +449,16 @@ static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
     const int64_t end = min64(c1, vis_max);
     const vf scale = vf_set1(p->scale);
     const float *k = p->k + kv_offset, *v = p->v + kv_offset;
+#if FD_ATT_NEXT_PF && (defined(__GNUC__) || defined(__clang__))
+    /* A short chunk gets nothing from the prefetch-ahead below, and its
+     * head's K and V are a few short streams that the hardware prefetcher
+     * barely starts on: ask for the next KV head's (the next item's) now. */
+    if (end - c0 <= FD_ATT_NEXT_PF && t->kvh + 1 < p->Hkv)
+        for (int64_t o = c0 * D; o < end * D; o += 16) {
+            __builtin_prefetch(k + p->Tk * D + o, 0, 2);
+            __builtin_prefetch(v + p->Tk * D + o, 0, 2);
+        }
+#endif
     for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_BK1) {
         const int nk = (int)min64(FD_ATT_BK1, end - j0);
         const float *kb, *vb;
