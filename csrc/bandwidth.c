@@ -30,22 +30,21 @@ typedef struct {
     const float *x;
     int64_t n;
     int parts;
-    double part_sum[256];
+    double part_sum[FD_MAX_PARTS];
 } read_job;
 
-/* Part p of the array: a contiguous slice, whole cache lines. Share t of nt
- * sums parts t, t + nt, ... (nt is fewer than the parts when the pool is busy). */
+/* One contiguous slice (fd_part_range, whole cache lines) per thread asked for. */
 static void read_part(void *ctx, int t, int nt) {
     read_job *j = ctx;
-    int64_t chunk = ((j->n + j->parts - 1) / j->parts + 15) & ~(int64_t)15;
     for (int part = t; part < j->parts; part += nt) {
-        int64_t lo = part * chunk < j->n ? part * chunk : j->n, hi = lo + chunk < j->n ? lo + chunk : j->n;
+        int64_t lo, hi;
+        fd_part_range(j->n, j->parts, part, 16, &lo, &hi);
         j->part_sum[part] = sum_part(j->x + lo, hi - lo);
     }
 }
 
 double FD_FN(fd_read_sum_f32)(const float *x, int64_t n) {
-    read_job j = {x, n, fd_num_threads < 256 ? fd_num_threads : 256};
+    read_job j = {x, n, fd_num_threads < FD_MAX_PARTS ? fd_num_threads : FD_MAX_PARTS};
     fd_parallel(read_part, &j, j.parts);
     double total = 0.0;
     for (int part = 0; part < j.parts; part++) total += j.part_sum[part];

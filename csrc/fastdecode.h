@@ -24,15 +24,15 @@
     ret name##_avx2 params;          \
     ret name##_avx512 params;
 
-/* ---- cpu.c: feature detection, level choice, threads ------------------- */
+/* ---- cpu.c: feature detection, level choice ---------------------------- */
 extern int fd_level;       /* the level in use */
-extern int fd_num_threads; /* threads used by every parallel region */
 int fd_cpu_max_level(void);     /* best level this CPU and OS support */
 int fd_set_level(int level);    /* clamps to fd_cpu_max_level(); returns level in use */
-int fd_set_num_threads(int n);  /* n < 1 means 1; returns the count in use */
-int fd_openmp_enabled(void);
+const char *fd_build_flags(void);
 
 /* ---- pool.c: the worker threads ---------------------------------------- */
+extern int fd_num_threads; /* threads every parallel kernel may use, the caller's included */
+int fd_set_num_threads(int n);  /* n < 1 means 1; returns the count in use */
 /* A job's share t of nt (0 <= t < nt); share 0 runs on the caller. */
 typedef void (*fd_task)(void *ctx, int t, int nt);
 /* Runs fn(ctx, t, nt') for t < nt' on the caller and the pool's workers and
@@ -48,8 +48,18 @@ void fd_set_weight_order(const void *const *weights, const int64_t *bytes, int n
 void fd_set_spin_ns(long long ns); /* how long idle workers poll before sleeping */
 long long fd_get_spin_ns(void);
 int fd_threads_supported(void);
-int fd_openmp_max_threads(void);
-const char *fd_build_flags(void);
+
+/* A job cut into a fixed number of parts (at most FD_MAX_PARTS) gives the
+ * same result whatever team runs it: share t of nt takes parts t, t + nt,
+ * ... (nt is smaller than asked when the pool is busy). Part `part` of
+ * `parts` over [0, n): [*lo, *hi), its length a multiple of `align`
+ * elements (a cache line or more), the last part shorter. */
+#define FD_MAX_PARTS 256
+static inline void fd_part_range(int64_t n, int parts, int part, int64_t align, int64_t *lo, int64_t *hi) {
+    int64_t len = ((n + parts - 1) / parts + align - 1) / align * align;
+    *lo = part * len < n ? part * len : n;
+    *hi = *lo + len < n ? *lo + len : n;
+}
 
 /* ---- softmax.c --------------------------------------------------------- */
 /* out, x: [rows, n]; log != 0 gives log_softmax. Row rules: a NaN or +inf

@@ -20,8 +20,10 @@
 
 #define FD_LINEAR_ROWS 8
 /* Below this many weight elements one thread does it all. A sleeping worker
- * (pool.c) takes 20-100 us to wake, in which one thread streams ~4 MiB; a
- * polling one answers in a microsecond, and then a 0.5 MiB weight repays it. */
+ * (pool.c) takes 20-100 us to wake, in which one thread streams ~4 MiB. A
+ * polling one (generate()'s decode steps) answers almost at once, so then
+ * the bar is lower: 0.5 MiB, a choice (not tuned) that puts all of GPT-2's
+ * projections (2.25 MiB and up) on every thread. */
 #define FD_LINEAR_PAR_MIN (1 << 20)
 #define FD_LINEAR_PAR_MIN_SPIN (1 << 17)
 

@@ -29,7 +29,7 @@
  * order as by probability, without an exp that could round two logits
  * together. Masses are float32 exp(z - max) summed in double.
  *
- * Rows run in parallel (OpenMP), each thread with its own scratch memory,
+ * Rows run in parallel (pool.c), each thread with its own scratch memory,
  * kept between calls. Every entry through vf_exp (tails are padded), so a
  * token's mass never depends on where it sits in an array.
  */
@@ -43,7 +43,6 @@
 #include <string.h>
 
 #define FD_GROUP (64 * FD_VLEN)   /* elements per top-k group block */
-#define FD_SUM_BLOCK 8            /* vectors summed in float before the double add */
 #define FD_CDF_BLOCK (4 * FD_VLEN) /* entries per block of the draw's walk */
 #define FD_SELECT_SMALL 16        /* below this, selection sorts by insertion */
 #define FD_SAMPLE_PAR_MIN (1 << 15) /* elements in all rows worth a parallel region */

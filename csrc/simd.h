@@ -25,6 +25,11 @@
 #endif
 #define FD_FN(name) FD_CAT(name, FD_LEVEL)
 
+/* Long sums are kept in double (vd); each lane first adds FD_SUM_BLOCK
+ * vectors in float, which keeps the double conversions (vd_add_vf) off the
+ * critical path. */
+#define FD_SUM_BLOCK 8
+
 /* ------------------------------------------------------------------------
  * Vector vocabulary
  * ------------------------------------------------------------------------ */

@@ -11,7 +11,7 @@
 #include <math.h>
 #include <stdatomic.h>
 
-/* Idle OpenMP workers sleep (backend.py says why), and waking one costs
+/* Idle workers sleep by default (pool.c says why), and waking one costs
  * 20-100 us (most in a VM), while one thread softmaxes about 3 elements
  * per ns. So rows are handed out dynamically (the caller's thread starts
  * at once and a late worker only takes what is left), and a single row is
@@ -19,7 +19,6 @@
  * only when it is long enough to repay that. */
 #define FD_SOFTMAX_PAR_MIN (1 << 17)   /* elements in all rows */
 #define FD_SOFTMAX_SPLIT_MIN (1 << 20) /* elements in one row */
-#define FD_MAX_THREADS 256
 
 /* ----------------------------------------------------------------------------
  * Row passes
@@ -55,7 +54,6 @@ static float row_max(const float *x, int64_t n, int *nan) {
  * in double; each lane first adds FD_SUM_BLOCK terms in float (all in
  * [0, 1], so at most ~8 ulp of relative error per block), which keeps the
  * double conversions off the critical path. */
-#define FD_SUM_BLOCK 8
 static inline double row_exp_sum(float *out, const float *x, int64_t n, float m, int store) {
     vf mv = vf_set1(m);
     vd acc = vd_zero();
@@ -181,13 +179,13 @@ typedef struct {
     int64_t rows, n, chunk;
     int take_log;
     atomic_llong next; /* rows: the first row nobody has taken */
-    /* one row split into parts (at most FD_MAX_THREADS): */
+    /* one row split into parts (fd_part_range): */
     int parts;
     float m;
     double s;
-    float part_max[FD_MAX_THREADS];
-    int part_nan[FD_MAX_THREADS];
-    double part_sum[FD_MAX_THREADS];
+    float part_max[FD_MAX_PARTS];
+    int part_nan[FD_MAX_PARTS];
+    double part_sum[FD_MAX_PARTS];
 } softmax_job;
 
 /* Many rows: handed out `chunk` at a time (the caller's thread starts at
@@ -201,13 +199,9 @@ static void rows_part(void *ctx, int t, int nt) {
     }
 }
 
-/* One row in j->parts parts, each pass a job of its own; share t of nt takes
- * parts t, t + nt, ... (nt may be fewer than the parts when the pool is busy). */
+/* One row in j->parts parts, each pass a job of its own. */
 static void part_range(const softmax_job *j, int part, int64_t *lo, int64_t *hi) {
-    /* whole multiples of 64 floats: a cache line each side */
-    int64_t chunk = ((j->n + j->parts - 1) / j->parts + 63) & ~(int64_t)63;
-    *lo = part * chunk < j->n ? part * chunk : j->n;
-    *hi = *lo + chunk < j->n ? *lo + chunk : j->n;
+    fd_part_range(j->n, j->parts, part, 64, lo, hi);
 }
 
 static void split_max(void *ctx, int t, int nt) {
@@ -264,7 +258,7 @@ static void softmax_row_split(softmax_job *j, int nt) {
 
 /* out, x: [rows, n] */
 void FD_FN(fd_softmax_f32)(float *out, const float *x, int64_t rows, int64_t n, int take_log) {
-    int nt = fd_num_threads < FD_MAX_THREADS ? fd_num_threads : FD_MAX_THREADS;
+    int nt = fd_num_threads < FD_MAX_PARTS ? fd_num_threads : FD_MAX_PARTS;
     if (nt > 1 && rows < nt && n >= FD_SOFTMAX_SPLIT_MIN) {
         softmax_job j = {.n = n, .take_log = take_log, .parts = nt};
         for (int64_t r = 0; r < rows; r++) {

@@ -1,6 +1,10 @@
 """The benchmark harness's worker process (the end-to-end benchmark's
 transformers peer runs in one): it answers requests in turn, and a failure
-carries the worker's error. Speed itself is never asserted here."""
+carries the worker's error, and it starts without the harness's own
+OMP_WAIT_POLICY for torch. Speed itself is never asserted here."""
+import os
+import sys
+
 import pytest
 
 from fastdecode.benchmarks import harness
@@ -39,11 +43,11 @@ def test_passive_torch_respects_the_user_and_stays_out_of_workers(monkeypatch):
         harness.Worker("pass")
     assert seen["env"]["OMP_WAIT_POLICY"] == "active"  # the user's reaches the worker
     monkeypatch.delenv("OMP_WAIT_POLICY")
-    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # torch already loaded: too late to set
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch already loaded: too late to set
     assert harness.passive_torch() is False
-    monkeypatch.delitem(__import__("sys").modules, "torch")
+    monkeypatch.delitem(sys.modules, "torch")
     assert harness.passive_torch() is True
-    assert __import__("os").environ["OMP_WAIT_POLICY"] == "passive"
+    assert os.environ["OMP_WAIT_POLICY"] == "passive"
     with pytest.raises(OSError, match="stop here"):
         harness.Worker("pass")
     assert "OMP_WAIT_POLICY" not in seen["env"]  # ours stays out of the worker

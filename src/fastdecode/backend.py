@@ -189,7 +189,7 @@ def set_worker_spin(microseconds: float) -> None:
     """How long an idle worker thread polls for the next kernel call before
     it sleeps, in microseconds (0, the default: sleep at once).
 
-    Worth it (~8% per GPT-2 token at 2 threads) in a decode loop whose only
+    Worth it (2-7% per GPT-2 token at 2 threads) in a decode loop whose only
     threaded work is fastdecode's; harmful where the gaps between
     fastdecode calls run other threaded code (a NumPy matmul on the same
     cores). ``generate()`` and ``stream()`` poll for their own decode steps
@@ -223,7 +223,7 @@ def decode_spin():
             _apply_spin()
 
 
-_order_owner = None  # the decode loop whose weight order the pool holds
+_order_owner = None  # the thread whose decode loop lent the pool its weight order
 
 
 @contextlib.contextmanager
@@ -232,12 +232,11 @@ def weight_order(weights: list):
     matrices a decode step reads, in order: csrc/pool.c). One decode loop
     holds the order at a time; one in another thread meanwhile runs without."""
     global _order_owner
-    token = object()
     with _spin_lock:
         mine = _native is not None and _order_owner is None
         if mine:
             _native.set_weight_order(list(weights))
-            _order_owner = token
+            _order_owner = threading.get_ident()
     try:
         yield
     finally:

@@ -91,8 +91,8 @@ def load_models(directory: str) -> tuple:
     return fastdecode.load(directory), hf
 
 
-# transformers runs in a worker process of its own (harness.Worker says why),
-# so torch keeps its own OpenMP settings; the parent times each request.
+# transformers runs in a worker process of its own, at torch's own OpenMP
+# settings (harness.Worker says why); the parent times each request.
 _PEER_WORKER = r"""
 import json, sys, time
 import torch, transformers

@@ -156,7 +156,6 @@ class Weights:
         rows = row * (1 if self.positions is None else 2)
         return per_layer + self.head.nbytes + self.final_norm.nbytes + rows
 
-
     def decode_order(self) -> list:
         """The matrices a decode step streams, in the order it reads them."""
         return [m for layer in self.layers for m in (layer.qkv, layer.out, layer.up, layer.down)] + [self.head]
