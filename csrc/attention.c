@@ -44,10 +44,16 @@
 #define FD_ATT_PAR_MIN (1 << 18) /* multiply-adds below which one thread beats waking others */
 /* Keys on lanes: besides the hardware prefetcher, which follows the row
  * streams, K and V are asked for this many keys ahead (into L2), so the
- * memory stays busy while a block is computed on (0: hardware only).
+ * memory stays busy while a block is computed on (0: hardware only): K while
+ * the scores are taken, V while P V runs, so the requests are spread over the
+ * whole block (asking for both during the scores left the memory idle during
+ * P V: 55-57 ns per key instead of 53-54, three alternating runs).
  * Cold-cache decode at Hq 32, Hkv 8, D 128, Tk 4096, one thread, Zen 4, as a
  * share of an interleaved read of the same bytes: 0 -> 51-52%, 256 ->
- * 52-53%, 512 -> 58%, 1024 -> 59% (but 47-49% at Hq = Hkv = 12, D 64). */
+ * 52-53%, 512 -> 58%, 1024 -> 59% (but 47-49% at Hq = Hkv = 12, D 64).
+ * Tried, no gain: prefetcht0 or prefetchnta instead of prefetcht2 (worse:
+ * 64 ns per key), prefetcht1, prefetching only each page's first lines, a
+ * P V tile of all four rows (one pass over V), P V in 32-key sub-blocks. */
 #ifndef FD_ATT_PF
 #define FD_ATT_PF 512
 #endif
@@ -236,15 +242,21 @@ static int scratch_alloc(att_scratch *w, const att_plan *p) {
  * Register-tiled pieces
  * ---------------------------------------------------------------------------- */
 
-/* o: [NR][ldo] += sum over j < nk of p[r * prs + j * pjs] * v[j][0 .. NC vectors] */
+/* o: [NR][ldo] += sum over j < nk of p[r * prs + j * pjs] * v[j][0 .. NC vectors];
+ * pf (or NULL): rows of V to ask for, row j's as row j is read */
 FD_INLINE void pv_tile(float *o, int64_t ldo, const float *p, int64_t prs, int64_t pjs,
-                       const float *v, int64_t ldv, int nk, const int NR, const int NC) {
+                       const float *v, int64_t ldv, const float *pf, int nk, const int NR, const int NC) {
     vf acc[6][8];
     for (int r = 0; r < NR; r++)
         for (int c = 0; c < NC; c++) acc[r][c] = vf_load(o + r * ldo + c * FD_VLEN);
     for (int j = 0; j < nk; j++) {
         vf vv[8];
         for (int c = 0; c < NC; c++) vv[c] = vf_load(v + j * ldv + c * FD_VLEN);
+#if FD_ATT_PF && (defined(__GNUC__) || defined(__clang__))
+        if (pf)
+            for (int c = 0; c < NC; c++)
+                if (FD_VLEN >= 16 || (c & 1) == 0) __builtin_prefetch(pf + j * ldv + c * FD_VLEN, 0, 1);
+#endif
         for (int r = 0; r < NR; r++) {
             vf pr = vf_set1(p[r * prs + j * pjs]);
             for (int c = 0; c < NC; c++) acc[r][c] = vf_fmadd(pr, vv[c], acc[r][c]);
@@ -257,18 +269,18 @@ FD_INLINE void pv_tile(float *o, int64_t ldo, const float *p, int64_t prs, int64
 /* pv_tile with nr <= NRM rows and nc <= NCM vectors (NRM <= 6, NCM <= 8), as constants */
 #define FD_PV_NC_CASES(NR, NCM)                                                              \
     switch (nc) {                                                                            \
-    case 1: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, 1); break;                          \
-    case 2: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 2 ? 2 : 1); break;           \
-    case 3: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 3 ? 3 : 1); break;           \
-    case 4: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 4 ? 4 : 1); break;           \
-    case 5: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 5 ? 5 : 1); break;           \
-    case 6: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 6 ? 6 : 1); break;           \
-    case 7: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 7 ? 7 : 1); break;           \
-    default: pv_tile(o, ldo, p, prs, pjs, v, ldv, nk, NR, NCM >= 8 ? 8 : 1); break;          \
+    case 1: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, 1); break;                          \
+    case 2: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 2 ? 2 : 1); break;           \
+    case 3: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 3 ? 3 : 1); break;           \
+    case 4: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 4 ? 4 : 1); break;           \
+    case 5: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 5 ? 5 : 1); break;           \
+    case 6: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 6 ? 6 : 1); break;           \
+    case 7: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 7 ? 7 : 1); break;           \
+    default: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 8 ? 8 : 1); break;          \
     }
 #define FD_PV_ANY(name, NRM, NCM)                                                            \
     static void name(float *o, int64_t ldo, const float *p, int64_t prs, int64_t pjs,        \
-                     const float *v, int64_t ldv, int nk, int nr, int nc) {                  \
+                     const float *v, int64_t ldv, const float *pf, int nk, int nr, int nc) {  \
         switch (nr) {                                                                        \
         case 1: FD_PV_NC_CASES(1, NCM) break;                                                \
         case 2: FD_PV_NC_CASES(NRM >= 2 ? 2 : 1, NCM) break;                                 \
@@ -281,19 +293,21 @@ FD_INLINE void pv_tile(float *o, int64_t ldo, const float *p, int64_t prs, int64
 FD_PV_ANY(pv_tile_rows, FD_PV_NR, FD_PV_NC)   /* rows on lanes */
 FD_PV_ANY(pv_tile_keys, FD_PVK_NR, FD_PVK_NC) /* keys on lanes */
 
-typedef void (*pv_tile_fn)(float *, int64_t, const float *, int64_t, int64_t, const float *, int64_t, int, int, int);
+typedef void (*pv_tile_fn)(float *, int64_t, const float *, int64_t, int64_t, const float *, int64_t, const float *, int, int, int);
 
 /* o: [rows][dp] += P V over nk keys with tiles of up to nrm x ncm; P's entry
  * (row r, key j) at p[r * prs + j * pjs]; v: [nk][ldv], dp floats used per key
- * (dp a multiple of FD_VLEN). */
+ * (dp a multiple of FD_VLEN). pf (or NULL): [nk][ldv] rows to prefetch, asked
+ * for during the first rows' pass. */
 static void pv_block(float *o, int64_t dp, const float *p, int64_t prs, int64_t pjs, const float *v, int64_t ldv,
-                     int64_t rows, int nk, pv_tile_fn tile, int nrm, int ncm) {
+                     const float *pf, int64_t rows, int nk, pv_tile_fn tile, int nrm, int ncm) {
     const int64_t ncols = dp / FD_VLEN;
     for (int64_t r0 = 0; r0 < rows; r0 += nrm) {
         int nr = (int)min64(nrm, rows - r0);
         for (int64_t c0 = 0; c0 < ncols; c0 += ncm) {
             int nc = (int)min64(ncm, ncols - c0);
-            tile(o + r0 * dp + c0 * FD_VLEN, dp, p + r0 * prs, prs, pjs, v + c0 * FD_VLEN, ldv, nk, nr, nc);
+            tile(o + r0 * dp + c0 * FD_VLEN, dp, p + r0 * prs, prs, pjs, v + c0 * FD_VLEN, ldv,
+                 pf && r0 == 0 ? pf + c0 * FD_VLEN : NULL, nk, nr, nc);
         }
     }
 }
@@ -340,7 +354,7 @@ static void scale_row(float *x, int64_t n, float a) {
  * in address order: streams the hardware prefetcher follows (four rows side
  * by side, line by line, it does not). Each K vector loaded serves all NR rows. */
 FD_INLINE void dot_tile(vf acc[][FD_DOT_KB][FD_VLEN], const float *q, int64_t ldq, const float *k, int64_t ld,
-                        int b, int nvalid, int64_t dp, const float *pf_k, const float *pf_v, const int NR) {
+                        int b, int nvalid, int64_t dp, const float *pf_k, const int NR) {
     const float *kr[FD_DOT_KB];
     for (int g = 0; g < FD_DOT_KB; g++) {
         int j = g * FD_VLEN + b;
@@ -360,10 +374,9 @@ FD_INLINE void dot_tile(vf acc[][FD_DOT_KB][FD_VLEN], const float *q, int64_t ld
         if (pf_k && (FD_VLEN >= 16 || (c & 15) == 0))
             for (int g = 0; g < FD_DOT_KB; g++) {
                 __builtin_prefetch(pf_k + (g * FD_VLEN + b) * ld + c, 0, 1);
-                __builtin_prefetch(pf_v + (g * FD_VLEN + b) * ld + c, 0, 1);
             }
 #else
-        (void)pf_k, (void)pf_v;
+        (void)pf_k;
 #endif
     }
     for (int r = 0; r < NR; r++)
@@ -373,7 +386,7 @@ FD_INLINE void dot_tile(vf acc[][FD_DOT_KB][FD_VLEN], const float *q, int64_t ld
 /* s: [rows][lds], columns 0 .. FD_DOT_KB * FD_VLEN = scale * (q: [rows][dp]) .
  * (the keys at k: [.][ld], the first nvalid real) */
 static void score_keys(float *s, int64_t lds, const float *q, int64_t rows, const float *k, int64_t ld,
-                       int nvalid, int64_t dp, vf scale, const float *pf_k, const float *pf_v) {
+                       int nvalid, int64_t dp, vf scale, const float *pf_k) {
     for (int64_t r0 = 0; r0 < rows; r0 += FD_DOT_NR) {
         vf acc[FD_DOT_NR][FD_DOT_KB][FD_VLEN];
         const float *qr = q + r0 * dp;
@@ -381,10 +394,10 @@ static void score_keys(float *s, int64_t lds, const float *q, int64_t rows, cons
         int nr = (int)min64(FD_DOT_NR, rows - r0);
         for (int b = 0; b < FD_VLEN; b++) {
             switch (nr) {
-            case 1: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, pf_v, 1); break;
-            case 2: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, pf_v, FD_DOT_NR >= 2 ? 2 : 1); break;
-            case 3: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, pf_v, FD_DOT_NR >= 3 ? 3 : 1); break;
-            default: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, pf_v, FD_DOT_NR); break;
+            case 1: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, 1); break;
+            case 2: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, FD_DOT_NR >= 2 ? 2 : 1); break;
+            case 3: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, FD_DOT_NR >= 3 ? 3 : 1); break;
+            default: dot_tile(acc, qr, dp, k, ld, b, nvalid, dp, pk, FD_DOT_NR); break;
             }
         }
         for (int r = 0; r < nr; r++)
@@ -468,13 +481,15 @@ static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
             int64_t ahead = j0 + jg + FD_ATT_PF;
             int prefetch = FD_ATT_PF && ld == D && ahead + FD_DOT_KB * FD_VLEN <= end;
             score_keys(w->s + jg, bkp, w->qs, rows, kb + jg * ld, ld, (int)min64(FD_DOT_KB * FD_VLEN, nk - jg), dp,
-                       scale, prefetch ? k + ahead * D : NULL, prefetch ? v + ahead * D : NULL);
+                       scale, prefetch ? k + ahead * D : NULL);
         }
         for (int64_t r = 0; r < rows; r++) {
             int64_t nv = min64(max64(visible_keys(p, t->b, tile_row_pos(t, r)) - j0, 0), nk);
             row_update(w->s + r * bkp, (int)nv, nk, &w->m[r], &w->l[r], &w->chk[r], w->o + r * dp, dp);
         }
-        pv_block(w->o, dp, w->s, bkp, 1, vb, ld, rows, nk, pv_tile_keys, FD_PVK_NR, FD_PVK_NC);
+        int64_t vahead = j0 + FD_ATT_PF;
+        const float *pf_v = FD_ATT_PF && ld == D && vahead + nk <= end ? v + vahead * D : NULL;
+        pv_block(w->o, dp, w->s, bkp, 1, vb, ld, pf_v, rows, nk, pv_tile_keys, FD_PVK_NR, FD_PVK_NC);
     }
 }
 
@@ -579,7 +594,7 @@ static void rows_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
         }
         for (int64_t r = 0; r < rows; r++)
             if (w->alpha[r] != 1.0f) scale_row(w->o + r * dp, dp, w->alpha[r]);
-        pv_block(w->o, dp, st, 1, rpad, vb, ld, rows, nk, pv_tile_rows, FD_PV_NR, FD_PV_NC);
+        pv_block(w->o, dp, st, 1, rpad, vb, ld, NULL, rows, nk, pv_tile_rows, FD_PV_NR, FD_PV_NC);
     }
 }
 
