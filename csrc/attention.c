@@ -53,7 +53,8 @@
  * 52-53%, 512 -> 58%, 1024 -> 59% (but 47-49% at Hq = Hkv = 12, D 64).
  * Tried, no gain: prefetcht0 or prefetchnta instead of prefetcht2 (worse:
  * 64 ns per key), prefetcht1, prefetching only each page's first lines, a
- * P V tile of all four rows (one pass over V), P V in 32-key sub-blocks. */
+ * P V tile of all four rows (one pass over V), P V in 32-key sub-blocks,
+ * scores over two K streams (FD_DOT_KB 2) instead of four. */
 #ifndef FD_ATT_PF
 #define FD_ATT_PF 512
 #endif
