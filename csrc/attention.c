@@ -54,7 +54,9 @@
  * Tried, no gain: prefetcht0 or prefetchnta instead of prefetcht2 (worse:
  * 64 ns per key), prefetcht1, prefetching only each page's first lines, a
  * P V tile of all four rows (one pass over V), P V in 32-key sub-blocks,
- * scores over two K streams (FD_DOT_KB 2) instead of four. */
+ * scores over two K streams (FD_DOT_KB 2) instead of four, or over one (each
+ * K row read whole, in address order: 75-83 ns per key, and 44 instead of
+ * 35 hot). */
 #ifndef FD_ATT_PF
 #define FD_ATT_PF 512
 #endif
