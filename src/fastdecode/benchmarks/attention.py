@@ -11,11 +11,13 @@ So each decode case rotates through enough copies of K and V (together more
 than twice the last-level cache) that every call of every contender reads
 cold memory. The extra contender ``read-floor`` only streams the same K and V
 bytes with the same threads (``fd_read_sum_f32``): the memory floor, timed
-interleaved with the others. After the table, :func:`notes` gives the rate
-at which the C kernel reads the cache, against that floor and against
-:func:`~fastdecode.benchmarks.bandwidth.read_gbps` measured in the same run
-at the same thread count (JSON params: ``c_read_gbps``, ``floor_read_gbps``,
-``machine_read_gbps``).
+interleaved with the others. Each decode case also has a probe: one pass of
+:func:`~fastdecode.benchmarks.bandwidth.read_gbps`'s read (512 MiB, the same
+threads), timed in the same rotation, so the machine's read bandwidth comes
+from the same stretch of a shared machine as the kernels' times. After the
+table, :func:`notes` gives the rate at which the C kernel reads the cache,
+against the probe's bandwidth and against the floor (JSON params:
+``c_read_gbps``, ``machine_read_gbps``, ``floor_read_gbps``).
 """
 import itertools
 import math
@@ -29,22 +31,27 @@ PREFILL = [(12, 12, 64, 512), (32, 8, 128, 1024)]  # Hq, Hkv, D, T
 FLOOR = "read-floor"
 
 
+PROBE = "read_gbps"
+
+
 def cases(quick: bool) -> list:
-    from .bandwidth import _last_level_cache_bytes
+    from .bandwidth import _last_level_cache_bytes, read_probe
 
     torch = optional_import("torch")
     rng = np.random.default_rng(0)
     cache_bytes = _last_level_cache_bytes() or 32 << 20
+    read_once, probe_bytes = read_probe()
     out = []
     for hq, hkv, d, tk in DECODE:
         kv_bytes = 2 * hkv * tk * d * 4
         copies = math.ceil(2 * cache_bytes / kv_bytes) + 1
         sets = [_qkv(rng, hq, hkv, 1, tk, d) for _ in range(copies)]
-        params = {"Hq": hq, "Hkv": hkv, "D": d, "Tq": 1, "Tk": tk, "kv_bytes": kv_bytes, "cache_copies": copies}
+        params = {"Hq": hq, "Hkv": hkv, "D": d, "Tq": 1, "Tk": tk, "kv_bytes": kv_bytes, "cache_copies": copies,
+                  "probe_bytes": probe_bytes}
         turn = itertools.cycle(range(copies)).__next__  # one rotation for all: no call finds another's copy warm
         c = _contenders(torch, sets, turn, numpy_too=True)
         c[FLOOR] = _floor(sets, turn)
-        out.append(Case("attention", f"decode Hq{hq}/Hkv{hkv} D{d} Tk{tk}", c, params))
+        out.append(Case("attention", f"decode Hq{hq}/Hkv{hkv} D{d} Tk{tk}", c, params, probes={PROBE: read_once}))
     for hq, hkv, d, t in PREFILL:
         # the NumPy reference materializes [Hq, T, T] scores: seconds per call at T 1024
         numpy_too = not quick or t <= 512
@@ -107,24 +114,21 @@ def _floor(sets, turn):
 
 def notes(rows: list) -> list:
     """One line per decode row: the C kernel's KV-cache read rate against the
-    interleaved floor and against read_gbps() at the same thread count; the
-    figures are added to the row's params."""
-    from .bandwidth import read_gbps
-
-    measured = {}
+    machine's read bandwidth (the probe, timed in the same rotation) and
+    against the interleaved floor; the figures are added to the row's params."""
     lines = []
     for row in rows:
         params, med = row["params"], row["median_s"]
-        if row["kernel"] != "attention" or "kv_bytes" not in params:
+        if row["kernel"] != "attention" or PROBE not in row.get("probe_s", {}):
             continue
         n = row["threads"]
-        if n not in measured:
-            measured[n] = read_gbps(threads=n)
         c_gbps = params["kv_bytes"] / med[BASELINE] / 1e9
-        params.update(c_read_gbps=c_gbps, machine_read_gbps=measured[n])
+        machine_gbps = params["probe_bytes"] / row["probe_s"][PROBE] / 1e9
+        params.update(c_read_gbps=c_gbps, machine_read_gbps=machine_gbps)
         line = (f"attention {row['case']}, {n} thread(s): the C kernel reads the KV cache "
                 f"({params['kv_bytes'] / 2**20:.0f} MiB, cold) at {c_gbps:.1f} GB/s = "
-                f"{100 * c_gbps / measured[n]:.0f}% of read_gbps() = {measured[n]:.1f} GB/s")
+                f"{100 * c_gbps / machine_gbps:.0f}% of the machine's read bandwidth = {machine_gbps:.1f} GB/s "
+                f"(read_gbps()'s {params['probe_bytes'] / 2**20:.0f} MiB read, timed in the same rotation)")
         if FLOOR in med:
             floor_gbps = params["kv_bytes"] / med[FLOOR] / 1e9
             params["floor_read_gbps"] = floor_gbps

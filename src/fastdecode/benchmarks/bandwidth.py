@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-__all__ = ["read_gbps", "default_nbytes"]
+__all__ = ["read_gbps", "read_probe", "default_nbytes"]
 
 _MIN_NBYTES = 512 << 20
 
@@ -41,6 +41,31 @@ def default_nbytes() -> int:
     return max(_MIN_NBYTES, 16 * (_last_level_cache_bytes() or 0))
 
 
+def read_probe(nbytes: int | None = None):
+    """A zero-argument callable that reads an array of ``nbytes`` (default
+    :func:`default_nbytes`) once with fastdecode's current thread count and
+    checks that every element was read, and the bytes it reads. For timing the
+    machine's bandwidth in the same rotation as other work (a benchmark
+    case's probe). Needs the C backend."""
+    from .. import backend as fd_backend
+
+    if fd_backend._native is None:
+        raise ImportError(f"the read bandwidth probe needs the 'c' backend: {fd_backend._c_error}")
+    nbytes = default_nbytes() if nbytes is None else nbytes
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 4096:
+        raise ValueError(f"nbytes must be an int >= 4096; got {nbytes!r}")
+    x = np.ones(int(nbytes) // 4, dtype=np.float32)  # every page touched before timing
+    read_sum = fd_backend._native.read_sum_f32
+
+    def read_once() -> float:
+        total = read_sum(x)
+        if total != x.size:  # the sum of ones proves every element was read
+            raise RuntimeError(f"read_sum_f32 returned {total}, expected {x.size}")
+        return total
+
+    return read_once, x.nbytes
+
+
 def read_gbps(nbytes: int | None = None, threads: int | None = None, repeats: int = 7) -> float:
     """Median read bandwidth, in GB/s (1e9 bytes per second), of ``repeats``
     passes over an array of ``nbytes`` (default :func:`default_nbytes`), read
@@ -48,26 +73,19 @@ def read_gbps(nbytes: int | None = None, threads: int | None = None, repeats: in
     C backend."""
     from .. import backend as fd_backend
 
-    if fd_backend._native is None:
-        raise ImportError(f"read_gbps needs the 'c' backend: {fd_backend._c_error}")
-    nbytes = default_nbytes() if nbytes is None else nbytes
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 4096:
-        raise ValueError(f"nbytes must be an int >= 4096; got {nbytes!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise ValueError(f"repeats must be a positive int; got {repeats!r}")
-    x = np.ones(int(nbytes) // 4, dtype=np.float32)  # every page touched before timing
+    read_once, size = read_probe(nbytes)
     before = fd_backend.get_num_threads()
     if threads is not None:
         fd_backend.set_num_threads(threads)
     try:
-        fd_backend._native.read_sum_f32(x)  # warm-up: threads started, TLB filled
+        read_once()  # warm-up: threads started, TLB filled
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            total = fd_backend._native.read_sum_f32(x)
+            read_once()
             times.append(time.perf_counter() - t0)
     finally:
         fd_backend.set_num_threads(before)
-    if total != x.size:  # the sum of ones proves every element was read
-        raise RuntimeError(f"read_sum_f32 returned {total}, expected {x.size}")
-    return x.nbytes / float(np.median(times)) / 1e9
+    return size / float(np.median(times)) / 1e9

@@ -31,6 +31,10 @@ class Case:
     contenders: dict[str, Callable[[], object]]
     params: dict = dataclasses.field(default_factory=dict)  # for JSON and plots
     baseline: str = BASELINE
+    # measurements of the machine (a bandwidth read, ...) that take their turn
+    # in the same rotation as the contenders, so they see the same stretch of
+    # a shared machine; reported in the row's "probe_s", not in the table
+    probes: dict[str, Callable[[], object]] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -214,15 +218,20 @@ def _calls_per_sample(fn, sample_s: float) -> int:
     return max(1, min(10_000, int(sample_s / max(dt, 1e-7))))
 
 
-def time_case(case: Case, rounds: int, sample_s: float) -> dict[str, float]:
-    """Median seconds per call of each contender, sampled in rotated order."""
-    names = list(case.contenders)
-    number = {k: _calls_per_sample(case.contenders[k], sample_s) for k in names}
+def time_case(case: Case, rounds: int, sample_s: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per call of each contender and of each probe, sampled
+    in one rotated order."""
+    calls = {**case.contenders, **{k: v for k, v in case.probes.items() if k not in case.contenders}}
+    if len(calls) != len(case.contenders) + len(case.probes):
+        raise ValueError(f"case {case.name!r}: a probe has a contender's name")
+    names = list(calls)
+    number = {k: _calls_per_sample(calls[k], sample_s) for k in names}
     samples: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
         for k in names[r % len(names):] + names[: r % len(names)]:
-            samples[k].append(_seconds(case.contenders[k], number[k]) / number[k])
-    return {k: float(np.median(v)) for k, v in samples.items()}
+            samples[k].append(_seconds(calls[k], number[k]) / number[k])
+    med = {k: float(np.median(v)) for k, v in samples.items()}
+    return {k: med[k] for k in case.contenders}, {k: med[k] for k in case.probes}
 
 
 def run(cases: list[Case], thread_counts: list[int], rounds: int = 15, sample_s: float = 0.005,
@@ -232,15 +241,17 @@ def run(cases: list[Case], thread_counts: list[int], rounds: int = 15, sample_s:
     for n in thread_counts:
         with threads(n):
             for case in cases:
-                med = time_case(case, rounds, sample_s)
+                med, probes = time_case(case, rounds, sample_s)
                 base = med.get(case.baseline)
                 rows.append({
-                    "kernel": case.kernel, "case": case.name, "threads": n, "params": case.params,
+                    "kernel": case.kernel, "case": case.name, "threads": n, "params": dict(case.params),
                     "baseline": case.baseline,
                     "median_s": med,
                     # how many times faster the baseline is than each contender
                     "speedup": {k: (v / base if base else None) for k, v in med.items() if k != case.baseline},
                 })
+                if probes:
+                    rows[-1]["probe_s"] = probes
                 if progress is not None:
                     progress(rows[-1])
     return rows
