@@ -10,6 +10,7 @@ NumPy reference, and any crash of the interpreter is a finding.
 
 Prints the number of executions at the end (libFuzzer's "Done N runs").
 """
+import itertools
 import sys
 
 import atheris
@@ -98,9 +99,50 @@ def run_sampling(fdp):
         return
     with fd.use_backend("numpy"):
         ref = fd.sample(logits, rng=seed, **kw)
-    # identical u, identical ids (a boundary tie within float rounding is
-    # possible in principle; the parity tests count those, here it fails loudly)
-    assert np.array_equal(np.asarray(ids), np.asarray(ref)), (ids, ref, kw)
+    # identical u, identical ids, except where the README allows otherwise
+    if not np.array_equal(np.asarray(ids), np.asarray(ref)):
+        assert rounding_explains(logits, seed, kw, np.atleast_1d(ids), np.atleast_1d(ref)), (ids, ref, kw)
+
+
+# The README's sampling contract: both backends pick the same token for the
+# same u, except where u lies within about 1e-6 of a CDF boundary (float32
+# masses in C, float64 in NumPy); a filter's threshold may likewise fall
+# within float32 rounding of a token's mass.
+TIE_U = 1e-6
+TIE_REL = 1e-6
+
+
+def rounding_explains(logits, seed, kw, c_ids, numpy_ids):
+    """Whether, in every row where the C backend's id differs from NumPy's,
+    NumPy's own sampler picks the C id for some u, temperature, top-p and
+    min-p within rounding of the given ones."""
+    from fastdecode import backend as fd_backend
+    from fastdecode import ops as fd_ops
+
+    x, _, params, sampled, prev_ids, prev_offsets = fd_ops._prepare(
+        logits, kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), kw.get("min_p"),
+        kw.get("repetition_penalty"), kw.get("prev_tokens"), None)
+    if not sampled:
+        return False  # greedy rows draw nothing: no rounding excuse
+    rows = x.shape[0]
+    gen = np.random.default_rng(seed)  # the u that fd.sample drew
+    params[:, fd_ops._U] = gen.random() if rows == 1 else gen.random(rows)
+    with fd.use_backend("numpy"):
+        numpy_kernels = fd_backend.active()
+    unexplained = set(np.flatnonzero(c_ids != numpy_ids).tolist())
+    ids = np.empty(rows, np.int64)
+    for du, dt, dp, dm in itertools.product((-1.0, 0.0, 1.0), repeat=4):
+        p = params.copy()
+        u, t, top_p, min_p = fd_ops._U, fd_ops._TEMPERATURE, fd_ops._TOP_P, fd_ops._MIN_P  # columns
+        p[:, u] = np.clip(p[:, u] + du * TIE_U, 0.0, np.nextafter(1.0, 0.0))
+        p[:, t] *= 1.0 + dt * TIE_REL  # temperature 0 (greedy) stays 0
+        p[:, top_p] = np.where(p[:, top_p] < 1.0, np.minimum(p[:, top_p] * (1.0 + dp * TIE_REL), 1.0), 1.0)
+        p[:, min_p] *= 1.0 + dm * TIE_REL
+        numpy_kernels.sample_rows(ids, x, p, prev_ids, prev_offsets)
+        unexplained = {r for r in unexplained if ids[r] != c_ids[r]}
+        if not unexplained:
+            return True
+    return False
 
 
 def run_linear(fdp):
