@@ -272,18 +272,18 @@ FD_INLINE void pv_tile(float *o, int64_t ldo, const float *p, int64_t prs, int64
 /* pv_tile with nr <= NRM rows and nc <= NCM vectors (NRM <= 6, NCM <= 8), as constants */
 #define FD_PV_NC_CASES(NR, NCM)                                                              \
     switch (nc) {                                                                            \
-    case 1: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, 1); break;                          \
-    case 2: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 2 ? 2 : 1); break;           \
-    case 3: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 3 ? 3 : 1); break;           \
-    case 4: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 4 ? 4 : 1); break;           \
-    case 5: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 5 ? 5 : 1); break;           \
-    case 6: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 6 ? 6 : 1); break;           \
-    case 7: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 7 ? 7 : 1); break;           \
-    default: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 8 ? 8 : 1); break;          \
+    case 1: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, 1); break;                      \
+    case 2: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 2 ? 2 : 1); break;       \
+    case 3: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 3 ? 3 : 1); break;       \
+    case 4: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 4 ? 4 : 1); break;       \
+    case 5: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 5 ? 5 : 1); break;       \
+    case 6: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 6 ? 6 : 1); break;       \
+    case 7: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 7 ? 7 : 1); break;       \
+    default: pv_tile(o, ldo, p, prs, pjs, v, ldv, pf, nk, NR, NCM >= 8 ? 8 : 1); break;      \
     }
 #define FD_PV_ANY(name, NRM, NCM)                                                            \
     static void name(float *o, int64_t ldo, const float *p, int64_t prs, int64_t pjs,        \
-                     const float *v, int64_t ldv, const float *pf, int nk, int nr, int nc) {  \
+                     const float *v, int64_t ldv, const float *pf, int nk, int nr, int nc) { \
         switch (nr) {                                                                        \
         case 1: FD_PV_NC_CASES(1, NCM) break;                                                \
         case 2: FD_PV_NC_CASES(NRM >= 2 ? 2 : 1, NCM) break;                                 \

@@ -29,9 +29,7 @@ from .harness import BASELINE, Case, optional_import
 DECODE = [(32, 8, 128, 1024), (32, 8, 128, 4096), (12, 12, 64, 1024)]  # Hq, Hkv, D, Tk
 PREFILL = [(12, 12, 64, 512), (32, 8, 128, 1024)]  # Hq, Hkv, D, T
 FLOOR = "read-floor"
-
-
-PROBE = "read_gbps"
+PROBE = "read_gbps"  # the machine's read bandwidth, probed in each decode case's rotation
 
 
 def cases(quick: bool) -> list:
