@@ -171,7 +171,7 @@ def attention(q, k, v, *, causal=True, scale=None, lengths=None, out=None):
             scale = float(scale)
         except (TypeError, ValueError):
             raise TypeError(f"scale must be a real number; got {type(scale).__name__}") from None
-        if not np.isfinite(scale) or abs(scale) > np.finfo(q.dtype).max:
+        if not math.isfinite(scale) or abs(scale) > float(np.finfo(q.dtype).max):
             raise ValueError(f"scale must be finite in {q.dtype}; got {scale}")
     if lengths is None:
         lengths = np.full(b, tk, dtype=np.int64)
