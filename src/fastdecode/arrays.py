@@ -4,12 +4,48 @@ NumPy places large arrays 16 bytes past a 64-byte boundary, so every 64-byte
 vector load of a row then spans two cache lines. The attention kernel reads
 a 64-byte-aligned KV cache 15-20% faster than one NumPy allocated (decode,
 cold cache, AVX-512): allocate long-lived caches with :func:`empty_aligned`.
+
+Large arrays also go on transparent huge pages where Linux offers them
+(``madvise(MADV_HUGEPAGE)``): a decode step streams hundreds of MiB through a
+few sequential read streams, and 2 MiB pages spare the TLB a miss every 4 KiB.
+Measured on Zen 4 (2 vCPUs), alternating in one process: ``generate()`` of a
+GPT-2 and a Llama of 125M parameters 4-9% less time per token at 1 and 2
+threads (five runs; a sixth even), the attention kernel 5-14% faster on a
+cold KV cache. Only whole 2 MiB ranges inside the array are advised, so no
+memory is spent on padding.
+``FASTDECODE_HUGE_PAGES=0`` turns this off.
 """
 from __future__ import annotations
+
+import mmap
+import os
 
 import numpy as np
 
 __all__ = ["empty_aligned"]
+
+HUGE_PAGE = 2 << 20  # the transparent huge page of x86-64 (and of aarch64 with 4 KiB pages)
+
+
+def _huge_pages_on(nbytes: int) -> bool:
+    return (nbytes >= HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE")
+            and os.environ.get("FASTDECODE_HUGE_PAGES", "1").strip() != "0")
+
+
+def _huge_page_bytes(nbytes: int, alignment: int) -> np.ndarray:
+    """uint8 [nbytes] of private anonymous memory whose first byte sits on an
+    ``alignment`` (>= HUGE_PAGE) boundary, every whole huge page of it advised
+    MADV_HUGEPAGE; the pages before and after are never touched, so never
+    backed."""
+    m = mmap.mmap(-1, nbytes + alignment, flags=mmap.MAP_PRIVATE)  # private: anonymous THP, not shmem's
+    raw = np.frombuffer(m, np.uint8)
+    start = -raw.ctypes.data % alignment
+    whole = nbytes // HUGE_PAGE * HUGE_PAGE
+    try:
+        m.madvise(mmap.MADV_HUGEPAGE, start, whole)
+    except OSError:  # a kernel without THP: 4 KiB pages, as np.empty gives
+        pass
+    return raw[start:start + nbytes]
 
 
 def empty_aligned(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
@@ -20,6 +56,10 @@ def empty_aligned(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
 
         k_cache = fd.empty_aligned((layers, B, Hkv, max_len, D))
         k_cache[...] = 0
+
+    Arrays of 2 MiB or more start on a 2 MiB boundary and, on Linux, are
+    advised onto transparent huge pages (see the module's notes;
+    ``FASTDECODE_HUGE_PAGES=0`` turns that off).
     """
     dtype = np.dtype(dtype)
     if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1 \
@@ -29,6 +69,10 @@ def empty_aligned(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
     if any(not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0 for n in shape):
         raise ValueError(f"shape must be non-negative ints; got {shape}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + alignment, dtype=np.uint8)
-    start = -raw.ctypes.data % alignment
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    if _huge_pages_on(nbytes):
+        raw = _huge_page_bytes(nbytes, max(alignment, HUGE_PAGE))
+    else:
+        raw = np.empty(nbytes + alignment, dtype=np.uint8)
+        start = -raw.ctypes.data % alignment
+        raw = raw[start:start + nbytes]
+    return raw.view(dtype).reshape(shape)

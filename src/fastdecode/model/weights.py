@@ -24,6 +24,7 @@ import struct
 
 import numpy as np
 
+from ..arrays import empty_aligned
 from .config import ModelConfig
 
 SINGLE_FILE = "model.safetensors"
@@ -161,12 +162,24 @@ class Weights:
         return [m for layer in self.layers for m in (layer.qkv, layer.out, layer.up, layer.down)] + [self.head]
 
 
-def _fuse(*mats):  # several [out_i, in] -> [sum out_i, in], C-contiguous float32
-    return np.ascontiguousarray(np.concatenate(mats, axis=0), dtype=np.float32)
+# The matrices a decode step streams live in empty_aligned memory: 64-byte
+# aligned rows, and transparent huge pages where the OS has them (fewer TLB
+# misses while fd.linear streams them; fastdecode.arrays says how much).
+
+def _streamed(w):  # [out, in] -> the same values, C-contiguous float32 in empty_aligned memory
+    out = empty_aligned(w.shape, np.float32)
+    out[...] = w
+    return out
 
 
-def _out_in(w):  # GPT-2 Conv1D's [in, out] -> [out, in], C-contiguous
-    return np.ascontiguousarray(w.T)
+def _fuse(*mats):  # several [out_i, in] -> [sum out_i, in]
+    out = empty_aligned((sum(m.shape[0] for m in mats), mats[0].shape[1]), np.float32)
+    np.concatenate(mats, axis=0, out=out)
+    return out
+
+
+def _out_in(w):  # GPT-2 Conv1D's [in, out] -> [out, in]
+    return _streamed(w.T)
 
 
 def load_weights(config: ModelConfig, ckpt: Checkpoint) -> Weights:
@@ -211,8 +224,8 @@ def _gpt2(c: ModelConfig, ckpt: Checkpoint) -> Weights:
             up=_out_in(get(h + "mlp.c_fc.weight", d, f)), up_bias=get(h + "mlp.c_fc.bias", f),
             down=_out_in(get(h + "mlp.c_proj.weight", f, d)), down_bias=get(h + "mlp.c_proj.bias", d),
         ))
-    embed = get("wte.weight", v, d)
-    head = ckpt.get("lm_head.weight", (v, d)) if "lm_head.weight" in ckpt else embed
+    embed = _streamed(get("wte.weight", v, d))
+    head = _streamed(ckpt.get("lm_head.weight", (v, d))) if "lm_head.weight" in ckpt else embed
     return Weights(embed=embed, positions=get("wpe.weight", c.max_positions, d), layers=layers,
                    final_norm=get("ln_f.weight", d), final_norm_bias=get("ln_f.bias", d), head=head)
 
@@ -241,14 +254,14 @@ def _llama(c: ModelConfig, ckpt: Checkpoint) -> Weights:
             qkv=_fuse(get(a + "q_proj.weight", hq, d), get(a + "k_proj.weight", hkv, d),
                       get(a + "v_proj.weight", hkv, d)),
             qkv_bias=qkv_bias,
-            out=get(a + "o_proj.weight", d, hq), out_bias=bias(a + "o_proj.bias", d, c.out_bias),
+            out=_streamed(get(a + "o_proj.weight", d, hq)), out_bias=bias(a + "o_proj.bias", d, c.out_bias),
             mlp_norm=get(f"layers.{i}.post_attention_layernorm.weight", d), mlp_norm_bias=None,
             up=_fuse(get(m + "gate_proj.weight", f, d), get(m + "up_proj.weight", f, d)), up_bias=up_bias,
-            down=get(m + "down_proj.weight", d, f), down_bias=bias(m + "down_proj.bias", d, c.mlp_bias),
+            down=_streamed(get(m + "down_proj.weight", d, f)), down_bias=bias(m + "down_proj.bias", d, c.mlp_bias),
         ))
-    embed = get("embed_tokens.weight", v, d)
+    embed = _streamed(get("embed_tokens.weight", v, d))
     if "lm_head.weight" in ckpt:
-        head = ckpt.get("lm_head.weight", (v, d))
+        head = _streamed(ckpt.get("lm_head.weight", (v, d)))
     elif c.tie_embeddings:
         head = embed
     else:
