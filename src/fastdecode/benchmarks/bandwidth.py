@@ -54,7 +54,10 @@ def read_probe(nbytes: int | None = None):
     nbytes = default_nbytes() if nbytes is None else nbytes
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 4096:
         raise ValueError(f"nbytes must be an int >= 4096; got {nbytes!r}")
-    x = np.ones(int(nbytes) // 4, dtype=np.float32)  # every page touched before timing
+    from ..arrays import empty_aligned
+
+    x = empty_aligned(int(nbytes) // 4)  # the memory the kernels' inputs get (huge pages where offered)
+    x[...] = 1.0  # every page touched before timing
     read_sum = fd_backend._native.read_sum_f32
 
     def read_once() -> float:
