@@ -90,3 +90,15 @@ def test_model_matrices_are_aligned_read_only_float32():
     for m in w.decode_order() + [w.embed]:
         assert m.dtype == np.float32 and m.flags.c_contiguous and not m.flags.writeable
         assert m.ctypes.data % 64 == 0
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="the huge-page path is Linux's")
+def test_a_failed_mapping_is_a_memory_error(monkeypatch):
+    monkeypatch.delenv("FASTDECODE_HUGE_PAGES", raising=False)
+
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(arrays.mmap, "mmap", refuse)
+    with pytest.raises(MemoryError, match="empty_aligned"):
+        fd.empty_aligned(LARGE)

@@ -37,7 +37,10 @@ def _huge_page_bytes(nbytes: int, alignment: int) -> np.ndarray:
     ``alignment`` (>= HUGE_PAGE) boundary, every whole huge page of it advised
     MADV_HUGEPAGE; the pages before and after are never touched, so never
     backed."""
-    m = mmap.mmap(-1, nbytes + alignment, flags=mmap.MAP_PRIVATE)  # private: anonymous THP, not shmem's
+    try:
+        m = mmap.mmap(-1, nbytes + alignment, flags=mmap.MAP_PRIVATE)  # private: anonymous THP, not shmem's
+    except OSError as exc:  # what np.empty would raise
+        raise MemoryError(f"empty_aligned: cannot allocate {nbytes} bytes: {exc}") from None
     raw = np.frombuffer(m, np.uint8)
     start = -raw.ctypes.data % alignment
     whole = nbytes // HUGE_PAGE * HUGE_PAGE
