@@ -165,7 +165,6 @@ class Weights:
 # The matrices a decode step streams live in empty_aligned memory: 64-byte
 # aligned rows, and transparent huge pages where the OS has them (fewer TLB
 # misses while fd.linear streams them; fastdecode.arrays says what it buys).
-
 def _streamed(w):  # [out, in] -> the same values, C-contiguous float32 in empty_aligned memory
     out = empty_aligned(w.shape, np.float32)
     out[...] = w
