@@ -131,9 +131,9 @@ def rounding_explains(logits, seed, kw, c_ids, numpy_ids):
         numpy_kernels = fd_backend.active()
     unexplained = set(np.flatnonzero(c_ids != numpy_ids).tolist())
     ids = np.empty(rows, np.int64)
+    u, t, top_p, min_p = fd_ops._U, fd_ops._TEMPERATURE, fd_ops._TOP_P, fd_ops._MIN_P  # columns of params
     for du, dt, dp, dm in itertools.product((-1.0, 0.0, 1.0), repeat=4):
         p = params.copy()
-        u, t, top_p, min_p = fd_ops._U, fd_ops._TEMPERATURE, fd_ops._TOP_P, fd_ops._MIN_P  # columns
         p[:, u] = np.clip(p[:, u] + du * TIE_U, 0.0, np.nextafter(1.0, 0.0))
         p[:, t] *= 1.0 + dt * TIE_REL  # temperature 0 (greedy) stays 0
         p[:, top_p] = np.where(p[:, top_p] < 1.0, np.minimum(p[:, top_p] * (1.0 + dp * TIE_REL), 1.0), 1.0)

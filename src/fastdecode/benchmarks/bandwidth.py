@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-__all__ = ["read_gbps", "read_probe", "default_nbytes"]
+__all__ = ["read_gbps", "read_probe", "probe_gbps", "default_nbytes"]
 
 _MIN_NBYTES = 512 << 20
 
@@ -69,6 +69,22 @@ def read_probe(nbytes: int | None = None):
     return read_once, x.nbytes
 
 
+def probe_gbps(probe, repeats: int = 7) -> float:
+    """Median GB/s of ``repeats`` timed calls of a :func:`read_probe` pair
+    ``(read_once, nbytes)``, after one untimed call (threads started, TLB
+    filled), at fastdecode's current thread count."""
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int; got {repeats!r}")
+    read_once, size = probe
+    read_once()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        read_once()
+        times.append(time.perf_counter() - t0)
+    return size / float(np.median(times)) / 1e9
+
+
 def read_gbps(nbytes: int | None = None, threads: int | None = None, repeats: int = 7) -> float:
     """Median read bandwidth, in GB/s (1e9 bytes per second), of ``repeats``
     passes over an array of ``nbytes`` (default :func:`default_nbytes`), read
@@ -76,19 +92,11 @@ def read_gbps(nbytes: int | None = None, threads: int | None = None, repeats: in
     C backend."""
     from .. import backend as fd_backend
 
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int; got {repeats!r}")
-    read_once, size = read_probe(nbytes)
+    probe = read_probe(nbytes)
     before = fd_backend.get_num_threads()
     if threads is not None:
         fd_backend.set_num_threads(threads)
     try:
-        read_once()  # warm-up: threads started, TLB filled
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            read_once()
-            times.append(time.perf_counter() - t0)
+        return probe_gbps(probe, repeats)
     finally:
         fd_backend.set_num_threads(before)
-    return size / float(np.median(times)) / 1e9

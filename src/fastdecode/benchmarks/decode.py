@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from . import harness
-from .bandwidth import read_gbps
+from .bandwidth import probe_gbps, read_probe
 from .harness import Case, optional_import
 
 PROMPT_TOKENS = 32
@@ -172,6 +172,7 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
     bandwidth probe all see the same machine."""
     rows = []
     prompt = np.random.default_rng(0).integers(0, 32000, PROMPT_TOKENS).astype(np.int64)
+    probe = read_probe()  # allocated once: each round reads it at the thread count in use
     for name in models:
         loaded = load_models(checkpoint(name, cache_dir))
         nbytes = loaded[0].weights.nbytes_per_token()
@@ -179,7 +180,7 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
             with harness.threads(n):
                 fns = {(mode_name, contender): fn for mode_name, mode in MODES.items()
                        for contender, fn in contenders(loaded, mode, prompt).items()}
-                times, gbps = measure(fns, rounds, new_tokens, bandwidth=lambda: read_gbps(repeats=3))
+                times, gbps = measure(fns, rounds, new_tokens, bandwidth=lambda: probe_gbps(probe, repeats=3))
                 for (mode_name, contender), t in times.items():
                     per_token = (t["total_s"] - t["prefill_s"]) / (new_tokens - 1)
                     rows.append({

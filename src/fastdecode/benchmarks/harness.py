@@ -221,9 +221,9 @@ def _calls_per_sample(fn, sample_s: float) -> int:
 def time_case(case: Case, rounds: int, sample_s: float) -> tuple[dict[str, float], dict[str, float]]:
     """Median seconds per call of each contender and of each probe, sampled
     in one rotated order."""
-    calls = {**case.contenders, **{k: v for k, v in case.probes.items() if k not in case.contenders}}
-    if len(calls) != len(case.contenders) + len(case.probes):
+    if case.contenders.keys() & case.probes.keys():
         raise ValueError(f"case {case.name!r}: a probe has a contender's name")
+    calls = {**case.contenders, **case.probes}
     names = list(calls)
     number = {k: _calls_per_sample(calls[k], sample_s) for k in names}
     samples: dict[str, list[float]] = {k: [] for k in names}
