@@ -125,20 +125,7 @@ static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * 
  * The problem and its cutting into items
  * ---------------------------------------------------------------------------- */
 
-typedef struct {
-    float *out;               /* [B, Hq, Tq, D] */
-    const float *q;           /* [B, Hq, Tq, D] */
-    const float *k, *v;       /* [B, Hkv, Tk, D] */
-    const int64_t *lengths;   /* [B] */
-    int64_t B, Hq, Hkv, Tq, Tk, D, G;
-    int64_t dp;               /* D rounded up to FD_VLEN: scratch row length */
-    float scale;
-    int causal;
-    int rows_on_lanes;        /* which engine */
-    int64_t tile_heads, tile_pos; /* a tile: up to tile_heads heads x tile_pos positions */
-    int64_t htiles, itiles, tiles, max_rows;
-    int64_t chunk, nchunks;   /* keys per chunk, chunks per tile */
-} att_plan;
+typedef fd_att_plan att_plan; /* fastdecode.h */
 
 typedef struct {
     int64_t b, kvh;  /* batch row, KV head */
@@ -715,6 +702,32 @@ static void att_merge(void *ctx, int t, int nt) {
     free(acc);
 }
 
+/* The plan fd_attention_f32 makes for a call (pointers left NULL): cut for
+ * fd_num_threads threads, or one when the call is too small to share.
+ * Returns the threads to use. */
+static int plan_call(att_plan *p, const int64_t *lengths, int64_t B, int64_t Hq, int64_t Hkv, int64_t Tq,
+                     int64_t Tk, int64_t D, float scale, int causal) {
+    int nt = fd_num_threads > 0 ? fd_num_threads : 1;
+    *p = (att_plan){NULL, NULL, NULL, NULL, lengths, B, Hq, Hkv, Tq, Tk, D};
+    p->scale = scale;
+    p->causal = causal != 0;
+    plan_init(p, nt);
+    if ((double)B * Hq * Tq * p->chunk * p->nchunks * D < FD_ATT_PAR_MIN) { /* query rows x keys x D, at most */
+        nt = 1;
+        plan_init(p, nt);
+    }
+    const int64_t items = p->tiles * p->nchunks;
+    return items < nt ? (int)items : nt;
+}
+
+/* The chunks' partial state in one block of floats: [items * max_rows * (dp + 2)] */
+static att_partials partials_in(const att_plan *p, float *raw) {
+    const int64_t n = p->tiles * p->nchunks * p->max_rows;
+    att_partials pt = {NULL, NULL, NULL};
+    if (p->nchunks > 1) pt.o = raw, pt.m = raw + n * p->dp, pt.l = pt.m + n;
+    return pt;
+}
+
 /* out, q: [B, Hq, Tq, D]; k, v: [B, Hkv, Tk, D]; lengths: [B] (clamped to
  * [0, Tk]). Returns 0, or -1 when scratch memory could not be allocated
  * (out is then unspecified), -2 for impossible head counts. */
@@ -727,26 +740,16 @@ int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const fl
         memset(out, 0, (size_t)(B * Hq * Tq * D) * sizeof(float));
         return 0;
     }
-    int nt = fd_num_threads > 0 ? fd_num_threads : 1;
-    att_plan p = {out, q, k, v, lengths, B, Hq, Hkv, Tq, Tk, D};
-    p.scale = scale;
-    p.causal = causal != 0;
-    plan_init(&p, nt);
-    if ((double)B * Hq * Tq * p.chunk * p.nchunks * D < FD_ATT_PAR_MIN) { /* query rows x keys x D, at most */
-        nt = 1;
-        plan_init(&p, nt);
-    }
+    att_plan p;
+    int nt = plan_call(&p, lengths, B, Hq, Hkv, Tq, Tk, D, scale, causal);
+    p.out = out, p.q = q, p.k = k, p.v = v;
     const int64_t items = p.tiles * p.nchunks;
-    if (items < nt) nt = (int)items;
-
-    att_partials pt = {NULL, NULL, NULL};
     void *pt_raw = NULL;
     if (p.nchunks > 1) {
-        int64_t n = items * p.max_rows;
-        pt_raw = malloc((size_t)(n * (2 + p.dp)) * sizeof(float));
+        pt_raw = malloc((size_t)(items * p.max_rows * (2 + p.dp)) * sizeof(float));
         if (!pt_raw) return -1;
-        pt.o = (float *)pt_raw, pt.m = pt.o + n * p.dp, pt.l = pt.m + n;
     }
+    att_partials pt = partials_in(&p, pt_raw);
     att_job job = {&p, &pt, items};
     atomic_init(&job.next, 0);
     atomic_init(&job.failed, 0);
@@ -755,6 +758,42 @@ int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const fl
         fd_parallel(att_merge, &job, p.tiles < nt ? (int)p.tiles : nt);
     free(pt_raw);
     return atomic_load(&job.failed) ? -1 : 0;
+}
+
+/* ----------------------------------------------------------------------------
+ * Inside a caller's pool job (model.c): the same plan and items, shared out
+ * statically (share t takes items t, t + nt, ...; an item's result does not
+ * depend on who runs it), the merge after the caller's barrier.
+ * ---------------------------------------------------------------------------- */
+
+/* Returns the floats of partial state the items need (0: none), or -2 for
+ * impossible head counts; p's pointers are the caller's to set. */
+int64_t FD_FN(fd_attention_plan_f32)(fd_att_plan *p, const int64_t *lengths, int64_t B, int64_t Hq, int64_t Hkv,
+                                     int64_t Tq, int64_t Tk, int64_t D, float scale, int causal) {
+    if (B <= 0 || Hq <= 0 || Tq <= 0 || D <= 0 || Tk <= 0 || Hkv <= 0 || Hq % Hkv) return -2;
+    plan_call(p, lengths, B, Hq, Hkv, Tq, Tk, D, scale, causal);
+    return p->nchunks > 1 ? p->tiles * p->nchunks * p->max_rows * (2 + p->dp) : 0;
+}
+
+int FD_FN(fd_attention_items_f32)(const fd_att_plan *p, float *partials, int t, int nt) {
+    att_scratch w;
+    att_partials pt = partials_in(p, partials);
+    const int64_t items = p->tiles * p->nchunks;
+    if (t >= items) return 0;
+    if (!scratch_alloc(&w, p)) return -1;
+    for (int64_t it = t; it < items; it += nt) run_item(p, &w, it, &pt);
+    free(w.raw);
+    return 0;
+}
+
+int FD_FN(fd_attention_merge_f32)(const fd_att_plan *p, float *partials, int t, int nt) {
+    att_partials pt = partials_in(p, partials);
+    if (p->nchunks <= 1 || t >= p->tiles) return 0;
+    float *acc = malloc((size_t)p->dp * sizeof(float));
+    if (!acc) return -1;
+    for (int64_t ti = t; ti < p->tiles; ti += nt) merge_tile(p, &pt, ti, acc);
+    free(acc);
+    return 0;
 }
 
 #if FD_ENTRY_POINTS

@@ -45,6 +45,12 @@ void fd_parallel_reading(fd_task fn, void *ctx, int nt, const void *reading);
 /* weights: [n] start addresses, bytes: [n] sizes, in the order a decode step
  * reads them (n = 0 clears it). The caller keeps them alive until replaced. */
 void fd_set_weight_order(const void *const *weights, const int64_t *bytes, int n);
+/* A barrier for the nt shares of one job (model.c: a whole decode step in
+ * one job). Zero-initialized; every share passes the same nt. */
+typedef struct {
+    _Atomic int count, gen;
+} fd_barrier;
+void fd_barrier_wait(fd_barrier *b, int nt);
 void fd_set_spin_ns(long long ns); /* how long idle workers poll before sleeping */
 long long fd_get_spin_ns(void);
 int fd_threads_supported(void);
@@ -120,6 +126,30 @@ FD_LEVELS(int64_t, fd_repetition_penalty_f32, (float *out, const float *x, int64
 FD_LEVELS(int, fd_attention_f32, (float *out, const float *q, const float *k, const float *v,
                                   const int64_t *lengths, int64_t B, int64_t Hq, int64_t Hkv,
                                   int64_t Tq, int64_t Tk, int64_t D, float scale, int causal))
+/* How fd_attention_f32 cuts a call into items (attention.c fills it; the
+ * values depend on the SIMD level, so plan and run at one level). */
+typedef struct {
+    float *out;               /* [B, Hq, Tq, D] */
+    const float *q;           /* [B, Hq, Tq, D] */
+    const float *k, *v;       /* [B, Hkv, Tk, D] */
+    const int64_t *lengths;   /* [B] */
+    int64_t B, Hq, Hkv, Tq, Tk, D, G;
+    int64_t dp;               /* D rounded up to FD_VLEN: scratch row length */
+    float scale;
+    int causal;
+    int rows_on_lanes;        /* which engine */
+    int64_t tile_heads, tile_pos; /* a tile: up to tile_heads heads x tile_pos positions */
+    int64_t htiles, itiles, tiles, max_rows;
+    int64_t chunk, nchunks;   /* keys per chunk, chunks per tile */
+} fd_att_plan;
+/* The same attention as shares of a caller's pool job (model.c): plan once
+ * (returns the floats of partial state, or -2; the caller sets out, q, k,
+ * v), then every share t of nt runs the items, a barrier, the merge (both
+ * return 0, or -1 when scratch memory is lacking). */
+FD_LEVELS(int64_t, fd_attention_plan_f32, (fd_att_plan *p, const int64_t *lengths, int64_t B, int64_t Hq,
+                                           int64_t Hkv, int64_t Tq, int64_t Tk, int64_t D, float scale, int causal))
+FD_LEVELS(int, fd_attention_items_f32, (const fd_att_plan *p, float *partials, int t, int nt))
+FD_LEVELS(int, fd_attention_merge_f32, (const fd_att_plan *p, float *partials, int t, int nt))
 
 /* ---- linear.c ---------------------------------------------------------- */
 /* out: [rows, n_out] = x W^T + bias; x: [rows, n_in]; w: [n_out, n_in]
@@ -127,6 +157,10 @@ FD_LEVELS(int, fd_attention_f32, (float *out, const float *q, const float *k, co
  * a decode step: each pass over w serves up to 8 rows of x. */
 FD_LEVELS(void, fd_linear_f32, (float *out, const float *x, const float *w, const float *bias, int64_t rows,
                                 int64_t n_in, int64_t n_out))
+/* The output columns [lo, hi) of fd_linear_f32, on the calling thread (a
+ * share of a caller's pool job: model.c). */
+FD_LEVELS(void, fd_linear_cols_f32, (float *out, const float *x, const float *w, const float *bias, int64_t rows,
+                                     int64_t n_in, int64_t n_out, int64_t lo, int64_t hi))
 
 /* ---- norm.c ------------------------------------------------------------ */
 /* out, x: [rows, n]; w, b: [n] (b may be NULL). rms == 0: LayerNorm,
@@ -138,5 +172,66 @@ FD_LEVELS(void, fd_norm_f32, (float *out, const float *x, const float *w, const 
 /* ---- bandwidth.c ------------------------------------------------------- */
 /* x: [n]. sum(x), read by fd_num_threads threads: the read-bandwidth probe. */
 FD_LEVELS(double, fd_read_sum_f32, (const float *x, int64_t n))
+
+/* ---- model.c: the compiled decode step ---------------------------------- */
+/* A weight matrix [rows, cols] (torch's Linear layout) and its format: the
+ * step dispatches each projection on the tag, so block formats plug in as
+ * tags with their own row kernels. */
+#define FD_FMT_F32 0
+typedef struct {
+    const void *data;   /* [rows, cols] in `format` */
+    int64_t rows, cols;
+    int format;
+} fd_matrix;
+
+typedef struct {
+    const float *attn_norm, *attn_norm_bias; /* [d]; [d] or NULL (RMSNorm) */
+    fd_matrix qkv;                           /* [(Hq + 2 Hkv) D, d]: q, k, v heads */
+    const float *qkv_bias;                   /* [(Hq + 2 Hkv) D] or NULL */
+    fd_matrix out;                           /* [d, Hq D] */
+    const float *out_bias;                   /* [d] or NULL */
+    const float *mlp_norm, *mlp_norm_bias;   /* [d]; [d] or NULL */
+    fd_matrix up;                            /* [F, d], or [2F, d]: gate then up (gated) */
+    const float *up_bias;                    /* [F] or [2F] or NULL */
+    fd_matrix down;                          /* [d, F] */
+    const float *down_bias;                  /* [d] or NULL */
+    float attn_scale;                        /* multiplies q . k */
+} fd_layer;
+
+#define FD_ACT_GELU_TANH 0 /* GPT-2's gelu_new */
+#define FD_ACT_GELU_ERF 1
+#define FD_ACT_RELU 2
+#define FD_ACT_SILU 3
+typedef struct {
+    int64_t vocab, d, layers, hq, hkv, head_dim, ffn, max_positions;
+    int gated;                  /* up is [2F, d] and the MLP is silu(gate) * up (Llama) */
+    int activation;             /* FD_ACT_, when not gated */
+    int rms;                    /* RMSNorm (no biases) rather than LayerNorm */
+    float eps;
+    const float *embed;         /* [vocab, d] */
+    const float *positions;     /* [max_positions, d] learned positions, or NULL */
+    const double *rope_freq;    /* [head_dim / 2] radians per position, or NULL (no RoPE) */
+    const float *final_norm, *final_norm_bias; /* [d]; [d] or NULL */
+    fd_matrix head;             /* [vocab, d] */
+    const fd_layer *layer;      /* [layers] */
+} fd_model;
+
+/* Floats of scratch a step over `rows` = B * T tokens needs. */
+int64_t fd_model_scratch_floats(const fd_model *m, int64_t rows);
+/* One step: tokens [B, T] (left-padded: row b's real tokens are its last
+ * counts[b]) appended to the cache k, v: [layers, B, Hkv, max_len, D] at
+ * positions start[b] .. start[b] + counts[b] - 1; logits [B, V] of each
+ * row's last position (logits NULL: none, for a prefill chunk before the
+ * last). With ids [B]: then the token choice, fd_sample_f32
+ * with params [B] (and the seen tokens), or fd_argmax_f32 when params is
+ * NULL. scratch: [fd_model_scratch_floats(m, B * T)], 64-byte aligned.
+ * The caller guarantees tokens in [0, vocab), start[b] + counts[b] <=
+ * max_len and <= max_positions, counts[b] <= T. Returns the sampler's count
+ * of bad rows (>= 0; 0 without ids), or -1 when memory is lacking. */
+FD_LEVELS(int64_t, fd_model_step_f32, (float *logits, int64_t *ids, const fd_model *m, const int64_t *tokens,
+                                       const int64_t *counts, int64_t B, int64_t T, float *k, float *v,
+                                       int64_t max_len, const int64_t *start, float *scratch,
+                                       const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                                       const int64_t *prev_offsets))
 
 #endif /* FASTDECODE_H */

@@ -75,6 +75,34 @@ static void dot_rows(float *acc, const float *w, const float *x, int64_t rows, i
  * The kernel
  * ---------------------------------------------------------------------------- */
 
+/* Output columns [lo, hi) of out: [rows, n_out]. Many rows (a prefill
+ * chunk) take FD_LINEAR_OBLK weight rows at a time through every group of
+ * FD_LINEAR_ROWS rows, so W comes from memory once and from L2 after. */
+#define FD_LINEAR_OBLK 16
+void FD_FN(fd_linear_cols_f32)(float *out, const float *x, const float *w, const float *bias, int64_t rows,
+                               int64_t n_in, int64_t n_out, int64_t lo, int64_t hi) {
+    for (int64_t o0 = lo; o0 < hi; o0 += FD_LINEAR_OBLK) {
+        const int64_t o1 = o0 + FD_LINEAR_OBLK < hi ? o0 + FD_LINEAR_OBLK : hi;
+        for (int64_t r0 = 0; r0 < rows; r0 += FD_LINEAR_ROWS) {
+            int64_t nr = rows - r0 < FD_LINEAR_ROWS ? rows - r0 : FD_LINEAR_ROWS;
+            const float *xs = x + r0 * n_in;
+            float *ys = out + r0 * n_out;
+            for (int64_t o = o0; o < o1; o++) {
+                const float *wo = w + o * n_in;
+                float b = bias ? bias[o] : 0.0f;
+                if (nr == 1) {
+                    ys[o] = dot1(wo, xs, n_in) + b;
+                } else {
+                    float acc[FD_LINEAR_ROWS];
+                    dot_rows(acc, wo, xs, nr, n_in);
+                    for (int64_t r = 0; r < nr; r++)
+                        ys[r * n_out + o] = acc[r] + b;
+                }
+            }
+        }
+    }
+}
+
 typedef struct {
     float *out;
     const float *x, *w, *bias;
@@ -84,25 +112,8 @@ typedef struct {
 /* Share t of nt: one contiguous block of weight rows, for every row of x. */
 static void linear_part(void *ctx, int t, int nt) {
     const linear_job *j = ctx;
-    const int64_t n_in = j->n_in, n_out = j->n_out;
-    const int64_t lo = n_out * t / nt, hi = n_out * (t + 1) / nt;
-    for (int64_t r0 = 0; r0 < j->rows; r0 += FD_LINEAR_ROWS) { /* each group of rows streams W once */
-        int64_t nr = j->rows - r0 < FD_LINEAR_ROWS ? j->rows - r0 : FD_LINEAR_ROWS;
-        const float *xs = j->x + r0 * n_in;
-        float *ys = j->out + r0 * n_out;
-        for (int64_t o = lo; o < hi; o++) {
-            const float *wo = j->w + o * n_in;
-            float b = j->bias ? j->bias[o] : 0.0f;
-            if (nr == 1) {
-                ys[o] = dot1(wo, xs, n_in) + b;
-            } else {
-                float acc[FD_LINEAR_ROWS];
-                dot_rows(acc, wo, xs, nr, n_in);
-                for (int64_t r = 0; r < nr; r++)
-                    ys[r * n_out + o] = acc[r] + b;
-            }
-        }
-    }
+    FD_FN(fd_linear_cols_f32)(j->out, j->x, j->w, j->bias, j->rows, j->n_in, j->n_out, j->n_out * t / nt,
+                              j->n_out * (t + 1) / nt);
 }
 
 /* out: [rows, n_out]; x: [rows, n_in]; w: [n_out, n_in]; bias: [n_out] or NULL */

@@ -255,6 +255,23 @@ void fd_set_weight_order(const void *const *weights, const int64_t *bytes, int n
     pthread_mutex_unlock(&pool.busy);
 }
 
+/* Sense by generation: a share reads gen before it arrives, the last to
+ * arrive resets the count and bumps gen; the others poll, then yield (a
+ * share may wait on a worker that has not yet woken). */
+void fd_barrier_wait(fd_barrier *b, int nt) {
+    if (nt <= 1) return;
+    int gen = atomic_load(&b->gen);
+    if (atomic_fetch_add(&b->count, 1) == nt - 1) {
+        atomic_store(&b->count, 0);
+        atomic_fetch_add(&b->gen, 1);
+        return;
+    }
+    for (unsigned i = 1; atomic_load_explicit(&b->gen, memory_order_acquire) == gen; i++) {
+        if (i < 2048) cpu_relax();
+        else sched_yield();
+    }
+}
+
 void fd_set_spin_ns(long long ns) { atomic_store(&spin_ns, ns < 0 ? 0 : ns); }
 long long fd_get_spin_ns(void) { return atomic_load(&spin_ns); }
 int fd_threads_supported(void) { return 1; }
@@ -269,6 +286,7 @@ void fd_parallel(fd_task fn, void *ctx, int nt) { fd_parallel_reading(fn, ctx, n
 void fd_set_weight_order(const void *const *weights, const int64_t *bytes, int n) {
     (void)weights, (void)bytes, (void)n;
 }
+void fd_barrier_wait(fd_barrier *b, int nt) { (void)b, (void)nt; }
 void fd_set_spin_ns(long long ns) { (void)ns; }
 long long fd_get_spin_ns(void) { return 0; }
 int fd_threads_supported(void) { return 0; }

@@ -64,6 +64,13 @@ class Model:
                 raise ValueError(f"counts must be {tokens.shape[0]} ints in [0, {tokens.shape[1]}]")
         return forward(self.weights, self.config, tokens, cache, counts, all_logits)
 
+    def compiled(self):
+        """The compiled decode step over these weights (C backend;
+        :mod:`fastdecode.model.compiled`), built on first call and kept."""
+        from .compiled import compiled
+
+        return compiled(self)
+
     # -- text ---------------------------------------------------------------
 
     def encode(self, text: str) -> list:

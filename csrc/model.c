@@ -1,0 +1,291 @@
+/* model.c: the compiled decode step. A whole forward pass over a chunk of
+ * tokens (one per row when decoding) as one job on the worker pool, its
+ * dependent operations separated by barriers: no Python, no validation and
+ * no thread wake-up between them (fastdecode.model.transformer is the same
+ * computation in NumPy, and the oracle this step is tested against).
+ *
+ *   B rows, T tokens per row, N = B T;  d model width;  V vocabulary;
+ *   Hq, Hkv query / KV heads of D;  Q = (Hq + 2 Hkv) D;  F MLP width
+ *   (up is [F, d], or [2F, d] gate then up when gated);  L layers.
+ *   cache k, v: [L, B, Hkv, max_len, D]
+ *
+ * Each operation is cut the way its kernel cuts it when called alone, so
+ * it reuses the kernels' per-part functions: a projection's output
+ * columns (fd_linear_cols_f32), attention items (fd_attention_items_f32),
+ * rows for norms; the token choice runs after the job, through the
+ * sampler itself. A share never depends on how many shares there are, so
+ * a step gives the same result whatever team the pool grants it.
+ */
+#include "fastdecode.h"
+#include "simd.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+static inline int64_t up16(int64_t n) { return (n + 15) / 16 * 16; } /* floats to a 64-byte boundary */
+
+/* ----------------------------------------------------------------------------
+ * Scratch: the activations of one step, carved from the caller's block
+ * ---------------------------------------------------------------------------- */
+
+typedef struct {
+    float *x, *xn, *tmp; /* [N, d] residual stream, its norm, a projection before the residual add */
+    float *qkv;          /* [N, Q] */
+    float *q, *att;      /* [B, Hq, T, D] queries (rotated), attention output */
+    float *merged;       /* [N, Hq D] attention output, heads merged (T > 1) */
+    float *h, *act;      /* [N, F or 2F] up projection; [N, F] activation */
+    float *rope;         /* [N, D]: cos of each pair, then sin */
+    float *last;         /* [B, d] each row's last position, normed */
+    int64_t *end;        /* [B] start + counts */
+} step_buffers;
+
+static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, float *base) {
+    const int64_t hd = m->hq * m->head_dim, q = (m->hq + 2 * m->hkv) * m->head_dim;
+    const int64_t sizes[12] = {n * m->d, n * m->d, n * m->d, n * q, n * hd, n * hd, n * hd,
+                               n * m->ffn * (m->gated ? 2 : 1), n * m->ffn, n * m->head_dim, n * m->d, 2 * n};
+    float **parts[11] = {&s->x, &s->xn, &s->tmp, &s->qkv, &s->q, &s->att, &s->merged, &s->h, &s->act, &s->rope,
+                         &s->last};
+    int64_t total = 0;
+    for (int i = 0; i < 12; i++) {
+        if (base && i < 11) *parts[i] = base + total;
+        if (base && i == 11) s->end = (int64_t *)(base + total);
+        total += up16(sizes[i]);
+    }
+    return total;
+}
+
+#if FD_ENTRY_POINTS
+int64_t fd_model_scratch_floats(const fd_model *m, int64_t rows) { return carve(NULL, m, rows, NULL); }
+#endif
+
+/* ----------------------------------------------------------------------------
+ * The step's job
+ * ---------------------------------------------------------------------------- */
+
+typedef struct {
+    const fd_model *m;
+    const int64_t *tokens, *counts, *start; /* [B, T], [B], [B] */
+    int64_t B, T, N, max_len;
+    float *kc, *vc;                         /* [L, B, Hkv, max_len, D] */
+    float *logits;                          /* [B, V] */
+    step_buffers s;
+    fd_att_plan plan;                       /* the same cut for every layer */
+    float *partials;                        /* attention chunks' state, or NULL */
+    fd_barrier bar;
+    _Atomic int failed;
+} step_job;
+
+/* Token n's row b, its index i in the row, whether it is padding, its position */
+static inline int64_t position(const step_job *j, int64_t n, int *real) {
+    const int64_t b = n / j->T, i = n % j->T, pad = j->T - j->counts[b];
+    const int64_t pos = j->start[b] + i - pad;
+    *real = i >= pad;
+    return pos > 0 ? pos : 0; /* padding takes position 0, as in the NumPy forward */
+}
+
+/* out: [rows, w->rows] = x [rows, w->cols] W^T + bias, share t of nt of the
+ * columns; with residual [rows, w->rows]: residual += out (own columns) */
+static void project(float *out, const float *x, const fd_matrix *w, const float *bias, int64_t rows,
+                    float *residual, int t, int nt) {
+    const int64_t n = w->rows, lo = n * t / nt, hi = n * (t + 1) / nt;
+    switch (w->format) {
+    case FD_FMT_F32:
+        FD_FN(fd_linear_cols_f32)(out, x, (const float *)w->data, bias, rows, w->cols, n, lo, hi);
+        break;
+    default: /* Python builds no other format yet */
+        return;
+    }
+    if (!residual) return;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = lo; c < hi; c++) residual[r * n + c] += out[r * n + c];
+}
+
+static void norm_rows(float *out, const float *x, const float *w, const float *b, int64_t rows, const fd_model *m,
+                      int t, int nt) {
+    for (int64_t r = t; r < rows; r += nt)
+        FD_FN(fd_norm_f32)(out + r * m->d, x + r * m->d, w, b, 1, m->d, m->eps, m->rms);
+}
+
+/* x: token embeddings (+ learned positions); rope: cos, sin per token */
+static void embed(step_job *j, int t, int nt) {
+    const fd_model *m = j->m;
+    const int64_t d = m->d, half = m->head_dim / 2;
+    for (int64_t n = t; n < j->N; n += nt) {
+        int real;
+        const int64_t pos = position(j, n, &real);
+        float *x = j->s.x + n * d;
+        const float *e = m->embed + j->tokens[n] * d;
+        for (int64_t c = 0; c < d; c++) x[c] = e[c];
+        if (m->positions)
+            for (int64_t c = 0; c < d; c++) x[c] += m->positions[pos * d + c];
+        if (m->rope_freq)
+            for (int64_t i = 0; i < half; i++) { /* the angle in double, as the NumPy forward */
+                double a = (double)pos * m->rope_freq[i];
+                j->s.rope[n * m->head_dim + i] = (float)cos(a);
+                j->s.rope[n * m->head_dim + half + i] = (float)sin(a);
+            }
+    }
+}
+
+/* dst: [D] = src rotated (rotate-half pairs i, i + D/2), or copied */
+static void place_head(float *dst, const float *src, const float *rope, int64_t D) {
+    if (!rope) {
+        for (int64_t i = 0; i < D; i++) dst[i] = src[i];
+        return;
+    }
+    const int64_t half = D / 2;
+    const float *cs = rope, *sn = rope + half;
+    for (int64_t i = 0; i < half; i++) {
+        float x1 = src[i], x2 = src[half + i];
+        dst[i] = x1 * cs[i] - x2 * sn[i];
+        dst[half + i] = x2 * cs[i] + x1 * sn[i];
+    }
+}
+
+/* The qkv heads of layer l: queries to q [B, Hq, T, D], real tokens' keys
+ * and values into the cache at their positions */
+static void heads(step_job *j, int64_t l, int t, int nt) {
+    const fd_model *m = j->m;
+    const int64_t D = m->head_dim, H = m->hq + 2 * m->hkv, B = j->B, T = j->T;
+    for (int64_t item = t; item < j->N * H; item += nt) {
+        const int64_t n = item / H, h = item % H, b = n / T, i = n % T;
+        int real;
+        const int64_t pos = position(j, n, &real);
+        const float *src = j->s.qkv + n * H * D + h * D;
+        const float *rope = m->rope_freq ? j->s.rope + n * D : NULL;
+        if (h < m->hq) {
+            place_head(j->s.q + ((b * m->hq + h) * T + i) * D, src, rope, D);
+        } else if (real) {
+            const int64_t kh = (h - m->hq) % m->hkv;
+            const int64_t at = (((l * B + b) * m->hkv + kh) * j->max_len + pos) * D;
+            if (h < m->hq + m->hkv) place_head(j->kc + at, src, rope, D);
+            else place_head(j->vc + at, src, NULL, D);
+        }
+    }
+}
+
+static void merge_heads(step_job *j, int t, int nt) { /* att [B, Hq, T, D] -> merged [N, Hq D] */
+    const int64_t D = j->m->head_dim, hq = j->m->hq;
+    for (int64_t n = t; n < j->N; n += nt)
+        for (int64_t h = 0; h < hq; h++) {
+            const float *src = j->s.att + (((n / j->T) * hq + h) * j->T + n % j->T) * D;
+            float *dst = j->s.merged + (n * hq + h) * D;
+            for (int64_t i = 0; i < D; i++) dst[i] = src[i];
+        }
+}
+
+/* out: [N, F] = act(h), or silu(gate) * up; elements shared out in blocks */
+static void activate(step_job *j, int t, int nt) {
+    const fd_model *m = j->m;
+    const int64_t F = m->ffn, total = j->N * F;
+    int64_t lo, hi;
+    fd_part_range(total, nt, t, 16, &lo, &hi);
+    for (int64_t e = lo; e < hi;) {
+        const int64_t n = e / F, c0 = e % F, c1 = n * F + F < hi ? F : hi - n * F;
+        const float *g = j->s.h + n * F * (m->gated ? 2 : 1);
+        float *o = j->s.act + n * F;
+        int64_t c = c0;
+        if (m->gated || m->activation == FD_ACT_GELU_TANH) { /* x / (1 + e^-2y): 0.5 x (1 + tanh y) */
+            const float k = m->gated ? 0.5f : 0.7978845608028654f; /* silu: y = x / 2 */
+            const float cubic = m->gated ? 0.0f : 0.044715f;
+            for (; c + FD_VLEN <= c1; c += FD_VLEN) {
+                vf x = vf_load(g + c);
+                vf y = vf_mul(vf_set1(k), vf_fmadd(vf_mul(vf_set1(cubic), vf_mul(x, x)), x, x));
+                vf r = vf_div(x, vf_add(vf_set1(1.0f), vf_exp(vf_mul(vf_set1(-2.0f), y))));
+                vf_store(o + c, m->gated ? vf_mul(r, vf_load(g + F + c)) : r);
+            }
+            for (; c < c1; c++) {
+                float x = g[c], y = k * (x + cubic * x * x * x);
+                float r = x / (1.0f + fd_expf(-2.0f * y));
+                o[c] = m->gated ? r * g[F + c] : r;
+            }
+        } else if (m->activation == FD_ACT_GELU_ERF) {
+            for (; c < c1; c++) o[c] = 0.5f * g[c] * (1.0f + erff(g[c] * 0.70710678118654752f));
+        } else { /* relu */
+            for (; c < c1; c++) o[c] = g[c] > 0.0f ? g[c] : 0.0f;
+        }
+        e = n * F + c1;
+    }
+}
+
+static void step_share(void *ctx, int t, int nt) {
+    step_job *j = ctx;
+    const fd_model *m = j->m;
+    const int64_t N = j->N, B = j->B, T = j->T, D = m->head_dim;
+    step_buffers *s = &j->s;
+    fd_barrier *bar = &j->bar;
+    embed(j, t, nt);
+    fd_barrier_wait(bar, nt);
+    for (int64_t l = 0; l < m->layers; l++) {
+        const fd_layer *L = &m->layer[l];
+        norm_rows(s->xn, s->x, L->attn_norm, L->attn_norm_bias, N, m, t, nt);
+        fd_barrier_wait(bar, nt);
+        project(s->qkv, s->xn, &L->qkv, L->qkv_bias, N, NULL, t, nt);
+        fd_barrier_wait(bar, nt);
+        heads(j, l, t, nt);
+        fd_barrier_wait(bar, nt);
+        fd_att_plan p = j->plan;
+        const int64_t layer_at = l * B * m->hkv * j->max_len * D;
+        p.out = s->att, p.q = s->q, p.k = j->kc + layer_at, p.v = j->vc + layer_at, p.scale = L->attn_scale;
+        p.lengths = s->end;
+        if (FD_FN(fd_attention_items_f32)(&p, j->partials, t, nt)) atomic_store(&j->failed, 1);
+        if (p.nchunks > 1) {
+            fd_barrier_wait(bar, nt);
+            if (FD_FN(fd_attention_merge_f32)(&p, j->partials, t, nt)) atomic_store(&j->failed, 1);
+        }
+        fd_barrier_wait(bar, nt);
+        if (T > 1) {
+            merge_heads(j, t, nt);
+            fd_barrier_wait(bar, nt);
+        }
+        project(s->tmp, T > 1 ? s->merged : s->att, &L->out, L->out_bias, N, s->x, t, nt);
+        fd_barrier_wait(bar, nt);
+        norm_rows(s->xn, s->x, L->mlp_norm, L->mlp_norm_bias, N, m, t, nt);
+        fd_barrier_wait(bar, nt);
+        project(s->h, s->xn, &L->up, L->up_bias, N, NULL, t, nt);
+        fd_barrier_wait(bar, nt);
+        activate(j, t, nt);
+        fd_barrier_wait(bar, nt);
+        project(s->tmp, s->act, &L->down, L->down_bias, N, s->x, t, nt);
+        fd_barrier_wait(bar, nt);
+    }
+    if (!j->logits) return; /* a prefill chunk before the last */
+    for (int64_t b = t; b < B; b += nt) /* each row's last position */
+        FD_FN(fd_norm_f32)(s->last + b * m->d, s->x + (b * T + T - 1) * m->d, m->final_norm, m->final_norm_bias, 1,
+                           m->d, m->eps, m->rms);
+    fd_barrier_wait(bar, nt);
+    project(j->logits, s->last, &m->head, NULL, B, NULL, t, nt);
+}
+
+int64_t FD_FN(fd_model_step_f32)(float *logits, int64_t *ids, const fd_model *m, const int64_t *tokens,
+                                 const int64_t *counts, int64_t B, int64_t T, float *k, float *v, int64_t max_len,
+                                 const int64_t *start, float *scratch, const fd_sample_params *params,
+                                 const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    if (B <= 0 || T <= 0) return 0;
+    step_job j = {m, tokens, counts, start, B, T, B * T, max_len, k, v, logits};
+    carve(&j.s, m, j.N, scratch);
+    for (int64_t b = 0; b < B; b++) j.s.end[b] = start[b] + counts[b];
+    int64_t need = FD_FN(fd_attention_plan_f32)(&j.plan, j.s.end, B, m->hq, m->hkv, T, max_len, m->head_dim,
+                                                1.0f, 1);
+    if (need < 0) return -1; /* impossible head counts: Python never builds them */
+    if (need > 0 && !(j.partials = malloc((size_t)need * sizeof(float)))) return -1;
+    atomic_init(&j.failed, 0);
+    /* as many shares as threads, whatever the sizes: the barriers are the cost of a share, not a wake-up */
+    fd_parallel(step_share, &j, fd_num_threads);
+    free(j.partials);
+    if (atomic_load(&j.failed)) return -1;
+    if (!ids || !logits) return 0;
+    if (params) return FD_FN(fd_sample_f32)(ids, logits, B, m->vocab, params, prev_ids, n_prev, prev_offsets);
+    return FD_FN(fd_argmax_f32)(ids, logits, B, m->vocab);
+}
+
+#if FD_ENTRY_POINTS
+int64_t fd_model_step_f32(float *logits, int64_t *ids, const fd_model *m, const int64_t *tokens,
+                          const int64_t *counts, int64_t B, int64_t T, float *k, float *v, int64_t max_len,
+                          const int64_t *start, float *scratch, const fd_sample_params *params,
+                          const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+    return FD_DISPATCH(fd_model_step_f32, (logits, ids, m, tokens, counts, B, T, k, v, max_len, start, scratch,
+                                           params, prev_ids, n_prev, prev_offsets));
+}
+#endif

@@ -1,0 +1,187 @@
+"""The compiled decode step: a whole forward pass as one C call (csrc/model.c).
+
+On the C backend, ``model.compiled()`` (built once per model, on first use)
+points C at the loaded weights and config; each step runs every layer on
+the worker pool with barriers between dependent operations, with the GIL
+released, and returns the logits ``[B, V]`` of each row's last position or,
+with sampling settings, the chosen ids ``[B]`` (the token choice runs in the
+same call, through the same sampler as :func:`fastdecode.sample`: same
+settings, same ``u``, same id). :func:`fastdecode.model.transformer.forward`
+is the same computation in NumPy and the oracle this step is tested against.
+
+Prefill goes through the same step in chunks of :data:`PREFILL_CHUNK`
+tokens per row: a prompt never allocates ``[T, V]`` logits (only the last
+chunk computes logits, of each row's last position) nor ``[T, T]`` scores
+(attention reads the cache chunk by chunk), and keys and values are written
+into the cache in place. Chunks before the last skip the output head.
+
+Threads: the model's weights are read-only and every call brings its own
+cache; the step's activations live in a scratch block owned by the cache
+(one per cache, grown on demand), so one compiled model serves many threads
+at once, each with its own cache.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .. import ops
+from ..arrays import empty_aligned
+from .config import ModelConfig, rope_frequencies
+from .transformer import ContextOverflowError, KVCache
+from .weights import Weights
+
+# Tokens per row in one prefill call. Each call streams every weight once
+# (the projections take FD_LINEAR_OBLK weight rows at a time through all of a
+# chunk's tokens, from L2), so longer chunks read the weights fewer times;
+# the scratch grows by ~(4 d + Q + 3 Hq D + 3 F) floats per token (GPT-2
+# 124M: 80 KiB per token, 5 MiB at 64). docs/compiled.md has the times.
+PREFILL_CHUNK = 64
+
+_ACTIVATION = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_erf", "relu": "relu",
+               "silu": "silu"}
+_build_lock = threading.Lock()
+
+
+def native_model(weights: Weights, config: ModelConfig):
+    """The C model (``_native.CompiledModel``) over these weights: no copy."""
+    from .. import _native
+
+    gated = config.family == "llama"
+    shape = dict(d=config.hidden_size, hq=config.num_heads, hkv=config.num_kv_heads, head_dim=config.head_dim,
+                 ffn=config.intermediate_size, vocab=config.vocab_size, max_positions=config.max_positions,
+                 gated=gated, rms=weights.final_norm_bias is None, eps=config.norm_eps,
+                 activation="silu" if gated else _ACTIVATION[config.activation])
+    layers = [dict(attn_norm=L.attn_norm, attn_norm_bias=L.attn_norm_bias, qkv=L.qkv, qkv_bias=L.qkv_bias,
+                   out=L.out, out_bias=L.out_bias, mlp_norm=L.mlp_norm, mlp_norm_bias=L.mlp_norm_bias, up=L.up,
+                   up_bias=L.up_bias, down=L.down, down_bias=L.down_bias, attn_scale=config.layer_attn_scale(i))
+              for i, L in enumerate(weights.layers)]
+    rope = np.ascontiguousarray(rope_frequencies(config), np.float64) if gated else None
+    positions = weights.positions
+    if positions is not None and positions.shape[0] != config.max_positions:
+        positions = positions[:config.max_positions]  # a Mistral window caps max_positions below the table
+    positions = None if positions is None else np.ascontiguousarray(positions)
+    return _native.CompiledModel(shape, layers, weights.embed, positions, rope, weights.final_norm,
+                                 weights.final_norm_bias, weights.head)
+
+
+class CompiledModel:
+    """A loaded model compiled for the C backend (see the module docstring).
+    Build it with :meth:`fastdecode.Model.compiled`."""
+
+    def __init__(self, weights: Weights, config: ModelConfig):
+        self.config = config
+        self.weights = weights  # kept alive: C points into them
+        self._native = native_model(weights, config)
+
+    # -- the step -------------------------------------------------------------
+
+    def _scratch(self, cache: KVCache, rows: int) -> np.ndarray:
+        """The cache's scratch block for a step over `rows` tokens (one per cache)."""
+        need = self._native.scratch_floats(rows)
+        held = getattr(cache, "_compiled_scratch", None)
+        if held is None or held.shape[0] < need:
+            held = empty_aligned((need,), np.float32)
+            cache._compiled_scratch = held
+        return held
+
+    def _check(self, tokens, cache: KVCache, counts):  # -> (tokens [B, T] int64, counts [B] int64)
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64) if np.asarray(tokens).dtype.kind in "iu" else None
+        if tokens is None or tokens.ndim != 2 or tokens.shape[1] == 0:
+            raise TypeError("tokens must be a [B, T] integer array with T >= 1")
+        b, t = tokens.shape
+        if b != len(cache.lengths) or cache.k.shape[0] != self.config.num_layers:
+            raise ValueError(f"tokens has {b} rows but the cache {len(cache.lengths)}, or the cache is another "
+                             "model's")
+        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}); got "
+                             f"{tokens.min()}..{tokens.max()}")
+        counts = np.full(b, t, np.int64) if counts is None else np.ascontiguousarray(counts, dtype=np.int64)
+        if counts.shape != (b,) or counts.min() < 0 or counts.max() > t:
+            raise ValueError(f"counts must be {b} ints in [0, {t}]")
+        end = cache.lengths + counts
+        if end.max() > min(cache.max_len, self.config.max_positions):
+            raise ContextOverflowError(
+                f"the sequence would reach {end.max()} positions; the cache holds {cache.max_len} and the model "
+                f"{self.config.max_positions}")
+        return tokens, counts
+
+    def _run(self, tokens, counts, cache, logits, ids=None, params=None, prev=(None, None)) -> int:
+        """Chunks of PREFILL_CHUNK columns through the C step; the last gives logits (and ids)."""
+        b, t = tokens.shape
+        chunk = min(t, PREFILL_CHUNK)
+        scratch = self._scratch(cache, b * chunk)
+        pad = t - counts  # [B] padding columns of each row
+        bad = 0
+        for c0 in range(0, t, chunk):
+            c1 = min(c0 + chunk, t)
+            part = np.ascontiguousarray(tokens[:, c0:c1])
+            n = np.clip(c1 - np.maximum(pad, c0), 0, c1 - c0)  # real tokens in these columns (a suffix)
+            final = c1 == t
+            bad = self._native.step(logits if final else None, ids if final else None, part, n, cache.k, cache.v,
+                                    cache.lengths, scratch, params if final else None, *prev)
+            cache.lengths += n
+        return bad
+
+    def forward(self, tokens, cache: KVCache, counts=None, out=None) -> np.ndarray:
+        """Logits ``[B, V]`` of each row's last position after appending
+        ``tokens [B, T]`` (left-padded: row b's real tokens are its last
+        ``counts[b]``) to ``cache``: :func:`fastdecode.model.transformer.forward`'s
+        contract (``all_logits`` aside). ``out``: a C-contiguous float32
+        ``[B, V]`` to write into. Raises TypeError/ValueError for bad
+        tokens or counts, ContextOverflowError past the cache or the model."""
+        tokens, counts = self._check(tokens, cache, counts)
+        logits = self._out(out, tokens.shape[0])
+        self._run(tokens, counts, cache, logits)
+        return logits
+
+    def next_tokens(self, tokens, cache: KVCache, *, do_sample=None, temperature=1.0, top_k=None, top_p=None,
+                    min_p=None, repetition_penalty=None, prev_tokens=None, rng=None, counts=None, out=None):
+        """Append ``tokens`` as :meth:`forward` does and choose each row's
+        next token in the same C call: int64 ``[B]``. The settings are
+        :func:`fastdecode.sample`'s, with its rules and errors; greedy
+        (``do_sample=False`` and no penalty) is :func:`fastdecode.argmax`.
+        One ``u`` per row is drawn from ``rng`` as ``sample`` draws it, so
+        the id equals ``sample(logits, ..., rng=same state)`` on this step's
+        logits (left in ``out`` when given)."""
+        tokens, counts = self._check(tokens, cache, counts)
+        rows = tokens.shape[0]
+        logits = self._out(out, rows)
+        penalty = None if repetition_penalty in (None, 1.0) else repetition_penalty
+        params, prev = None, (None, None)
+        if do_sample or penalty is not None or (do_sample is None and temperature not in (0, 0.0)):
+            params, penalized, sampled = ops._sampling_params(rows, temperature, top_k, top_p, min_p, penalty,
+                                                              do_sample)
+            if penalized:
+                prev = ops._prev_tokens(prev_tokens, rows, self.config.vocab_size, False)
+            if sampled:
+                gen = ops._generator(rng)
+                if rows == 1:
+                    params[0, ops._U] = gen.random()
+                else:
+                    params[:, ops._U] = gen.random(rows)
+        ids = np.empty(rows, np.int64)
+        if self._run(tokens, counts, cache, logits, ids, params, prev):
+            ops._raise_bad_row(ids, logits, params if params is not None else np.zeros((rows, 6)), False)
+        return ids
+
+    def _out(self, out, rows):
+        v = self.config.vocab_size
+        if out is None:
+            return np.empty((rows, v), np.float32)
+        if not isinstance(out, np.ndarray) or out.shape != (rows, v) or out.dtype != np.float32 or \
+                not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writeable C-contiguous float32 array of shape {(rows, v)}")
+        return out
+
+
+def compiled(model) -> CompiledModel:
+    """``model``'s compiled step, built on first use and kept on the model."""
+    found = getattr(model, "_compiled", None)
+    if found is None:
+        with _build_lock:
+            found = getattr(model, "_compiled", None)
+            if found is None:
+                found = model._compiled = CompiledModel(model.weights, model.config)
+    return found
