@@ -266,7 +266,25 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
     # the clock runs while this loop works, not while the caller holds a yielded piece
     t0 = time.perf_counter()
     logits = np.empty((len(prompts), model.config.vocab_size), np.float32)  # reused by every step
-    chosen = choose(forward(model.weights, model.config, tokens, cache, counts=lengths, out=logits))
+
+    # -- the compiled step (fastdecode.model.compiled): on the C backend one C call per step, the token
+    # choice included unless Python logits processors need the logits; the NumPy backend runs forward()
+    compiled = model.compiled() if backend.active().name == "c" else None
+
+    def advance(tokens, counts=None):  # -> the chosen ids [B]
+        if compiled is None:
+            return choose(forward(model.weights, model.config, tokens, cache, counts=counts, out=logits))
+        if gen.logits_processors:
+            return choose(compiled.forward(tokens, cache, counts=counts, out=logits))
+        penalized = gen.repetition_penalty not in (None, 1.0)
+        return compiled.next_tokens(
+            tokens, cache, counts=counts, out=logits, do_sample=bool(gen.do_sample),
+            temperature=1.0 if gen.temperature is None else gen.temperature, top_k=gen.top_k, top_p=gen.top_p,
+            min_p=gen.min_p, repetition_penalty=gen.repetition_penalty if penalized else None, rng=rng,
+            prev_tokens=[p + s.token_ids for p, s in zip(prompts, seqs)] if penalized else None)
+    # -- end of the compiled step
+
+    chosen = advance(tokens, lengths)
     prefill_s, decode_s = time.perf_counter() - t0, 0.0
     with backend.weight_order(model.weights.decode_order()):  # workers read ahead between projections
         for step in range(gen.max_new_tokens):
@@ -279,7 +297,7 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
                 break
             t0 = time.perf_counter()
             with backend.decode_spin():  # idle workers poll between this step's kernels
-                chosen = choose(forward(model.weights, model.config, chosen[:, None], cache, out=logits))
+                chosen = advance(chosen[:, None])
             decode_s += time.perf_counter() - t0
     timing = Timing(int(lengths.sum()), prefill_s, sum(len(s.token_ids) for s in seqs), decode_s, len(seqs))
     results = [s.result(timing) for s in seqs]

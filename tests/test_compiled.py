@@ -1,0 +1,288 @@
+"""The compiled decode step (csrc/model.c via fastdecode.model.compiled)
+against the NumPy forward (fastdecode.model.transformer, NumPy backend).
+
+Tolerance. Both compute in float32 (unit roundoff u = 2^-24 ~ 6e-8) with
+different summation orders (C: 4 or 2 vector chains per dot product; NumPy:
+BLAS), different exp/tanh (the kernels' vf_exp, <= 1.7 ulp, against NumPy's
+tanh and libm), and a different softmax (online, one pass, vs max-subtract
+then sum). A dot product of n terms in either order is within ~sqrt(n) u
+of the exact one relative to sum |w_i x_i| (random-walk rounding; n u in
+the worst case); the tiny models here have n <= 192, so each projection
+carries ~14 u ~ 1e-6 of its scale, each norm rescales that by its gain
+(~1), and 2 layers of ~8 roundings each, plus the head, add up to well
+under 100 * 14 u ~ 1e-4 of the logits' scale. We assert
+|diff| <= 1e-4 * max(1, max |logit|) at every step, prefill and 64
+decode steps: 20-50x above the differences measured (2e-6 .. 6e-6 on
+logits of size ~4), and far below what a wrong position, a missed bias,
+a wrong head or a stale cache entry gives (O(1)).
+
+Greedy ids: the checkpoints' weights are spread so that no step has a
+near-tie (tests/model_checkpoints.py), so at float32 the ids must be
+identical, not merely close.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import fastdecode as fd
+from conftest import requires_c
+from fastdecode.model import compiled as compiled_mod
+from fastdecode.model.transformer import ContextOverflowError, KVCache, forward
+
+sys.path.insert(0, os.path.dirname(__file__))
+import model_checkpoints as mc  # noqa: E402
+from test_reliability import test_generate_does_not_leak as generate_does_not_leak  # noqa: E402
+from test_reliability import test_shared_model_across_threads as shared_model_across_threads  # noqa: E402
+
+pytestmark = requires_c
+KINDS = list(mc.KINDS)  # gpt2, llama (GQA tied; llama3 scaling, 1 KV head, untied), qwen2, mistral
+TOL = 1e-4
+
+
+def load(kind):
+    return fd.load(mc.checkpoint(kind)[0])
+
+
+def close(got, want, what):
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(got - want).max())
+    assert err <= TOL * scale, f"{what}: max |diff| {err:.3g} > {TOL * scale:.3g}"
+
+
+@pytest.fixture(params=[1, 3], ids=["1thread", "3threads"])
+def threads(request):
+    before = fd.get_num_threads()
+    fd.set_num_threads(request.param)
+    yield request.param
+    fd.set_num_threads(before)
+
+
+def left_pad(prompts):  # -> tokens [B, T], counts [B]
+    t = max(len(p) for p in prompts)
+    tokens = np.zeros((len(prompts), t), np.int64)
+    for i, p in enumerate(prompts):
+        tokens[i, t - len(p):] = p
+    return tokens, np.array([len(p) for p in prompts], np.int64)
+
+
+def decode_both(model, prompts, steps, chunk=None, monkeypatch=None):
+    """Greedy decoding, each side following its own argmax: (reference logits, compiled logits, ids, ids)."""
+    if chunk is not None:
+        monkeypatch.setattr(compiled_mod, "PREFILL_CHUNK", chunk)
+    tokens, counts = left_pad(prompts)
+    need = int(counts.max()) + steps
+    with fd.use_backend("numpy"):
+        cache = KVCache(model.config, len(prompts), need)
+        ref = [forward(model.weights, model.config, tokens, cache, counts)]
+        ref_ids = [ref[-1].argmax(-1)]
+        for _ in range(steps):
+            ref.append(forward(model.weights, model.config, ref_ids[-1][:, None], cache))
+            ref_ids.append(ref[-1].argmax(-1))
+    c = model.compiled()
+    cache = KVCache(model.config, len(prompts), need)
+    got = [c.forward(tokens, cache, counts)]
+    got_ids = [got[-1].argmax(-1)]
+    for _ in range(steps):
+        got.append(c.forward(got_ids[-1][:, None], cache))
+        got_ids.append(got[-1].argmax(-1))
+    np.testing.assert_array_equal(cache.lengths, counts + steps)
+    return ref, got, np.array(ref_ids), np.array(got_ids)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prefill_and_64_decode_steps_match_numpy_forward(kind, threads):
+    model = load(kind)
+    ref, got, ref_ids, got_ids = decode_both(model, [mc.prompt_ids(21)], 64)
+    for i, (a, b) in enumerate(zip(got, ref)):
+        close(a, b, f"{kind} step {i}")
+    np.testing.assert_array_equal(got_ids, ref_ids)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ragged_batch_matches_numpy_forward(kind, threads, monkeypatch):
+    """Rows of 5, 23 and 12 tokens, prefilled in chunks of 8 columns (so a
+    row may have no real token in a chunk), then decoded side by side at
+    different positions."""
+    model = load(kind)
+    prompts = [mc.prompt_ids(5, 1), mc.prompt_ids(23, 2), mc.prompt_ids(12, 3)]
+    ref, got, ref_ids, got_ids = decode_both(model, prompts, 20, chunk=8, monkeypatch=monkeypatch)
+    for i, (a, b) in enumerate(zip(got, ref)):
+        close(a, b, f"{kind} step {i}")
+    np.testing.assert_array_equal(got_ids, ref_ids)
+
+
+def test_each_row_of_a_batch_is_the_row_alone():
+    model = load("llama-gqa-tied")
+    c = model.compiled()
+    prompts = [mc.prompt_ids(4, 5), mc.prompt_ids(9, 6)]
+    tokens, counts = left_pad(prompts)
+    batch = c.forward(tokens, KVCache(model.config, 2, 16), counts)
+    for row, p in enumerate(prompts):
+        alone = c.forward(np.array([p]), KVCache(model.config, 1, 16))
+        close(batch[row], alone[0], f"row {row}")
+
+
+def test_long_prompt_in_chunks_splits_attention(monkeypatch):
+    """600 positions with 2 threads: decode attention is cut into key chunks
+    and merged (fd_attention_merge_f32); the prompt goes in 10 chunks."""
+    model = fd.load(_long_checkpoint())
+    before = fd.get_num_threads()
+    fd.set_num_threads(2)
+    try:
+        ref, got, ref_ids, got_ids = decode_both(model, [mc.prompt_ids(600, 9)], 4)
+    finally:
+        fd.set_num_threads(before)
+    for i, (a, b) in enumerate(zip(got, ref)):
+        close(a, b, f"step {i}")
+    np.testing.assert_array_equal(got_ids, ref_ids)
+
+
+_LONG = {}
+
+
+def _long_checkpoint():
+    if "dir" not in _LONG:
+        directory = os.path.join(mc._ROOT, "llama-long")
+        mc.build("llama-gqa-tied", directory, max_position_embeddings=1024)
+        _LONG["dir"] = directory
+    return _LONG["dir"]
+
+
+# ---------------------------------------------------------------------------
+# The token choice in the same call
+# ---------------------------------------------------------------------------
+
+SETTINGS = [
+    dict(do_sample=False),
+    dict(do_sample=False, repetition_penalty=1.3),
+    dict(temperature=0.8, top_k=20, top_p=0.9),
+    dict(temperature=1.2, min_p=0.05, repetition_penalty=1.2),
+    dict(temperature=[0.0, 0.7, 1.5], top_p=[1.0, 0.5, 0.95]),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=range(len(SETTINGS)))
+def test_fused_choice_equals_sample_on_the_step_logits(settings, threads):
+    model = load("qwen2")
+    c = model.compiled()
+    prompts = [mc.prompt_ids(6, 1), mc.prompt_ids(3, 2), mc.prompt_ids(8, 3)]
+    tokens, counts = left_pad(prompts)
+    seen = [list(p) for p in prompts]
+    cache_a, cache_b = KVCache(model.config, 3, 40), KVCache(model.config, 3, 40)
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    step_a, step_b = tokens, tokens
+    for i in range(12):
+        kw = dict(settings, prev_tokens=seen) if "repetition_penalty" in settings else dict(settings)
+        logits = np.empty((3, model.config.vocab_size), np.float32)
+        ids = c.next_tokens(step_a, cache_a, rng=rng_a, counts=counts if i == 0 else None, out=logits, **kw)
+        plain = c.forward(step_b, cache_b, counts if i == 0 else None)
+        np.testing.assert_array_equal(logits, plain)  # the same step, with or without the choice
+        if settings.get("do_sample") is False and "repetition_penalty" not in settings:
+            want = fd.argmax(plain)
+        else:
+            want = fd.sample(plain, rng=rng_b, **kw)
+        np.testing.assert_array_equal(ids, want, err_msg=f"step {i}")
+        for row, t in enumerate(ids):
+            seen[row].append(int(t))
+        step_a = step_b = ids[:, None]
+
+
+def test_generate_uses_the_compiled_step_and_matches_numpy_backend():
+    model = load("gpt2")
+    prompts = [mc.prompt_ids(7, 1), mc.prompt_ids(15, 2)]
+    with fd.use_backend("numpy"):
+        want = model.generate(prompts, max_new_tokens=30, ignore_eos=True)
+    with fd.use_backend("c"):
+        got = model.generate(prompts, max_new_tokens=30, ignore_eos=True)
+        sampled = model.generate(prompts, max_new_tokens=30, ignore_eos=True, do_sample=True, top_p=0.9, rng=3)
+        streamed = [t.id for t in model.stream(prompts[0], max_new_tokens=30, ignore_eos=True)]
+    assert hasattr(model, "_compiled")  # built by generate on the C backend
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert streamed == want[0].token_ids
+    with fd.use_backend("numpy"):
+        sampled_ref = model.generate(prompts, max_new_tokens=30, ignore_eos=True, do_sample=True, top_p=0.9, rng=3)
+    assert [r.token_ids for r in sampled] == [r.token_ids for r in sampled_ref]
+
+
+def test_logits_processors_still_run_in_python():
+    model = load("llama3-untied")
+    banned = model.generate(mc.prompt_ids(5), max_new_tokens=10, ignore_eos=True).token_ids[0]
+
+    def ban(history, logits):
+        assert history.shape[0] == 1 and logits.shape == (1, model.config.vocab_size)
+        logits = logits.copy()
+        logits[:, banned] = -np.inf
+        return logits
+
+    with fd.use_backend("c"):
+        out = model.generate(mc.prompt_ids(5), max_new_tokens=10, ignore_eos=True, logits_processors=[ban])
+    assert banned not in out.token_ids
+
+
+# ---------------------------------------------------------------------------
+# Threads, memory, bad input
+# ---------------------------------------------------------------------------
+
+def test_eight_threads_sharing_one_model_get_their_serial_results():
+    """test_reliability's check (8 threads, one model, generate) on the C
+    backend, where generate runs the compiled step, with a pool of 2: the
+    threads that find it busy run their steps alone."""
+    assert fd.get_backend() == "c"  # the default when the extension is built: every thread runs the C step
+    before = fd.get_num_threads()
+    fd.set_num_threads(2)
+    try:
+        shared_model_across_threads()
+    finally:
+        fd.set_num_threads(before)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc")
+def test_rss_does_not_grow_over_1000_generate_calls():
+    """test_reliability's 1,000 generate() calls, through the compiled step."""
+    assert fd.get_backend() == "c"
+    generate_does_not_leak()
+
+
+def test_bad_input_raises_before_c():
+    model = load("gpt2")
+    c = model.compiled()
+    cache = KVCache(model.config, 1, 8)
+    with pytest.raises(ValueError, match="token ids"):
+        c.forward(np.array([[model.config.vocab_size]]), cache)
+    with pytest.raises(TypeError, match="tokens"):
+        c.forward(np.array([[0.5]]), cache)
+    with pytest.raises(ValueError, match="rows"):
+        c.forward(np.array([[1], [2]]), cache)
+    with pytest.raises(ContextOverflowError):
+        c.forward(np.zeros((1, 9), np.int64), cache)
+    with pytest.raises(ValueError, match="out"):
+        c.forward(np.array([[1]]), cache, out=np.empty((1, 3), np.float32))
+    assert cache.lengths[0] == 0  # nothing ran
+
+
+def test_native_wrapper_checks_every_buffer():
+    """A direct caller of _native.CompiledModel.step cannot make C read or
+    write outside what it hands over."""
+    model = load("llama-gqa-tied")
+    nat = model.compiled()._native
+    cfg = model.config
+    cache = KVCache(cfg, 1, 8)
+    scratch = np.empty(nat.scratch_floats(1) + 16, np.float32)
+    aligned = scratch[(-scratch.ctypes.data % 64) // 4:][:nat.scratch_floats(1)]
+    logits = np.empty((1, cfg.vocab_size), np.float32)
+    ok = dict(logits=logits, ids=None, tokens=np.array([[1]]), counts=np.array([1]), k=cache.k, v=cache.v,
+              start=np.array([0]), scratch=aligned, params=None, prev_ids=None, prev_offsets=None)
+    order = list(ok)
+    call = lambda **kw: nat.step(*[dict(ok, **kw)[k] for k in order])  # noqa: E731
+    call()  # fine
+    bad = [dict(logits=np.empty((1, 3), np.float32)), dict(tokens=np.array([[cfg.vocab_size]])),
+           dict(start=np.array([8])), dict(counts=np.array([2])), dict(scratch=aligned[:10]),
+           dict(scratch=scratch[1:nat.scratch_floats(1) + 1]), dict(v=cache.v[:, :, :, :4].copy()),
+           dict(ids=np.empty(1, np.int64), params=np.zeros((2, 6))),
+           dict(ids=np.empty(1, np.int64), prev_ids=np.array([cfg.vocab_size]), prev_offsets=np.array([0, 1])),
+           dict(ids=np.empty(1, np.int64), prev_ids=np.array([1]), prev_offsets=np.array([0, 2]))]
+    for kw in bad:
+        with pytest.raises(ValueError):
+            call(**kw)
