@@ -175,9 +175,9 @@ FD_LEVELS(double, fd_read_sum_f32, (const float *x, int64_t n))
 
 /* ---- model.c: the compiled decode step ---------------------------------- */
 /* A weight matrix [rows, cols] (torch's Linear layout) and its format: the
- * step dispatches each projection on the tag, so block formats plug in as
- * tags with their own row kernels. */
-#define FD_FMT_F32 0
+ * step dispatches each projection on the tag, so GGUF's block formats plug
+ * in as tags with their own row kernels (their numbers 0.. are quant.c's). */
+#define FD_FMT_F32 (-1)
 typedef struct {
     const void *data;   /* [rows, cols] in `format` */
     int64_t rows, cols;

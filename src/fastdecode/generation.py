@@ -20,6 +20,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from . import backend, ops
+from .model import compiled as compiled_step
 from .model.transformer import ContextOverflowError, KVCache, forward
 
 # ---------------------------------------------------------------------------
@@ -269,7 +270,7 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
 
     # -- the compiled step (fastdecode.model.compiled): on the C backend one C call per step, the token
     # choice included unless Python logits processors need the logits; the NumPy backend runs forward()
-    compiled = model.compiled() if backend.active().name == "c" else None
+    compiled = model.compiled() if backend.active().name == "c" and compiled_step.enabled() else None
 
     def advance(tokens, counts=None):  # -> the chosen ids [B]
         if compiled is None:

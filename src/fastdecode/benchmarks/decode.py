@@ -81,13 +81,13 @@ def checkpoint(name: str, cache_dir: str | None = None) -> str:
 # Contenders: each a function (new_tokens) -> None that runs one generate()
 # ---------------------------------------------------------------------------
 
-def load_models(directory: str) -> tuple:
+def load_models(directory: str, peer: bool = True) -> tuple:
     """(fastdecode model, transformers in its own process or None) of one checkpoint."""
     import importlib.util
 
     import fastdecode
 
-    hf = PeerProcess(directory) if importlib.util.find_spec("transformers") is not None else None
+    hf = PeerProcess(directory) if peer and importlib.util.find_spec("transformers") is not None else None
     return fastdecode.load(directory), hf
 
 
@@ -121,22 +121,30 @@ class PeerProcess(harness.Worker):
         self.request(prompt=prompt, n=new_tokens, mode=mode, threads=threads)
 
 
-def contenders(models: tuple, mode: dict, prompt: np.ndarray, backends=("c", "numpy")) -> dict:
+# fastdecode-c runs the compiled step (one C call per token, fastdecode.model.compiled);
+# fastdecode-c-kernels the same C kernels one Python call at a time (use_compiled(False))
+CONTENDERS = ("fastdecode-c", "fastdecode-c-kernels", "fastdecode-numpy", PEER)
+PAIRED = ("fastdecode-c", "fastdecode-c-kernels")  # the per-round ratio the table reports
+
+
+def contenders(models: tuple, mode: dict, prompt: np.ndarray, names=CONTENDERS) -> dict:
     """{contender: run(new_tokens)} for one mode."""
     import fastdecode
+    from fastdecode.model.compiled import use_compiled
 
     model, hf = models
     out = {}
-    for backend in backends:
-        if backend not in fastdecode.backend_info()["available"]:
+    for name in names:
+        backend = "numpy" if name == "fastdecode-numpy" else "c"
+        if name == PEER or backend not in fastdecode.backend_info()["available"]:
             continue
 
-        def run(n, backend=backend):
-            with fastdecode.use_backend(backend):
+        def run(n, backend=backend, compiled=name != "fastdecode-c-kernels"):
+            with fastdecode.use_backend(backend), use_compiled(compiled):
                 model.generate(prompt.tolist(), max_new_tokens=n, ignore_eos=True, rng=0, **mode)
 
-        out[f"fastdecode-{backend}"] = run
-    if hf is not None:
+        out[name] = run
+    if hf is not None and PEER in names:
         out[PEER] = lambda n: hf.generate(prompt.tolist(), n, mode, fastdecode.get_num_threads())
     return out
 
@@ -162,11 +170,13 @@ def measure(fns: dict, rounds: int, new_tokens: int, bandwidth=None) -> tuple[di
             fns[k](1)
             full[k].append(t1 - t0)
             one[k].append(time.perf_counter() - t1)
-    times = {k: {"total_s": float(np.median(full[k])), "prefill_s": float(np.median(one[k]))} for k in names}
+    times = {k: {"total_s": float(np.median(full[k])), "prefill_s": float(np.median(one[k])), "rounds_s": full[k]}
+             for k in names}
     return times, float(np.median(gbps)) if gbps else None
 
 
-def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, progress=None) -> list[dict]:
+def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, progress=None,
+        names=CONTENDERS) -> list[dict]:
     """Every (mode, contender) of a model and thread count takes turns in one
     rotation, so greedy and sampling, fastdecode and transformers, and the
     bandwidth probe all see the same machine."""
@@ -174,12 +184,12 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
     prompt = np.random.default_rng(0).integers(0, 32000, PROMPT_TOKENS).astype(np.int64)
     probe = read_probe()  # allocated once: each round reads it at the thread count in use
     for name in models:
-        loaded = load_models(checkpoint(name, cache_dir))
+        loaded = load_models(checkpoint(name, cache_dir), PEER in names)
         nbytes = loaded[0].weights.nbytes_per_token()
         for n in thread_counts:
             with harness.threads(n):
                 fns = {(mode_name, contender): fn for mode_name, mode in MODES.items()
-                       for contender, fn in contenders(loaded, mode, prompt).items()}
+                       for contender, fn in contenders(loaded, mode, prompt, names).items()}
                 times, gbps = measure(fns, rounds, new_tokens, bandwidth=lambda: probe_gbps(probe, repeats=3))
                 for (mode_name, contender), t in times.items():
                     per_token = (t["total_s"] - t["prefill_s"]) / (new_tokens - 1)
@@ -189,7 +199,7 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
                         "tokens_per_s": new_tokens / t["total_s"], "time_per_token_s": per_token,
                         "total_s": t["total_s"], "prefill_s": t["prefill_s"],
                         "weight_bytes_per_token": nbytes, "read_gbps": gbps,
-                        "floor_s": nbytes / (gbps * 1e9),
+                        "floor_s": nbytes / (gbps * 1e9), "rounds_s": t["rounds_s"],
                     })
                     if progress:
                         progress(rows[-1])
@@ -218,6 +228,21 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['mode']} | {r['threads']} | {r['contender']} | {r['tokens_per_s']:.1f} | "
                      f"{r['time_per_token_s'] * 1e3:.2f} | {r['floor_s'] * 1e3:.2f} | "
                      f"{r['time_per_token_s'] / r['floor_s']:.2f} | {speedup} |")
+    return "\n".join(lines)
+
+
+def paired(rows: list[dict]) -> str:
+    """PAIRED[0]'s tokens/s over PAIRED[1]'s, round by round (the two ran
+    back to back in each rotation), and the median of those ratios."""
+    lines = [f"| model | mode | threads | {PAIRED[0]} / {PAIRED[1]} per round | median |", "|---|---|---:|---|---:|"]
+    for r in rows:
+        if r["contender"] != PAIRED[0]:
+            continue
+        other = _find(rows, model=r["model"], mode=r["mode"], threads=r["threads"], contender=PAIRED[1])
+        if other:
+            ratios = [b / a for a, b in zip(r["rounds_s"], other["rounds_s"])]
+            lines.append(f"| {r['model']} | {r['mode']} | {r['threads']} | "
+                         f"{' '.join(f'{x:.3f}' for x in ratios)} | {np.median(ratios):.3f}x |")
     return "\n".join(lines)
 
 
@@ -272,6 +297,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="timed runs per contender (default 3, quick 1)")
     parser.add_argument("--cache", default=None, help=f"checkpoint cache directory (default {default_cache_dir()})")
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help=f"comma-separated: {', '.join(CONTENDERS)}")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",")]
     unknown = [m for m in models if m not in MODELS]
@@ -285,8 +312,13 @@ def main(argv=None) -> int:
         print(f"  {row['model']} {row['mode']} {row['threads']}T {row['contender']}: "
               f"{row['tokens_per_s']:.1f} tokens/s", file=sys.stderr, flush=True)
 
-    rows = run(models, harness.resolve_threads(args.threads), rounds, new_tokens, args.cache, progress)
+    names = tuple(c.strip() for c in args.contenders.split(","))
+    if set(names) - set(CONTENDERS):
+        parser.error(f"unknown contender(s); choose from {', '.join(CONTENDERS)}")
+    rows = run(models, harness.resolve_threads(args.threads), rounds, new_tokens, args.cache, progress, names)
     print(table(rows))
+    print()
+    print(paired(rows))
     print()
     for line in targets(rows):
         print(line)

@@ -22,6 +22,8 @@ at once, each with its own cache.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 
 import numpy as np
@@ -174,6 +176,28 @@ class CompiledModel:
                 not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError(f"out must be a writeable C-contiguous float32 array of shape {(rows, v)}")
         return out
+
+
+_switch = threading.local()
+
+
+def enabled() -> bool:
+    """Whether generate() runs the compiled step on the C backend in this
+    thread: yes, unless ``use_compiled(False)`` or ``FASTDECODE_COMPILED=0``
+    (both for comparisons: the per-kernel path gives the same answers)."""
+    flag = getattr(_switch, "on", None)
+    return os.environ.get("FASTDECODE_COMPILED", "1") != "0" if flag is None else flag
+
+
+@contextlib.contextmanager
+def use_compiled(on: bool):
+    """generate() in this thread uses (or not) the compiled step while inside."""
+    before = getattr(_switch, "on", None)
+    _switch.on = bool(on)
+    try:
+        yield
+    finally:
+        _switch.on = before
 
 
 def compiled(model) -> CompiledModel:
