@@ -263,26 +263,41 @@ def test_bad_input_raises_before_c():
 
 
 def test_native_wrapper_checks_every_buffer():
-    """A direct caller of _native.CompiledModel.step cannot make C read or
-    write outside what it hands over."""
+    """A direct caller of _native.StepState cannot make C read or write
+    outside what it hands over."""
+    from fastdecode import _native
+
     model = load("llama-gqa-tied")
     nat = model.compiled()._native
     cfg = model.config
     cache = KVCache(cfg, 1, 8)
-    scratch = np.empty(nat.scratch_floats(1) + 16, np.float32)
-    aligned = scratch[(-scratch.ctypes.data % 64) // 4:][:nat.scratch_floats(1)]
+    need = nat.scratch_floats(1)
+    scratch = np.empty(need + 16, np.float32)
+    aligned = scratch[(-scratch.ctypes.data % 64) // 4:][:need]
+    for bad in [dict(scratch=aligned[:10]), dict(scratch=scratch[1:need + 1] if scratch.ctypes.data % 64 == 0
+                                                 else scratch[:need]),
+                dict(v=cache.v[:, :, :, :4].copy()), dict(k=np.zeros((1, 1, 1, 8, 4), np.float32)),
+                dict(lengths=np.zeros(2, np.int64)), dict(rows=0)]:
+        kw = dict(dict(k=cache.k, v=cache.v, lengths=cache.lengths, scratch=aligned, rows=1), **bad)
+        with pytest.raises(ValueError):
+            _native.StepState(nat, kw["k"], kw["v"], kw["lengths"], kw["scratch"], kw["rows"])
+    state = _native.StepState(nat, cache.k, cache.v, cache.lengths, aligned, 1)
     logits = np.empty((1, cfg.vocab_size), np.float32)
-    ok = dict(logits=logits, ids=None, tokens=np.array([[1]]), counts=np.array([1]), k=cache.k, v=cache.v,
-              start=np.array([0]), scratch=aligned, params=None, prev_ids=None, prev_offsets=None)
-    order = list(ok)
-    call = lambda **kw: nat.step(*[dict(ok, **kw)[k] for k in order])  # noqa: E731
-    call()  # fine
+    ok = dict(logits=logits, ids=None, tokens=np.array([[1]]), counts=np.array([1]), params=None, prev_ids=None,
+              prev_offsets=None)
+    call = lambda **kw: state.step(*dict(ok, **kw).values())  # noqa: E731
+    one = np.empty(1, np.int64)
     bad = [dict(logits=np.empty((1, 3), np.float32)), dict(tokens=np.array([[cfg.vocab_size]])),
-           dict(start=np.array([8])), dict(counts=np.array([2])), dict(scratch=aligned[:10]),
-           dict(scratch=scratch[1:nat.scratch_floats(1) + 1]), dict(v=cache.v[:, :, :, :4].copy()),
-           dict(ids=np.empty(1, np.int64), params=np.zeros((2, 6))),
-           dict(ids=np.empty(1, np.int64), prev_ids=np.array([cfg.vocab_size]), prev_offsets=np.array([0, 1])),
-           dict(ids=np.empty(1, np.int64), prev_ids=np.array([1]), prev_offsets=np.array([0, 2]))]
+           dict(tokens=np.array([[1, 2]]), counts=np.array([2])), dict(counts=np.array([2])),
+           dict(tokens=np.array([[1], [2]])), dict(ids=one, params=np.zeros((2, 6))), dict(logits=None, ids=one),
+           dict(ids=one, prev_ids=np.array([cfg.vocab_size]), prev_offsets=np.array([0, 1])),
+           dict(ids=one, prev_ids=np.array([1]), prev_offsets=np.array([0, 2]))]
     for kw in bad:
         with pytest.raises(ValueError):
             call(**kw)
+    assert cache.lengths[0] == 0  # nothing ran
+    for _ in range(8):
+        call()
+    assert cache.lengths[0] == 8
+    with pytest.raises(ValueError):  # the cache is full
+        call()

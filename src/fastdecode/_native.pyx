@@ -421,74 +421,94 @@ cdef class CompiledModel:
         """Floats of scratch (64-byte aligned) a step over `rows` = B * T tokens needs."""
         return fd_model_scratch_floats(&self.m, rows)
 
+
+cdef class StepState:
+    """One cache's side of the step: the model, the cache k, v [L, B, Hkv,
+    max_len, D] and its lengths [B] (positions filled, advanced by step),
+    and a scratch block for steps of up to `rows` tokens. Checked once here,
+    so a step only checks what changes per call."""
+    cdef CompiledModel model
+    cdef float[:, :, :, :, ::1] k, v
+    cdef int64_t[::1] lengths
+    cdef float[::1] scratch
+    cdef readonly int64_t rows
+
+    def __init__(self, CompiledModel model not None, float[:, :, :, :, ::1] k not None,
+                 float[:, :, :, :, ::1] v not None, int64_t[::1] lengths not None, float[::1] scratch not None,
+                 int64_t rows):
+        cdef int i
+        for i in range(5):
+            if k.shape[i] != v.shape[i]:
+                raise ValueError("StepState: k and v caches differ in shape")
+        if k.shape[0] != model.m.layers or k.shape[2] != model.m.hkv or k.shape[4] != model.m.head_dim or \
+                k.shape[3] < 1 or k.shape[1] < 1 or lengths.shape[0] != k.shape[1]:
+            raise ValueError(f"StepState: the cache must be [{model.m.layers}, B, {model.m.hkv}, max_len >= 1, "
+                             f"{model.m.head_dim}] with B lengths")
+        if rows < k.shape[1] or scratch.shape[0] < fd_model_scratch_floats(&model.m, rows) or \
+                (<size_t>&scratch[0]) % 64:
+            raise ValueError("StepState: scratch too small for `rows` (>= B) or not 64-byte aligned")
+        self.model, self.k, self.v, self.lengths, self.scratch, self.rows = model, k, v, lengths, scratch, rows
+
     def step(self, float[:, ::1] logits, int64_t[::1] ids, const int64_t[:, ::1] tokens, const int64_t[::1] counts,
-             float[:, :, :, :, ::1] k, float[:, :, :, :, ::1] v, const int64_t[::1] start, float[::1] scratch,
              const double[:, ::1] params, const int64_t[::1] prev_ids, const int64_t[::1] prev_offsets):
-        """logits [B, V] (and ids [B] or None) after tokens [B, T] (row b's
-        real tokens its last counts[b]) at positions start[b].. of the cache
-        k, v [L, B, Hkv, max_len, D]. params [B, 6] (fd_sample_params) or
+        """logits [B, V] or None (and ids [B] or None) after tokens [B, T]
+        (row b's real tokens its last counts[b]) at positions lengths[b]..,
+        which then advance by counts. params [B, 6] (fd_sample_params) or
         None: greedy ids. Returns the sampler's count of bad rows."""
+        cdef fd_model *m = &self.model.m
         cdef int64_t B = tokens.shape[0], T = tokens.shape[1], i, j, r, n_prev = 0, bad
-        cdef int64_t max_len = k.shape[3]
+        cdef int64_t max_len = self.k.shape[3]
         cdef const fd_sample_params *pp = NULL
         cdef const int64_t *pids = NULL
         cdef const int64_t *poff = NULL
         cdef int64_t *idp = NULL
         cdef float *lp = NULL
-        if B < 1 or T < 1:
-            raise ValueError("CompiledModel.step: tokens must be [B, T] with B, T >= 1")
+        if B != self.k.shape[1] or T < 1 or B * T > self.rows:
+            raise ValueError(f"StepState.step: tokens must be [{self.k.shape[1]}, T], T >= 1, at most "
+                             f"{self.rows} tokens")
         if logits is None and ids is not None:
-            raise ValueError("CompiledModel.step: ids need logits")
-        if logits is not None and (logits.shape[0] != B or logits.shape[1] != self.m.vocab):
-            raise ValueError(f"CompiledModel.step: logits must be [{B}, {self.m.vocab}]")
-        if k.shape[3] < 1:
-            raise ValueError("CompiledModel.step: the cache holds no position")
+            raise ValueError("StepState.step: ids need logits")
         if logits is not None:
+            if logits.shape[0] != B or logits.shape[1] != m.vocab:
+                raise ValueError(f"StepState.step: logits must be [{B}, {m.vocab}]")
             lp = &logits[0, 0]
-        if counts.shape[0] != B or start.shape[0] != B:
-            raise ValueError(f"CompiledModel.step: counts and start must have {B} entries")
-        for i in range(5):
-            if k.shape[i] != v.shape[i]:
-                raise ValueError("CompiledModel.step: k and v caches differ in shape")
-        if k.shape[0] != self.m.layers or k.shape[1] != B or k.shape[2] != self.m.hkv or \
-                k.shape[4] != self.m.head_dim:
-            raise ValueError(f"CompiledModel.step: the cache must be [{self.m.layers}, {B}, {self.m.hkv}, max_len, "
-                             f"{self.m.head_dim}]")
+        if counts.shape[0] != B:
+            raise ValueError(f"StepState.step: counts must have {B} entries")
         for r in range(B):
-            if counts[r] < 0 or counts[r] > T or start[r] < 0 or \
-                    start[r] + counts[r] > min(max_len, self.m.max_positions):
-                raise ValueError(f"CompiledModel.step: row {r}: counts in [0, T] and start + counts within the "
+            if counts[r] < 0 or counts[r] > T or self.lengths[r] < 0 or \
+                    self.lengths[r] + counts[r] > min(max_len, m.max_positions):
+                raise ValueError(f"StepState.step: row {r}: counts in [0, T] and lengths + counts within the "
                                  "cache and the model's positions")
         for i in range(B):
             for j in range(T):
-                if tokens[i, j] < 0 or tokens[i, j] >= self.m.vocab:
-                    raise ValueError(f"CompiledModel.step: token ids must lie in [0, {self.m.vocab})")
-        if scratch.shape[0] < fd_model_scratch_floats(&self.m, B * T) or (<size_t>&scratch[0]) % 64:
-            raise ValueError("CompiledModel.step: scratch too small or not 64-byte aligned")
+                if tokens[i, j] < 0 or tokens[i, j] >= m.vocab:
+                    raise ValueError(f"StepState.step: token ids must lie in [0, {m.vocab})")
         if ids is not None:
             if ids.shape[0] != B:
-                raise ValueError(f"CompiledModel.step: ids must have {B} entries")
+                raise ValueError(f"StepState.step: ids must have {B} entries")
             idp = &ids[0]
         if params is not None:
             if ids is None or params.shape[0] != B or params.shape[1] != 6:
-                raise ValueError(f"CompiledModel.step: params must be [{B}, 6], with ids")
+                raise ValueError(f"StepState.step: params must be [{B}, 6], with ids")
             pp = <const fd_sample_params *>&params[0, 0]
         if prev_ids is not None:
             if prev_offsets is None or prev_offsets.shape[0] != B + 1 or prev_offsets[0] != 0:
-                raise ValueError(f"CompiledModel.step: prev_offsets must be [{B + 1}] starting at 0")
+                raise ValueError(f"StepState.step: prev_offsets must be [{B + 1}] starting at 0")
             n_prev = prev_ids.shape[0]
             for r in range(B):
                 if prev_offsets[r + 1] < prev_offsets[r] or prev_offsets[r + 1] > n_prev:
-                    raise ValueError("CompiledModel.step: prev_offsets must rise within prev_ids")
+                    raise ValueError("StepState.step: prev_offsets must rise within prev_ids")
             for i in range(n_prev):
-                if prev_ids[i] < 0 or prev_ids[i] >= self.m.vocab:
-                    raise ValueError(f"CompiledModel.step: prev_ids must lie in [0, {self.m.vocab})")
+                if prev_ids[i] < 0 or prev_ids[i] >= m.vocab:
+                    raise ValueError(f"StepState.step: prev_ids must lie in [0, {m.vocab})")
             pids = &prev_ids[0] if n_prev else NULL
             poff = &prev_offsets[0]
         with nogil:
-            bad = fd_model_step_f32(lp, idp, &self.m, &tokens[0, 0], &counts[0], B, T,
-                                    &k[0, 0, 0, 0, 0], &v[0, 0, 0, 0, 0], max_len, &start[0], &scratch[0], pp,
+            bad = fd_model_step_f32(lp, idp, m, &tokens[0, 0], &counts[0], B, T, &self.k[0, 0, 0, 0, 0],
+                                    &self.v[0, 0, 0, 0, 0], max_len, &self.lengths[0], &self.scratch[0], pp,
                                     pids, n_prev, poff)
         if bad < 0:
-            raise MemoryError("CompiledModel.step: no memory for the step's scratch")
+            raise MemoryError("StepState.step: no memory for the step's scratch")
+        for r in range(B):
+            self.lengths[r] += counts[r]
         return bad

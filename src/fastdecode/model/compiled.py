@@ -41,6 +41,18 @@ from .weights import Weights
 # 124M: 80 KiB per token, 5 MiB at 64). docs/compiled.md has the times.
 PREFILL_CHUNK = 64
 
+_ONES = {}
+
+
+def _ones(b):  # -> [b] int64 ones, read-only, shared
+    ones = _ONES.get(b)
+    if ones is None:
+        ones = np.ones(b, np.int64)
+        ones.flags.writeable = False
+        ones = _ONES.setdefault(b, ones)
+    return ones
+
+
 _ACTIVATION = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu_erf", "relu": "relu",
                "silu": "silu"}
 _build_lock = threading.Lock()
@@ -79,16 +91,30 @@ class CompiledModel:
 
     # -- the step -------------------------------------------------------------
 
-    def _scratch(self, cache: KVCache, rows: int) -> np.ndarray:
-        """The cache's scratch block for a step over `rows` tokens (one per cache)."""
-        need = self._native.scratch_floats(rows)
-        held = getattr(cache, "_compiled_scratch", None)
-        if held is None or held.shape[0] < need:
-            held = empty_aligned((need,), np.float32)
-            cache._compiled_scratch = held
-        return held
+    def _state(self, cache: KVCache, rows: int):
+        """The cache's StepState (its scratch holds steps of `rows` tokens): one per cache, grown on demand."""
+        state = getattr(cache, "_compiled_state", None)
+        if state is None or state.rows < rows or cache._compiled_for is not self:
+            from .. import _native
+
+            rows = max(rows, len(cache.lengths))
+            scratch = empty_aligned((self._native.scratch_floats(rows),), np.float32)
+            state = _native.StepState(self._native, cache.k, cache.v, cache.lengths, scratch, rows)
+            cache._compiled_state, cache._compiled_for = state, self
+        return state
 
     def _check(self, tokens, cache: KVCache, counts):  # -> (tokens [B, T] int64, counts [B] int64)
+        if type(tokens) is np.ndarray and tokens.dtype == np.int64 and tokens.ndim == 2 and counts is None and \
+                tokens.flags.c_contiguous and tokens.shape[1] == 1:
+            # a decode step: the ids' range is checked by the wrapper (a ValueError naming them, before C)
+            if len(tokens) != len(cache.lengths) or cache.k.shape[0] != self.config.num_layers:
+                raise ValueError(f"tokens has {len(tokens)} rows but the cache {len(cache.lengths)}, or the "
+                                 "cache is another model's")
+            if cache.lengths.max() >= min(cache.max_len, self.config.max_positions):
+                raise ContextOverflowError(
+                    f"the sequence would reach {cache.lengths.max() + 1} positions; the cache holds "
+                    f"{cache.max_len} and the model {self.config.max_positions}")
+            return tokens, None
         tokens = np.ascontiguousarray(tokens, dtype=np.int64) if np.asarray(tokens).dtype.kind in "iu" else None
         if tokens is None or tokens.ndim != 2 or tokens.shape[1] == 0:
             raise TypeError("tokens must be a [B, T] integer array with T >= 1")
@@ -110,20 +136,22 @@ class CompiledModel:
         return tokens, counts
 
     def _run(self, tokens, counts, cache, logits, ids=None, params=None, prev=(None, None)) -> int:
-        """Chunks of PREFILL_CHUNK columns through the C step; the last gives logits (and ids)."""
+        """Chunks of PREFILL_CHUNK columns through the C step; the last gives logits (and ids).
+        counts None: every row takes all of tokens' columns."""
         b, t = tokens.shape
         chunk = min(t, PREFILL_CHUNK)
-        scratch = self._scratch(cache, b * chunk)
-        pad = t - counts  # [B] padding columns of each row
+        state = self._state(cache, b * chunk)
+        if t == 1 or (counts is None and t <= chunk):  # one call
+            return state.step(logits, ids, tokens, _ones(b) if counts is None else counts, params, *prev)
+        pad = np.zeros(b, np.int64) if counts is None else t - counts  # [B] padding columns of each row
         bad = 0
         for c0 in range(0, t, chunk):
             c1 = min(c0 + chunk, t)
-            part = np.ascontiguousarray(tokens[:, c0:c1])
             n = np.clip(c1 - np.maximum(pad, c0), 0, c1 - c0)  # real tokens in these columns (a suffix)
             final = c1 == t
-            bad = self._native.step(logits if final else None, ids if final else None, part, n, cache.k, cache.v,
-                                    cache.lengths, scratch, params if final else None, *prev)
-            cache.lengths += n
+            bad = state.step(logits if final else None, ids if final else None,
+                             np.ascontiguousarray(tokens[:, c0:c1]), n, params if final else None,
+                             *(prev if final else (None, None)))
         return bad
 
     def forward(self, tokens, cache: KVCache, counts=None, out=None) -> np.ndarray:
