@@ -44,13 +44,16 @@ static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, float *base)
     const int64_t hd = m->hq * m->head_dim, q = (m->hq + 2 * m->hkv) * m->head_dim;
     const int64_t sizes[12] = {n * m->d, n * m->d, n * m->d, n * q, n * hd, n * hd, n * hd,
                                n * m->ffn * (m->gated ? 2 : 1), n * m->ffn, n * m->head_dim, n * m->d, 2 * n};
-    float **parts[11] = {&s->x, &s->xn, &s->tmp, &s->qkv, &s->q, &s->att, &s->merged, &s->h, &s->act, &s->rope,
-                         &s->last};
-    int64_t total = 0;
+    int64_t total = 0, at[12];
     for (int i = 0; i < 12; i++) {
-        if (base && i < 11) *parts[i] = base + total;
-        if (base && i == 11) s->end = (int64_t *)(base + total);
+        at[i] = total;
         total += up16(sizes[i]);
+    }
+    if (base) {
+        float **parts[11] = {&s->x, &s->xn, &s->tmp, &s->qkv, &s->q, &s->att, &s->merged, &s->h, &s->act, &s->rope,
+                             &s->last};
+        for (int i = 0; i < 11; i++) *parts[i] = base + at[i];
+        s->end = (int64_t *)(base + at[11]);
     }
     return total;
 }

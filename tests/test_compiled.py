@@ -301,3 +301,51 @@ def test_native_wrapper_checks_every_buffer():
     assert cache.lengths[0] == 8
     with pytest.raises(ValueError):  # the cache is full
         call()
+
+
+# ---------------------------------------------------------------------------
+# Sanitizers: the step in C alone (tests/c/model_step.c), every SIMD level
+# ---------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEVEL_FLAGS = {"portable": [], "avx2": ["-mavx2", "-mfma", "-mf16c"],
+               "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]}
+
+
+def _kernel_files():  # CMakeLists.txt's KERNELS: the files compiled once per level
+    import re
+
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        return re.search(r"set\(KERNELS ([^)]*)\)", f.read()).group(1).split()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("gcc"), reason="gcc is not installed")
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="the levels are x86's")
+@pytest.mark.parametrize("sanitizer", ["thread", "address,undefined"])
+def test_step_is_clean_under_sanitizers(sanitizer, tmp_path):
+    """ThreadSanitizer, then ASan + UBSan, on 4 threads stepping one model at
+    once through a pool of 3, at the CPU's SIMD level (all three built)."""
+    import subprocess
+
+    flags = ["-O1", "-g", "-std=gnu11", f"-fsanitize={sanitizer}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all",
+             "-I", os.path.join(ROOT, "csrc"), "-DFD_HAVE_X86_LEVELS=1", "-DFD_HAVE_PTHREADS=1"]
+    jobs, objects = [], []
+    for level, extra in LEVEL_FLAGS.items():
+        for src in _kernel_files():
+            obj = str(tmp_path / f"{level}_{os.path.basename(src)}.o")
+            objects.append(obj)
+            jobs.append(subprocess.Popen(["gcc", *flags, *extra, f"-DFD_LEVEL_{level}=1", "-c", os.path.join(ROOT, src),
+                                          "-o", obj], stderr=subprocess.PIPE, text=True))
+    errors = [p.communicate()[1] for p in jobs if p.wait() != 0]
+    assert not errors, errors[0]
+    exe = str(tmp_path / "model_step")
+    link = subprocess.run(["gcc", *flags, os.path.join(ROOT, "tests", "c", "model_step.c"),
+                           *[os.path.join(ROOT, "csrc", f) for f in ("pool.c", "cpu.c")], *objects, "-lm", "-lpthread",
+                           "-o", exe], capture_output=True, text=True)
+    if link.returncode and "cannot find" in link.stderr:
+        pytest.skip(f"the {sanitizer} sanitizer runtime is not installed: {link.stderr.strip()[:200]}")
+    assert link.returncode == 0, link.stderr
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", ASAN_OPTIONS="detect_leaks=0:halt_on_error=1",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    run = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
