@@ -270,7 +270,8 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
 
     # -- the compiled step (fastdecode.model.compiled): on the C backend one C call per step, the token
     # choice included unless Python logits processors need the logits; the NumPy backend runs forward()
-    compiled = model.compiled() if backend.active().name == "c" and compiled_step.enabled() else None
+    compiled = model.compiled() if backend.active().name == "c" and compiled_step.enabled() and \
+        compiled_step.supported(model.weights) else None
 
     def advance(tokens, counts=None):  # -> the chosen ids [B]
         if compiled is None:

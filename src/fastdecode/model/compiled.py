@@ -228,6 +228,13 @@ def use_compiled(on: bool):
         _switch.on = before
 
 
+def supported(weights: Weights) -> bool:
+    """Whether the compiled step runs these weights: every matrix float32
+    (block formats: the per-kernel path, until model.c dispatches them)."""
+    mats = [weights.embed, weights.head] + [m for L in weights.layers for m in (L.qkv, L.out, L.up, L.down)]
+    return all(isinstance(m, np.ndarray) and m.dtype == np.float32 for m in mats)
+
+
 def compiled(model) -> CompiledModel:
     """``model``'s compiled step, built on first use and kept on the model."""
     found = getattr(model, "_compiled", None)
