@@ -206,8 +206,8 @@ FD_LEVELS(void, fd_dequantize_rows, (float *out, const uint8_t *w, int fmt, int6
 
 /* ---- model.c: the compiled decode step ---------------------------------- */
 /* A weight matrix [rows, cols] (torch's Linear layout) and its format: the
- * step dispatches each projection on the tag, so GGUF's block formats plug
- * in as tags with their own row kernels (their numbers 0.. are quant.c's). */
+ * step dispatches each projection on the tag: FD_FMT_F32, or one of
+ * quant.c's FD_FMT_ numbers (rows of fd_quant_row_bytes(format, cols)). */
 #define FD_FMT_F32 (-1)
 typedef struct {
     const void *data;   /* [rows, cols] in `format` */
@@ -239,7 +239,7 @@ typedef struct {
     int activation;             /* FD_ACT_, when not gated */
     int rms;                    /* RMSNorm (no biases) rather than LayerNorm */
     float eps;
-    const float *embed;         /* [vocab, d] */
+    fd_matrix embed;            /* [vocab, d]: rows are looked up (decoded, for a block format) */
     const float *positions;     /* [max_positions, d] learned positions, or NULL */
     const double *rope_freq;    /* [head_dim / 2] radians per position, or NULL (no RoPE) */
     const float *final_norm, *final_norm_bias; /* [d]; [d] or NULL */

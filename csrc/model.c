@@ -17,6 +17,7 @@
  * a step gives the same result whatever team the pool grants it.
  */
 #include "fastdecode.h"
+#include "quant.h"
 #include "simd.h"
 
 #include <math.h>
@@ -38,14 +39,20 @@ typedef struct {
     float *rope;         /* [N, D]: cos of each pair, then sin */
     float *last;         /* [B, d] each row's last position, normed */
     int64_t *end;        /* [B] start + counts */
+    int8_t *xq;          /* [N, n_in] a block-format projection's input in int8 (n_in <= max(d, Hq D, F)) */
+    float *xd, *xds;     /* [N, n_in / 32] its scales, scale * sums */
+    int32_t *xs;         /* [N, n_in / 16] its sums over 16 */
 } step_buffers;
 
 static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, float *base) {
     const int64_t hd = m->hq * m->head_dim, q = (m->hq + 2 * m->hkv) * m->head_dim;
-    const int64_t sizes[12] = {n * m->d, n * m->d, n * m->d, n * q, n * hd, n * hd, n * hd,
-                               n * m->ffn * (m->gated ? 2 : 1), n * m->ffn, n * m->head_dim, n * m->d, 2 * n};
-    int64_t total = 0, at[12];
-    for (int i = 0; i < 12; i++) {
+    int64_t in = m->d > hd ? m->d : hd;
+    in = in > m->ffn ? in : m->ffn;
+    const int64_t sizes[16] = {n * m->d, n * m->d, n * m->d, n * q, n * hd, n * hd, n * hd,
+                               n * m->ffn * (m->gated ? 2 : 1), n * m->ffn, n * m->head_dim, n * m->d, 2 * n,
+                               n * in / 4 + 1, n * in / 32 + 1, n * in / 32 + 1, n * in / 16 + 1};
+    int64_t total = 0, at[16];
+    for (int i = 0; i < 16; i++) {
         at[i] = total;
         total += up16(sizes[i]);
     }
@@ -54,6 +61,9 @@ static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, float *base)
                              &s->last};
         for (int i = 0; i < 11; i++) *parts[i] = base + at[i];
         s->end = (int64_t *)(base + at[11]);
+        s->xq = (int8_t *)(base + at[12]);
+        s->xd = base + at[13], s->xds = base + at[14];
+        s->xs = (int32_t *)(base + at[15]);
     }
     return total;
 }
@@ -88,16 +98,23 @@ static inline int64_t position(const step_job *j, int64_t n, int *real) {
 }
 
 /* out: [rows, w->rows] = x [rows, w->cols] W^T + bias, share t of nt of the
- * columns; with residual [rows, w->rows]: residual += out (own columns) */
-static void project(float *out, const float *x, const fd_matrix *w, const float *bias, int64_t rows,
+ * columns; with residual [rows, w->rows]: residual += out (own columns). A
+ * block format first has x quantized to int8 (rows shared out, a barrier). */
+static void project(step_job *j, float *out, const float *x, const fd_matrix *w, const float *bias, int64_t rows,
                     float *residual, int t, int nt) {
-    const int64_t n = w->rows, lo = n * t / nt, hi = n * (t + 1) / nt;
-    switch (w->format) {
-    case FD_FMT_F32:
-        FD_FN(fd_linear_cols_f32)(out, x, (const float *)w->data, bias, rows, w->cols, n, lo, hi);
-        break;
-    default: /* Python builds no other format yet */
-        return;
+    const int64_t n = w->rows, k = w->cols, lo = n * t / nt, hi = n * (t + 1) / nt;
+    if (w->format == FD_FMT_F32) {
+        FD_FN(fd_linear_cols_f32)(out, x, (const float *)w->data, bias, rows, k, n, lo, hi);
+    } else {
+        const int64_t nb = k / FD_QK;
+        step_buffers *s = &j->s;
+        if (w->format <= FD_FMT_Q6_K) {
+            for (int64_t r = t; r < rows; r += nt)
+                FD_FN(fd_quantize_x)(s->xq + r * k, s->xd + r * nb, s->xds + r * nb, s->xs + r * 2 * nb, x + r * k, 1, k);
+            fd_barrier_wait(&j->bar, nt);
+        }
+        const fd_qx xq = {s->xq, s->xd, s->xds, s->xs, k};
+        FD_FN(fd_linear_quant_cols)(out, x, &xq, (const uint8_t *)w->data, bias, w->format, rows, k, n, lo, hi);
     }
     if (!residual) return;
     for (int64_t r = 0; r < rows; r++)
@@ -118,8 +135,13 @@ static void embed(step_job *j, int t, int nt) {
         int real;
         const int64_t pos = position(j, n, &real);
         float *x = j->s.x + n * d;
-        const float *e = m->embed + j->tokens[n] * d;
-        for (int64_t c = 0; c < d; c++) x[c] = e[c];
+        if (m->embed.format == FD_FMT_F32) {
+            const float *e = (const float *)m->embed.data + j->tokens[n] * d;
+            for (int64_t c = 0; c < d; c++) x[c] = e[c];
+        } else {
+            const uint8_t *e = (const uint8_t *)m->embed.data + j->tokens[n] * fd_quant_row_bytes(m->embed.format, d);
+            FD_FN(fd_dequantize_rows)(x, e, m->embed.format, 1, d);
+        }
         if (m->positions)
             for (int64_t c = 0; c < d; c++) x[c] += m->positions[pos * d + c];
         if (m->rope_freq)
@@ -224,7 +246,7 @@ static void step_share(void *ctx, int t, int nt) {
         const fd_layer *L = &m->layer[l];
         norm_rows(s->xn, s->x, L->attn_norm, L->attn_norm_bias, N, m, t, nt);
         fd_barrier_wait(bar, nt);
-        project(s->qkv, s->xn, &L->qkv, L->qkv_bias, N, NULL, t, nt);
+        project(j, s->qkv, s->xn, &L->qkv, L->qkv_bias, N, NULL, t, nt);
         fd_barrier_wait(bar, nt);
         heads(j, l, t, nt);
         fd_barrier_wait(bar, nt);
@@ -242,15 +264,15 @@ static void step_share(void *ctx, int t, int nt) {
             merge_heads(j, t, nt);
             fd_barrier_wait(bar, nt);
         }
-        project(s->tmp, T > 1 ? s->merged : s->att, &L->out, L->out_bias, N, s->x, t, nt);
+        project(j, s->tmp, T > 1 ? s->merged : s->att, &L->out, L->out_bias, N, s->x, t, nt);
         fd_barrier_wait(bar, nt);
         norm_rows(s->xn, s->x, L->mlp_norm, L->mlp_norm_bias, N, m, t, nt);
         fd_barrier_wait(bar, nt);
-        project(s->h, s->xn, &L->up, L->up_bias, N, NULL, t, nt);
+        project(j, s->h, s->xn, &L->up, L->up_bias, N, NULL, t, nt);
         fd_barrier_wait(bar, nt);
         activate(j, t, nt);
         fd_barrier_wait(bar, nt);
-        project(s->tmp, s->act, &L->down, L->down_bias, N, s->x, t, nt);
+        project(j, s->tmp, s->act, &L->down, L->down_bias, N, s->x, t, nt);
         fd_barrier_wait(bar, nt);
     }
     if (!j->logits) return; /* a prefill chunk before the last */
@@ -258,7 +280,7 @@ static void step_share(void *ctx, int t, int nt) {
         FD_FN(fd_norm_f32)(s->last + b * m->d, s->x + (b * T + T - 1) * m->d, m->final_norm, m->final_norm_bias, 1,
                            m->d, m->eps, m->rms);
     fd_barrier_wait(bar, nt);
-    project(j->logits, s->last, &m->head, NULL, B, NULL, t, nt);
+    project(j, j->logits, s->last, &m->head, NULL, B, NULL, t, nt);
 }
 
 int64_t FD_FN(fd_model_step_f32)(float *logits, int64_t *ids, const fd_model *m, const int64_t *tokens,

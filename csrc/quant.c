@@ -190,28 +190,37 @@ typedef struct {
     fd_qx xq; /* x in int8 blocks (block formats) */
 } quant_job;
 
+/* Output columns [lo, hi) of out: [rows, n_out], on the calling thread;
+ * xq: x in int8 blocks (block formats; fd_quantize_x), x: float32 (16-bit
+ * formats). A share of fd_linear_quant's job, or of a caller's (model.c). */
+void FD_FN(fd_linear_quant_cols)(float *out, const float *x, const fd_qx *xq, const uint8_t *w, const float *bias,
+                                 int fmt, int64_t rows, int64_t n_in, int64_t n_out, int64_t lo, int64_t hi) {
+    const int64_t nb = n_in / FD_QK, row_bytes = fd_quant_row_bytes(fmt, n_in);
+    const int blocks = fmt <= FD_FMT_Q6_K;
+    for (int64_t r0 = 0; r0 < rows; r0 += FD_QROWS) { /* each group of rows streams W once */
+        const int64_t nr = rows - r0 < FD_QROWS ? rows - r0 : FD_QROWS;
+        fd_qx part = {0};
+        if (blocks) part = (fd_qx){xq->q + r0 * n_in, xq->d + r0 * nb, xq->ds + r0 * nb, xq->s + r0 * 2 * nb, n_in};
+        float *ys = out + r0 * n_out;
+        for (int64_t o = lo; o < hi; o++) {
+            float acc[FD_QROWS];
+            const uint8_t *row = w + o * row_bytes;
+            if (blocks)
+                FD_FN(fd_dot_blocks)(acc, row, fmt, &part, nr);
+            else
+                dot_16(acc, row, fmt == FD_FMT_BF16, x + r0 * n_in, nr, n_in);
+            const float b = bias ? bias[o] : 0.0f;
+            for (int64_t r = 0; r < nr; r++)
+                ys[r * n_out + o] = acc[r] + b;
+        }
+    }
+}
+
 /* Share t of nt: one contiguous block of weight rows, for every row of x. */
 static void quant_part(void *ctx, int t, int nt) {
     const quant_job *j = ctx;
-    const int64_t lo = j->n_out * t / nt, hi = j->n_out * (t + 1) / nt, nb = j->n_in / FD_QK;
-    const int blocks = j->fmt <= FD_FMT_Q6_K;
-    for (int64_t r0 = 0; r0 < j->rows; r0 += FD_QROWS) { /* each group of rows streams W once */
-        const int64_t nr = j->rows - r0 < FD_QROWS ? j->rows - r0 : FD_QROWS;
-        const fd_qx xq = {j->xq.q + r0 * j->n_in, j->xq.d + r0 * nb, j->xq.ds + r0 * nb, j->xq.s + r0 * 2 * nb,
-                          j->n_in};
-        float *ys = j->out + r0 * j->n_out;
-        for (int64_t o = lo; o < hi; o++) {
-            float acc[FD_QROWS];
-            const uint8_t *row = j->w + o * j->row_bytes;
-            if (blocks)
-                FD_FN(fd_dot_blocks)(acc, row, j->fmt, &xq, nr);
-            else
-                dot_16(acc, row, j->fmt == FD_FMT_BF16, j->x + r0 * j->n_in, nr, j->n_in);
-            const float b = j->bias ? j->bias[o] : 0.0f;
-            for (int64_t r = 0; r < nr; r++)
-                ys[r * j->n_out + o] = acc[r] + b;
-        }
-    }
+    FD_FN(fd_linear_quant_cols)(j->out, j->x, &j->xq, j->w, j->bias, j->fmt, j->rows, j->n_in, j->n_out,
+                                j->n_out * t / nt, j->n_out * (t + 1) / nt);
 }
 
 /* out: [rows, n_out]; x: [rows, n_in]; w: [n_out, row_bytes]; bias: [n_out] or NULL.

@@ -43,4 +43,10 @@ void FD_FN(fd_quantize_x)(int8_t *q, float *d, float *ds, int32_t *s, const floa
 /* acc: [nr] = row . x[r] for r < nr <= FD_QROWS; row: one weight row of format fmt (q8_0, q4_0, q4_K, q6_K) */
 void FD_FN(fd_dot_blocks)(float *acc, const uint8_t *row, int fmt, const fd_qx *x, int64_t nr);
 
+/* out: [rows, n_out], its columns [lo, hi) only; x: [rows, n_in] float32
+ * (16-bit formats), xq: x in int8 blocks (block formats); w: [n_out,
+ * fd_quant_row_bytes(fmt, n_in)]; bias: [n_out] or NULL */
+void FD_FN(fd_linear_quant_cols)(float *out, const float *x, const fd_qx *xq, const uint8_t *w, const float *bias,
+                                 int fmt, int64_t rows, int64_t n_in, int64_t n_out, int64_t lo, int64_t hi);
+
 #endif /* FD_QUANT_H */

@@ -371,7 +371,7 @@ cdef extern from "fastdecode.h":
         int64_t vocab, d, layers, hq, hkv, head_dim, ffn, max_positions
         int gated, activation, rms
         float eps
-        const float *embed
+        fd_matrix embed
         const float *positions
         const double *rope_freq
         const float *final_norm
@@ -402,14 +402,27 @@ cdef const float *_vector(object a, int64_t n, str name, bint optional=False) ex
 
 
 cdef fd_matrix _matrix(object a, int64_t rows, int64_t cols, str name) except *:
-    """A weight [rows, cols]: float32 today; each format adds its tag here."""
-    cdef const float[:, ::1] view = a
+    """A weight [rows, cols]: a float32 array, or a formats.QuantizedTensor
+    (its blocks [rows, fd_quant_row_bytes(format, cols)] and format code)."""
+    cdef const float[:, ::1] view
+    cdef const unsigned char[:, ::1] blocks
     cdef fd_matrix m
-    if view.shape[0] != rows or view.shape[1] != cols or rows * cols == 0:
-        raise ValueError(f"CompiledModel: {name} must have shape [{rows}, {cols}]; got "
-                         f"[{view.shape[0]}, {view.shape[1]}]")
-    m.data = &view[0, 0]
-    m.rows, m.cols, m.format = rows, cols, FD_FMT_F32
+    if rows * cols == 0:
+        raise ValueError(f"CompiledModel: {name} is empty")
+    m.rows, m.cols = rows, cols
+    if not hasattr(a, "info"):  # an array: float32 [rows, cols]
+        view = a
+        if view.shape[0] != rows or view.shape[1] != cols:
+            raise ValueError(f"CompiledModel: {name} must have shape [{rows}, {cols}]; got "
+                             f"[{view.shape[0]}, {view.shape[1]}]")
+        m.data, m.format = &view[0, 0], FD_FMT_F32
+        return m
+    blocks = a.data
+    m.format = a.info.code
+    if tuple(a.shape) != (rows, cols) or cols % 32 or blocks.shape[0] != rows or \
+            blocks.shape[1] != _quant_row_bytes(m.format, cols):
+        raise ValueError(f"CompiledModel: {name} must be [{rows}, {cols}] (a multiple of 32) in whole blocks")
+    m.data = &blocks[0, 0]
     return m
 
 
@@ -439,7 +452,7 @@ cdef class CompiledModel:
         self.m.gated, self.m.rms, self.m.eps = shape["gated"], shape["rms"], shape["eps"]
         self.m.activation = ACTIVATIONS[shape["activation"]]
         self.keep = [embed, positions, rope_freq, final_norm, final_norm_bias, head, layers]
-        self.m.embed = <const float *>_matrix(embed, v, d, "embed").data
+        self.m.embed = _matrix(embed, v, d, "embed")
         self.m.positions = NULL if positions is None else \
             <const float *>_matrix(positions, self.m.max_positions, d, "positions").data
         self.m.rope_freq = NULL

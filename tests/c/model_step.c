@@ -58,7 +58,7 @@ static fd_model build(int llama, fd_layer *layers, double *freq) {
     }
     for (int i = 0; i < HD / 2; i++) freq[i] = pow(10000.0, -2.0 * i / HD);
     fd_model m = {VOCAB, D_MODEL, LAYERS, HQ, hkv, HD, FFN, MAX_LEN, llama, FD_ACT_GELU_TANH, llama, 1e-5f,
-                  randoms(VOCAB * D_MODEL, 0.0f, 1.0f), llama ? NULL : randoms(MAX_LEN * D_MODEL, 0.0f, 0.2f),
+                  matrix(VOCAB, D_MODEL), llama ? NULL : randoms(MAX_LEN * D_MODEL, 0.0f, 0.2f),
                   llama ? freq : NULL, randoms(D_MODEL, 1.0f, 0.2f), llama ? NULL : randoms(D_MODEL, 0.0f, 0.2f),
                   matrix(VOCAB, D_MODEL), layers};
     return m;

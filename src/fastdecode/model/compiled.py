@@ -229,10 +229,11 @@ def use_compiled(on: bool):
 
 
 def supported(weights: Weights) -> bool:
-    """Whether the compiled step runs these weights: every matrix float32
-    (block formats: the per-kernel path, until model.c dispatches them)."""
+    """Whether the compiled step runs these weights: float32 arrays, or
+    QuantizedTensors whose input width is a multiple of 32 (what the block
+    kernels take; the loader keeps any other matrix in float32)."""
     mats = [weights.embed, weights.head] + [m for L in weights.layers for m in (L.qkv, L.out, L.up, L.down)]
-    return all(isinstance(m, np.ndarray) and m.dtype == np.float32 for m in mats)
+    return all(m.dtype == np.float32 and (isinstance(m, np.ndarray) or m.shape[1] % 32 == 0) for m in mats)
 
 
 def compiled(model) -> CompiledModel:
