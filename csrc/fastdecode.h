@@ -247,7 +247,8 @@ typedef struct {
     const fd_layer *layer;      /* [layers] */
 } fd_model;
 
-/* Floats of scratch a step over `rows` = B * T tokens needs. */
+/* Floats of scratch a step over `rows` = B * T tokens needs at fd_num_threads
+ * threads (a step given less runs on fewer threads, or returns -1). */
 int64_t fd_model_scratch_floats(const fd_model *m, int64_t rows);
 /* One step: tokens [B, T] (left-padded: row b's real tokens are its last
  * counts[b]) appended to the cache k, v: [layers, B, Hkv, max_len, D] at
@@ -262,7 +263,7 @@ int64_t fd_model_scratch_floats(const fd_model *m, int64_t rows);
 FD_LEVELS(int64_t, fd_model_step_f32, (float *logits, int64_t *ids, const fd_model *m, const int64_t *tokens,
                                        const int64_t *counts, int64_t B, int64_t T, float *k, float *v,
                                        int64_t max_len, const int64_t *start, float *scratch,
-                                       const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                                       int64_t scratch_floats, const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
                                        const int64_t *prev_offsets))
 
 #endif /* FASTDECODE_H */

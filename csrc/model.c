@@ -31,7 +31,8 @@ static inline int64_t up16(int64_t n) { return (n + 15) / 16 * 16; } /* floats t
  * ---------------------------------------------------------------------------- */
 
 typedef struct {
-    float *x, *xn, *tmp; /* [N, d] residual stream, its norm, a projection before the residual add */
+    float *x, *tmp;      /* [N, d] residual stream, a projection before the residual add */
+    float *xn;           /* [threads, N, d] each share's copy of the normed rows */
     float *qkv;          /* [N, Q] */
     float *q, *att;      /* [B, Hq, T, D] queries (rotated), attention output */
     float *merged;       /* [N, Hq D] attention output, heads merged (T > 1) */
@@ -44,11 +45,11 @@ typedef struct {
     int32_t *xs;         /* [N, n_in / 16] its sums over 16 */
 } step_buffers;
 
-static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, float *base) {
+static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, int threads, float *base) {
     const int64_t hd = m->hq * m->head_dim, q = (m->hq + 2 * m->hkv) * m->head_dim;
     int64_t in = m->d > hd ? m->d : hd;
     in = in > m->ffn ? in : m->ffn;
-    const int64_t sizes[16] = {n * m->d, n * m->d, n * m->d, n * q, n * hd, n * hd, n * hd,
+    const int64_t sizes[16] = {n * m->d, n * m->d * threads, n * m->d, n * q, n * hd, n * hd, n * hd,
                                n * m->ffn * (m->gated ? 2 : 1), n * m->ffn, n * m->head_dim, n * m->d, 2 * n,
                                n * in / 4 + 1, n * in / 32 + 1, n * in / 32 + 1, n * in / 16 + 1};
     int64_t total = 0, at[16];
@@ -69,7 +70,9 @@ static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, float *base)
 }
 
 #if FD_ENTRY_POINTS
-int64_t fd_model_scratch_floats(const fd_model *m, int64_t rows) { return carve(NULL, m, rows, NULL); }
+int64_t fd_model_scratch_floats(const fd_model *m, int64_t rows) {
+    return carve(NULL, m, rows, fd_num_threads > 0 ? fd_num_threads : 1, NULL);
+}
 #endif
 
 /* ----------------------------------------------------------------------------
@@ -97,28 +100,39 @@ static inline int64_t position(const step_job *j, int64_t n, int *real) {
     return pos > 0 ? pos : 0; /* padding takes position 0, as in the NumPy forward */
 }
 
-/* out: [rows, w->rows] = x [rows, w->cols] W^T + bias, share t of nt of the
- * columns; with residual [rows, w->rows]: residual += out (own columns). A
- * block format first has x quantized to int8 (rows shared out, a barrier). */
-static void project(step_job *j, float *out, const float *x, const fd_matrix *w, const float *bias, int64_t rows,
-                    float *residual, int t, int nt) {
-    const int64_t n = w->rows, k = w->cols, lo = n * t / nt, hi = n * (t + 1) / nt;
+/* A block-format projection's input x [rows, w->cols] to int8 blocks in the
+ * scratch (rows shared out, then a barrier); nothing for other formats. */
+static void quantize_input(step_job *j, const float *x, const fd_matrix *w, int64_t rows, int t, int nt) {
+    if (w->format == FD_FMT_F32 || w->format > FD_FMT_Q6_K) return;
+    const int64_t k = w->cols, nb = k / FD_QK;
+    step_buffers *s = &j->s;
+    for (int64_t r = t; r < rows; r += nt)
+        FD_FN(fd_quantize_x)(s->xq + r * k, s->xd + r * nb, s->xds + r * nb, s->xs + r * 2 * nb, x + r * k, 1, k);
+    fd_barrier_wait(&j->bar, nt);
+}
+
+/* out[:, lo:hi] of out [rows, w->rows] = x [rows, w->cols] W^T + bias (x
+ * already through quantize_input); with residual: residual[:, lo:hi] += it */
+static void cols(step_job *j, float *out, const float *x, const fd_matrix *w, const float *bias, int64_t rows,
+                 float *residual, int64_t lo, int64_t hi) {
+    const int64_t n = w->rows, k = w->cols;
     if (w->format == FD_FMT_F32) {
         FD_FN(fd_linear_cols_f32)(out, x, (const float *)w->data, bias, rows, k, n, lo, hi);
     } else {
-        const int64_t nb = k / FD_QK;
-        step_buffers *s = &j->s;
-        if (w->format <= FD_FMT_Q6_K) {
-            for (int64_t r = t; r < rows; r += nt)
-                FD_FN(fd_quantize_x)(s->xq + r * k, s->xd + r * nb, s->xds + r * nb, s->xs + r * 2 * nb, x + r * k, 1, k);
-            fd_barrier_wait(&j->bar, nt);
-        }
+        const step_buffers *s = &j->s;
         const fd_qx xq = {s->xq, s->xd, s->xds, s->xs, k};
         FD_FN(fd_linear_quant_cols)(out, x, &xq, (const uint8_t *)w->data, bias, w->format, rows, k, n, lo, hi);
     }
     if (!residual) return;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = lo; c < hi; c++) residual[r * n + c] += out[r * n + c];
+}
+
+/* share t of nt of a whole projection: its columns n t / nt .. n (t + 1) / nt */
+static void project(step_job *j, float *out, const float *x, const fd_matrix *w, const float *bias, int64_t rows,
+                    float *residual, int t, int nt) {
+    quantize_input(j, x, w, rows, t, nt);
+    cols(j, out, x, w, bias, rows, residual, w->rows * t / nt, w->rows * (t + 1) / nt);
 }
 
 static void norm_rows(float *out, const float *x, const float *w, const float *b, int64_t rows, const fd_model *m,
@@ -200,14 +214,12 @@ static void merge_heads(step_job *j, int t, int nt) { /* att [B, Hq, T, D] -> me
         }
 }
 
-/* out: [N, F] = act(h), or silu(gate) * up; elements shared out in blocks */
-static void activate(step_job *j, int t, int nt) {
+/* act[:, c0:c1] = act(h), or silu(gate) * up, of columns [c0, c1): the
+ * share that made those columns of h (and of up, gated) */
+static void activate(step_job *j, int64_t c0, int64_t c1) {
     const fd_model *m = j->m;
-    const int64_t F = m->ffn, total = j->N * F;
-    int64_t lo, hi;
-    fd_part_range(total, nt, t, 16, &lo, &hi);
-    for (int64_t e = lo; e < hi;) {
-        const int64_t n = e / F, c0 = e % F, c1 = n * F + F < hi ? F : hi - n * F;
+    const int64_t F = m->ffn;
+    for (int64_t n = 0; n < j->N; n++) {
         const float *g = j->s.h + n * F * (m->gated ? 2 : 1);
         float *o = j->s.act + n * F;
         int64_t c = c0;
@@ -230,7 +242,6 @@ static void activate(step_job *j, int t, int nt) {
         } else { /* relu */
             for (; c < c1; c++) o[c] = g[c] > 0.0f ? g[c] : 0.0f;
         }
-        e = n * F + c1;
     }
 }
 
@@ -240,13 +251,14 @@ static void step_share(void *ctx, int t, int nt) {
     const int64_t N = j->N, B = j->B, T = j->T, D = m->head_dim;
     step_buffers *s = &j->s;
     fd_barrier *bar = &j->bar;
+    float *xn = s->xn + t * N * m->d; /* this share's copy of the normed rows: no barrier after a norm */
+    const int64_t F = m->ffn, f0 = F * t / nt, f1 = F * (t + 1) / nt;
     embed(j, t, nt);
     fd_barrier_wait(bar, nt);
     for (int64_t l = 0; l < m->layers; l++) {
         const fd_layer *L = &m->layer[l];
-        norm_rows(s->xn, s->x, L->attn_norm, L->attn_norm_bias, N, m, t, nt);
-        fd_barrier_wait(bar, nt);
-        project(j, s->qkv, s->xn, &L->qkv, L->qkv_bias, N, NULL, t, nt);
+        norm_rows(xn, s->x, L->attn_norm, L->attn_norm_bias, N, m, 0, 1);
+        project(j, s->qkv, xn, &L->qkv, L->qkv_bias, N, NULL, t, nt);
         fd_barrier_wait(bar, nt);
         heads(j, l, t, nt);
         fd_barrier_wait(bar, nt);
@@ -266,11 +278,11 @@ static void step_share(void *ctx, int t, int nt) {
         }
         project(j, s->tmp, T > 1 ? s->merged : s->att, &L->out, L->out_bias, N, s->x, t, nt);
         fd_barrier_wait(bar, nt);
-        norm_rows(s->xn, s->x, L->mlp_norm, L->mlp_norm_bias, N, m, t, nt);
-        fd_barrier_wait(bar, nt);
-        project(j, s->h, s->xn, &L->up, L->up_bias, N, NULL, t, nt);
-        fd_barrier_wait(bar, nt);
-        activate(j, t, nt);
+        norm_rows(xn, s->x, L->mlp_norm, L->mlp_norm_bias, N, m, 0, 1);
+        quantize_input(j, xn, &L->up, N, t, nt);
+        cols(j, s->h, xn, &L->up, L->up_bias, N, NULL, f0, f1); /* this share's columns, then its gates' partners */
+        if (m->gated) cols(j, s->h, xn, &L->up, L->up_bias, N, NULL, F + f0, F + f1);
+        activate(j, f0, f1);
         fd_barrier_wait(bar, nt);
         project(j, s->tmp, s->act, &L->down, L->down_bias, N, s->x, t, nt);
         fd_barrier_wait(bar, nt);
@@ -285,19 +297,22 @@ static void step_share(void *ctx, int t, int nt) {
 
 int64_t FD_FN(fd_model_step_f32)(float *logits, int64_t *ids, const fd_model *m, const int64_t *tokens,
                                  const int64_t *counts, int64_t B, int64_t T, float *k, float *v, int64_t max_len,
-                                 const int64_t *start, float *scratch, const fd_sample_params *params,
-                                 const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+                                 const int64_t *start, float *scratch, int64_t scratch_floats,
+                                 const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                                 const int64_t *prev_offsets) {
     if (B <= 0 || T <= 0) return 0;
     step_job j = {m, tokens, counts, start, B, T, B * T, max_len, k, v, logits};
-    carve(&j.s, m, j.N, scratch);
+    int nt = fd_num_threads > 0 ? fd_num_threads : 1; /* as many shares as threads, whatever the sizes */
+    while (nt > 1 && carve(NULL, m, j.N, nt, NULL) > scratch_floats) nt--; /* threads raised since it was sized */
+    if (carve(NULL, m, j.N, nt, NULL) > scratch_floats) return -1;
+    carve(&j.s, m, j.N, nt, scratch);
     for (int64_t b = 0; b < B; b++) j.s.end[b] = start[b] + counts[b];
     int64_t need = FD_FN(fd_attention_plan_f32)(&j.plan, j.s.end, B, m->hq, m->hkv, T, max_len, m->head_dim,
                                                 1.0f, 1);
     if (need < 0) return -1; /* impossible head counts: Python never builds them */
     if (need > 0 && !(j.partials = malloc((size_t)need * sizeof(float)))) return -1;
     atomic_init(&j.failed, 0);
-    /* as many shares as threads, whatever the sizes: the barriers are the cost of a share, not a wake-up */
-    fd_parallel(step_share, &j, fd_num_threads);
+    fd_parallel(step_share, &j, nt); /* the barriers are the cost of a share, not a wake-up */
     free(j.partials);
     if (atomic_load(&j.failed)) return -1;
     if (!ids || !logits) return 0;
@@ -308,9 +323,10 @@ int64_t FD_FN(fd_model_step_f32)(float *logits, int64_t *ids, const fd_model *m,
 #if FD_ENTRY_POINTS
 int64_t fd_model_step_f32(float *logits, int64_t *ids, const fd_model *m, const int64_t *tokens,
                           const int64_t *counts, int64_t B, int64_t T, float *k, float *v, int64_t max_len,
-                          const int64_t *start, float *scratch, const fd_sample_params *params,
-                          const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) {
+                          const int64_t *start, float *scratch, int64_t scratch_floats,
+                          const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
+                          const int64_t *prev_offsets) {
     return FD_DISPATCH(fd_model_step_f32, (logits, ids, m, tokens, counts, B, T, k, v, max_len, start, scratch,
-                                           params, prev_ids, n_prev, prev_offsets));
+                                           scratch_floats, params, prev_ids, n_prev, prev_offsets));
 }
 #endif

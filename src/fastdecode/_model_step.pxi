@@ -38,7 +38,8 @@ cdef extern from "fastdecode.h":
     int64_t fd_model_scratch_floats(const fd_model *m, int64_t rows)
     int64_t fd_model_step_f32(float *logits, int64_t *ids, const fd_model *m, const int64_t *tokens,
                               const int64_t *counts, int64_t B, int64_t T, float *k, float *v, int64_t max_len,
-                              const int64_t *start, float *scratch, const fd_sample_params *params,
+                              const int64_t *start, float *scratch, int64_t scratch_floats,
+                              const fd_sample_params *params,
                               const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) nogil
 
 ACTIVATIONS = {"gelu_tanh": FD_ACT_GELU_TANH, "gelu_erf": FD_ACT_GELU_ERF, "relu": FD_ACT_RELU,
@@ -158,6 +159,11 @@ cdef class StepState:
     cdef float[::1] scratch
     cdef readonly int64_t rows
 
+    @property
+    def floats(self):
+        """Floats of scratch held."""
+        return self.scratch.shape[0]
+
     def __init__(self, CompiledModel model not None, float[:, :, :, :, ::1] k not None,
                  float[:, :, :, :, ::1] v not None, int64_t[::1] lengths not None, float[::1] scratch not None,
                  int64_t rows):
@@ -230,7 +236,8 @@ cdef class StepState:
             poff = &prev_offsets[0]
         with nogil:
             bad = fd_model_step_f32(lp, idp, m, &tokens[0, 0], &counts[0], B, T, &self.k[0, 0, 0, 0, 0],
-                                    &self.v[0, 0, 0, 0, 0], max_len, &self.lengths[0], &self.scratch[0], pp,
+                                    &self.v[0, 0, 0, 0, 0], max_len, &self.lengths[0], &self.scratch[0],
+                                    self.scratch.shape[0], pp,
                                     pids, n_prev, poff)
         if bad < 0:
             raise MemoryError("StepState.step: no memory for the step's scratch")

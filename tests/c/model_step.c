@@ -76,11 +76,12 @@ static void *decode(void *arg) {
     const fd_model *m = r->m;
     const int64_t cache = LAYERS * B * m->hkv * MAX_LEN * HD;
     float *k = calloc((size_t)cache, 4), *v = calloc((size_t)cache, 4);
-    float *scratch = aligned_alloc(64, (size_t)((fd_model_scratch_floats(m, B * 7) * 4 + 63) / 64 * 64));
+    const int64_t floats = fd_model_scratch_floats(m, B * 7);
+    float *scratch = aligned_alloc(64, (size_t)((floats * 4 + 63) / 64 * 64));
     int64_t tokens[B * 7] = {0, 0, 0, 0, 5, 6, 7, 1, 2, 3, 4, 5, 6, 96}, counts[B] = {3, 7}, start[B] = {0, 0};
     int64_t prev[B * (STEPS + 8)], offsets[B + 1];
     r->failed = fd_model_step_f32(r->logits[0], r->ids[0], m, tokens, counts, B, 7, k, v, MAX_LEN, start, scratch,
-                                  NULL, NULL, 0, NULL);
+                                  floats, NULL, NULL, 0, NULL);
     for (int s = 1; s <= STEPS && !r->failed; s++) {
         int64_t one[B] = {1, 1};
         for (int b = 0; b < B; b++) start[b] += s == 1 ? counts[b] : 1;
@@ -92,7 +93,7 @@ static void *decode(void *arg) {
         }
         offsets[B] = B * s;
         r->failed = fd_model_step_f32(r->logits[s], r->ids[s], m, r->ids[s - 1], one, B, 1, k, v, MAX_LEN, start,
-                                      scratch, s > STEPS / 2 ? p : NULL, prev, B * s, offsets);
+                                      scratch, floats, s > STEPS / 2 ? p : NULL, prev, B * s, offsets);
     }
     free(k), free(v), free(scratch);
     return NULL;

@@ -94,7 +94,8 @@ class CompiledModel:
     def _state(self, cache: KVCache, rows: int):
         """The cache's StepState (its scratch holds steps of `rows` tokens): one per cache, grown on demand."""
         state = getattr(cache, "_compiled_state", None)
-        if state is None or state.rows < rows or cache._compiled_for is not self:
+        if state is None or state.rows < rows or cache._compiled_for is not self or \
+                state.floats < self._native.scratch_floats(state.rows):  # threads raised since
             from .. import _native
 
             rows = max(rows, len(cache.lengths))
