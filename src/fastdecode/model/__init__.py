@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .config import ConfigError, ModelConfig, read_json
+from .config import ConfigError, ModelConfig, _checked, read_json
 from .transformer import ContextOverflowError, KVCache, forward
 from .weights import Checkpoint, WeightError, Weights, load_weights
 
@@ -106,6 +106,8 @@ class Model:
 
         from ..generation import GenerationConfig
 
+        if config is not None and not isinstance(config, GenerationConfig):
+            raise TypeError(f"config must be a fastdecode.GenerationConfig or None; got {type(config).__name__}")
         base = config if config is not None else GenerationConfig(max_new_tokens=max_new_tokens)
         names = {f.name for f in dataclasses.fields(GenerationConfig)}
         unknown = set(settings) - names
@@ -115,10 +117,17 @@ class Model:
         return dataclasses.replace(base, **settings)
 
 
-def load(path: str) -> Model:
+def load(path: str, *, strict: bool = True) -> Model:
     """A model from a Hugging Face checkpoint directory (config.json,
     model.safetensors or shards, tokenizer.json), or ``"default"`` for the
-    model packaged with fastdecode."""
+    model packaged with fastdecode.
+
+    Fields missing from config.json take transformers' defaults for the
+    architecture. Raises FileNotFoundError for a missing file, ConfigError
+    (a ValueError) naming the file and field of a bad config value, and
+    WeightError (a ValueError) naming a tensor that is missing, misshapen,
+    or, with ``strict`` (the default, as torch's ``load_state_dict``), one
+    the config gives no place to; ``strict=False`` warns and ignores those."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
@@ -131,23 +140,39 @@ def load(path: str) -> Model:
         raise FileNotFoundError(f"{path}: not a directory (fastdecode.load takes a checkpoint directory "
                                 "with config.json and model.safetensors)")
     config = ModelConfig.from_file(os.path.join(path, "config.json"))
-    weights = load_weights(config, Checkpoint(path))
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False; got {strict!r}")
+    weights = load_weights(config, Checkpoint(path), strict)
     tokenizer = None
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         from ..tokenizer import Tokenizer
 
         tokenizer = Tokenizer(path)
-    gen_defaults = read_json(os.path.join(path, "generation_config.json"))
-    eos = _eos_ids(gen_defaults.get("eos_token_id"), config, tokenizer)
-    defaults = {k: gen_defaults[k] for k in _SAMPLING_KEYS if gen_defaults.get(k) is not None}
+    gen_file = os.path.join(path, "generation_config.json")
+    gen_defaults = read_json(gen_file)
+    try:
+        eos = _eos_ids(gen_defaults.get("eos_token_id"), config, tokenizer)
+        defaults = _sampling_defaults({k: gen_defaults[k] for k in _SAMPLING_KEYS if gen_defaults.get(k) is not None})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{gen_file}: {exc}") from None
     return Model(config, weights, tokenizer, defaults, eos, path)
+
+
+def _sampling_defaults(defaults: dict) -> dict:
+    """generation_config.json's sampling settings, checked by generate()'s rules (do_sample with
+    temperature 0, a combination some files hold, is left for generate() to refuse if used)."""
+    from ..generation import GenerationConfig, validate
+
+    validate(GenerationConfig(**dict(defaults, do_sample=None)))
+    if not isinstance(defaults.get("do_sample", False), bool):
+        raise ConfigError(f"do_sample must be true or false; got {defaults['do_sample']!r}")
+    return defaults
 
 
 def _eos_ids(from_generation_config, config: ModelConfig, tokenizer) -> tuple:
     """eos ids: generation_config.json, else config.json, else tokenizer_config.json."""
     if from_generation_config is not None:
-        ids = from_generation_config if isinstance(from_generation_config, list) else [from_generation_config]
-        return tuple(int(i) for i in ids)
+        return _checked("eos_token_id", from_generation_config, "ids")
     if config.eos_token_ids:
         return config.eos_token_ids
     if tokenizer is not None and tokenizer.eos_token_id is not None:
