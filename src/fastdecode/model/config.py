@@ -4,7 +4,9 @@ Two families: ``"gpt2"`` (GPT2LMHeadModel: LayerNorm, learned positions,
 gelu, biases everywhere) and ``"llama"`` (LlamaForCausalLM and its close
 relatives Qwen2ForCausalLM and MistralForCausalLM: RMSNorm, RoPE, SwiGLU,
 grouped-query attention). Both transformers 4.x (``rope_theta`` +
-``rope_scaling``) and 5.x (``rope_parameters``) spellings are read.
+``rope_scaling``) and 5.x (``rope_parameters``) spellings are read. A field
+missing from config.json takes transformers' default for the architecture
+(``DEFAULTS``); every field is checked as it is read, and an error names it.
 """
 from __future__ import annotations
 
