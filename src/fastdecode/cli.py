@@ -205,7 +205,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return status
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
         _drop_stdout()
         return 0
