@@ -9,13 +9,21 @@ Stopping: the checkpoint's eos token(s) always end a sequence (unless
 ``ignore_eos=True``); ``stop`` adds strings and/or token ids. A stop token
 is kept in ``token_ids`` (as transformers does) but not in ``text``; a stop
 string ends ``text`` just before it, while ``token_ids`` keeps every token
-made, up to the one that completed the string.
+made, up to the one that completed the string. A stop string also matches
+the text of a special token (which ``text`` never shows), as transformers'
+``stop_strings`` does.
+
+Checking: :func:`start` checks the whole request (prompt, every setting,
+used or not, the context length) before any work, so ``stream()`` raises at
+the call. Between tokens a stream holds nothing of the worker pool's: the
+weight read-ahead order is lent for each step only.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -211,7 +219,7 @@ def is_batch(prompt) -> bool:
 
 
 def _check_prompt_type(prompt, name):
-    if isinstance(prompt, str) or (isinstance(prompt, (list, tuple, np.ndarray)) and not isinstance(prompt, bytes)):
+    if isinstance(prompt, (str, np.ndarray)) or (isinstance(prompt, Sequence) and not isinstance(prompt, bytes)):
         return
     raise TypeError(f"{name} must be a str, a sequence of token ids, or a list of either (a batch); "
                     f"got {type(prompt).__name__}")
