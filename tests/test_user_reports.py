@@ -63,11 +63,19 @@ def test_stop_string_matches_a_special_token(model, backend):
     assert "".join(p.text for p in pieces) == "Hi" and [p.id for p in pieces] == out.token_ids
 
 
-def test_stop_string_spanning_text_and_a_special_token(model):
+@pytest.mark.parametrize("stop, text, tokens", [
+    ("end" + IM_END, "Hi ", 7),  # text, then the special token: ends on the special token
+    (IM_END + "\nmo", "Hi end", 10),  # the special token, then text: ends on the token that completes it
+    ("d" + IM_END + "\n", "Hi en", 8),
+])
+def test_stop_string_spanning_text_and_a_special_token(model, stop, text, tokens):
     prompt = ids(model, "Say:")
-    say, n = script(model, len(prompt), "Hi end", 257, " more")
-    out = model.generate(prompt, max_new_tokens=n, stop=["end" + IM_END], logits_processors=[say])
-    assert out.text == "Hi " and out.finish_reason == "stop" and out.token_ids[-1] == 257
+    say, n = script(model, len(prompt), "Hi end", 257, "\nmore")
+    out = model.generate(prompt, max_new_tokens=n, stop=[stop], logits_processors=[say])
+    assert (out.text, out.finish_reason, out.stopped_by) == (text, "stop", stop)
+    assert out.token_ids == (ids(model, "Hi end") + [257] + ids(model, "\nmore"))[:tokens]
+    pieces = list(model.stream(prompt, max_new_tokens=n, stop=[stop], logits_processors=[say]))
+    assert "".join(p.text for p in pieces) == text
 
 
 # ---------------------------------------------------------------------------

@@ -159,6 +159,8 @@ class _Sequence:
         self.special_text = tokenizer.special_tokens if tokenizer is not None and stop_strings else {}
         self.text = ""  # all text so far (stop string excluded once found)
         self.shown = 0  # characters of text handed out as pieces
+        self._full = ""  # text with special tokens' text in place: what stop strings are matched against
+        self._hidden: list[tuple] = []  # (start, end) in _full of special tokens' text, which text never shows
         self.finish_reason: str | None = None
         self.stopped_by = None
 
@@ -169,39 +171,48 @@ class _Sequence:
             self.finish_reason, self.stopped_by = "eos" if token in self.eos_ids else "stop", token
             last = True
         elif self.text_stream is not None:
-            self.text += self.text_stream.push(token)
-            self._find_stop_string(self.special_text.get(token, ""))
+            self._extend(self.text_stream.push(token), self.special_text.get(token, ""))
         if self.finish_reason is None and last:
             self.finish_reason = "length"
         stopped_by_string = isinstance(self.stopped_by, str)  # then the text after it is dropped anyway
         if self.finish_reason is not None and not stopped_by_string and self.text_stream is not None:
-            self.text += self.text_stream.finish()  # a character left incomplete shows as U+FFFD, as decode gives it
-            self._find_stop_string()
+            self._extend(self.text_stream.finish())  # a character left incomplete shows as U+FFFD, as decode gives it
         end = len(self.text) if self.finish_reason else len(self.text) - self._pending_stop()
         piece = self.text[self.shown:end]
         self.shown = max(self.shown, end)
         return piece
 
-    def _find_stop_string(self, special: str = ""):
-        """Ends the text at the first stop string in the newest text, or in
-        ``special``, the text of a special token just made (shown nowhere)."""
-        # a stop string can only end in the newest text: search from where it could start
-        text = self.text + special
-        start = max(0, self.shown - max((len(s) for s in self.stop_strings), default=0))
-        hits = [(i, s) for s in self.stop_strings if (i := text.find(s, start)) >= 0]
+    def _extend(self, piece: str, special: str = ""):
+        """Add a text piece, then a special token's text (matched, never shown); end the
+        text at a stop string that the newest text completes."""
+        before = len(self._full)
+        self.text += piece
+        self._full += piece
+        if special:
+            self._hidden.append((len(self._full), len(self._full) + len(special)))
+            self._full += special
+        if not self.stop_strings:
+            return
+        # earlier text was searched when it came: a new hit ends in the new text
+        start = max(0, before - max(len(s) for s in self.stop_strings) + 1)
+        hits = [(i, s) for s in self.stop_strings if (i := self._full.find(s, start)) >= 0]
         if hits:
             i, s = min(hits)
-            self.text, self.finish_reason, self.stopped_by = self.text[:i], "stop", s
+            self.text, self.finish_reason, self.stopped_by = self.text[:self._visible(i)], "stop", s
+
+    def _visible(self, i: int) -> int:
+        """How many characters of text precede position i of _full."""
+        return i - sum(min(end, i) - start for start, end in self._hidden if start < i)
 
     def _pending_stop(self) -> int:
         """Characters at the end of the text that could begin a stop string (held back)."""
         best = 0
         for s in self.stop_strings:
-            for n in range(min(len(s) - 1, len(self.text)), best, -1):
-                if self.text.endswith(s[:n]):
+            for n in range(min(len(s) - 1, len(self._full)), best, -1):
+                if self._full.endswith(s[:n]):
                     best = n
                     break
-        return best
+        return len(self.text) - self._visible(len(self._full) - best)
 
     def result(self, timing: Timing) -> GenerationResult:
         return GenerationResult(list(self.token_ids), self.text, list(self.prompt_ids), self.finish_reason,
