@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .config import ConfigError, ModelConfig, _checked, read_json
+from .config import ConfigError, ModelConfig, check_field, read_json
 from .transformer import ContextOverflowError, KVCache, forward
 from .weights import Checkpoint, WeightError, Weights, load_weights
 
@@ -172,7 +172,7 @@ def _sampling_defaults(defaults: dict) -> dict:
 def _eos_ids(from_generation_config, config: ModelConfig, tokenizer) -> tuple:
     """eos ids: generation_config.json, else config.json, else tokenizer_config.json."""
     if from_generation_config is not None:
-        return _checked("eos_token_id", from_generation_config, "ids")
+        return check_field("eos_token_id", from_generation_config, "ids")
     if config.eos_token_ids:
         return config.eos_token_ids
     if tokenizer is not None and tokenizer.eos_token_id is not None:

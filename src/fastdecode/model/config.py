@@ -149,20 +149,17 @@ class _Fields:
     def __init__(self, raw: dict, defaults: dict, aliases: dict):
         self.raw, self.defaults, self.aliases = raw, defaults, aliases
 
-    def __call__(self, key: str, kind: str, default=None):
-        alias = self.aliases.get(key)
-        if key not in self.raw and alias in self.raw:
-            key = alias
-        value = self.raw[key] if key in self.raw else self.defaults.get(key, default)
-        return _checked(key, value, kind)
+    def __call__(self, key: str, kind: str):
+        name = self.aliases[key] if key not in self.raw and self.aliases.get(key) in self.raw else key
+        return check_field(name, self.raw[name] if name in self.raw else self.defaults[key], kind)
 
 
-def _checked(key: str, value, kind: str):
+def check_field(key: str, value, kind: str):
     """value as `kind`: "count" (int >= 1), "positive" (finite float > 0), "flag" (bool), "name" (str),
     "id" (None or int >= 0), "ids" (None, an int or a list of ints >= 0, as a tuple), "count?" / "name?"
     (None or the kind)."""
     if kind.endswith("?"):
-        return None if value is None else _checked(key, value, kind[:-1])
+        return None if value is None else check_field(key, value, kind[:-1])
     integer = isinstance(value, int) and not isinstance(value, bool)
     if kind == "count" and integer and value >= 1:
         return value
@@ -210,7 +207,7 @@ def _llama(get: _Fields, arch: str) -> dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a JSON object; got {value!r}")
     rope = dict(rope, **(legacy or {}))
-    theta = _checked("rope_theta", rope.pop("rope_theta"), "positive") if "rope_theta" in rope \
+    theta = check_field("rope_theta", rope.pop("rope_theta"), "positive") if "rope_theta" in rope \
         else get("rope_theta", "positive")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
@@ -220,7 +217,7 @@ def _llama(get: _Fields, arch: str) -> dict:
     for key in needs[rope_type]:
         if key not in rope:
             raise ConfigError(f"{rope_type} rope scaling lacks {key!r}")
-        _checked(f"rope scaling's {key}", rope[key], "count" if key.startswith("original") else "positive")
+        check_field(f"rope scaling's {key}", rope[key], "count" if key.startswith("original") else "positive")
     if rope_type == "llama3" and rope["high_freq_factor"] <= rope["low_freq_factor"]:
         raise ConfigError(f"llama3 rope scaling's high_freq_factor ({rope['high_freq_factor']}) must exceed "
                           f"low_freq_factor ({rope['low_freq_factor']})")
