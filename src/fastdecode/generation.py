@@ -13,7 +13,7 @@ made, up to the one that completed the string. A stop string also matches
 the text of a special token (which ``text`` never shows), as transformers'
 ``stop_strings`` does.
 
-Checking: :func:`start` checks the whole request (prompt, every setting,
+Checking: :func:`steps` checks the whole request (prompt, every setting,
 used or not, the context length) before any work, so ``stream()`` raises at
 the call. Between tokens a stream holds nothing of the worker pool's: the
 weight read-ahead order is lent for each step only.
@@ -341,7 +341,7 @@ def _history(prompts, seqs) -> np.ndarray:  # -> [B, n] int64, left-padded with 
 # The loop
 # ---------------------------------------------------------------------------
 
-def start(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
+def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
     """Check the whole request now, then return the decode loop: a generator
     that yields (sequences, pieces) after each token and returns the results
     (StopIteration.value)."""
@@ -399,7 +399,7 @@ def _loop(model, prompts, batched, lengths, need, seqs, gen, rng):
 
 
 def generate(model, prompt, gen: GenerationConfig, rng=None):
-    loop = start(model, prompt, gen, rng)
+    loop = steps(model, prompt, gen, rng)
     try:
         next(loop)  # the prefill, and the first token
         with backend.weight_order(model.weights.decode_order()):  # nothing runs between steps: hold it throughout
@@ -416,7 +416,7 @@ def stream(model, prompt, gen: GenerationConfig, rng=None) -> Iterator[StreamTok
     the model and its cache, nothing else: close() or dropping it frees them."""
     if is_batch(prompt):
         raise ValueError("stream() takes one prompt; use generate() for a batch")
-    return _stream(start(model, prompt, gen, rng))
+    return _stream(steps(model, prompt, gen, rng))
 
 
 def _stream(loop) -> Iterator[StreamToken]:
