@@ -28,6 +28,7 @@ from .backend import (
     use_backend,
 )
 from .arrays import empty_aligned
+from .formats import QuantizedTensor, dequantize, quantize
 from .ops import (
     apply_repetition_penalty,
     argmax,
@@ -64,6 +65,7 @@ def __getattr__(name):
 
 __all__ = [
     "attention", "linear", "layer_norm", "rms_norm", "log_softmax", "softmax", "empty_aligned",
+    "QuantizedTensor", "quantize", "dequantize",
     "sample", "argmax", "process_logits", "apply_repetition_penalty", *_LAZY,
     "backend_info", "get_backend", "set_backend", "use_backend",
     "get_simd", "set_simd", "get_num_threads", "set_num_threads", "get_worker_spin", "set_worker_spin",

@@ -40,5 +40,6 @@ backend = types.SimpleNamespace(
     argmax_rows=_float32_in_c(_native.argmax_rows, _ref.argmax_rows),
     repetition_penalty_rows=_float32_in_c(_native.repetition_penalty_rows, _ref.repetition_penalty_rows),
     linear=_linear,  # (out, x, w, bias)
+    linear_quant=_ref.linear_quant,  # (out, x, w: QuantizedTensor, bias)
     norm_rows=_float32_in_c(_native.norm_rows, _ref.norm_rows),  # (out, x, w, b, eps, rms)
 )

@@ -15,6 +15,7 @@ import operator
 import numpy as np
 
 from . import backend as _backend
+from . import formats as _formats
 
 __all__ = ["softmax", "log_softmax", "attention", "linear",
            "sample", "argmax", "process_logits", "apply_repetition_penalty"]
@@ -212,7 +213,12 @@ def linear(x, weight, bias=None, *, out=None):
     the C backend streams once through every thread (up to 8 rows per
     pass); more rows (a prefill) go to NumPy's matmul. Pass a C-contiguous
     weight: any other layout is copied on every call.
+
+    weight may be a :class:`fastdecode.QuantizedTensor` (q8_0, q4_0, q4_K,
+    q6_K, bf16, f16): x and bias are then float32 (fastdecode.formats).
     """
+    if isinstance(weight, _formats.QuantizedTensor):
+        return _formats.linear(x, weight, bias, out)
     x = float_array(x, "x", 1)
     weight = float_array(weight, "weight", 2, 2)
     if x.dtype != weight.dtype:

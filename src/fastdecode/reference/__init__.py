@@ -8,7 +8,7 @@ import types
 
 import numpy as np
 
-from . import attention, linear, norm, sampling, softmax
+from . import attention, linear, norm, quant, sampling, softmax
 
 
 def _softmax_rows(out, x, log):  # out, x: [rows, n]
@@ -90,6 +90,10 @@ def _linear(out, x, w, b):  # out: [N, out], x: [N, in], w: [out, in], b: [out] 
         out += b
 
 
+def _linear_quant(out, x, w, b):  # out: [N, out], x: [N, in] float32, w: QuantizedTensor [out, in]
+    out[...] = quant.linear(x, w, b)
+
+
 backend = types.SimpleNamespace(
     name="numpy",
     softmax_rows=_softmax_rows,
@@ -99,5 +103,6 @@ backend = types.SimpleNamespace(
     argmax_rows=_argmax_rows,
     repetition_penalty_rows=_repetition_penalty_rows,
     linear=_linear,
+    linear_quant=_linear_quant,  # (out, x, w: QuantizedTensor, bias)
     norm_rows=_norm_rows,
 )

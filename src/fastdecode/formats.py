@@ -1,0 +1,232 @@
+"""Weight formats: GGUF's block layouts, byte for byte.
+
+A :class:`QuantizedTensor` holds a weight ``[out, in]`` (torch's Linear
+layout) as the raw blocks GGUF stores, each output row's blocks contiguous,
+rows one after another, so a tensor read from a ``.gguf`` file is used as it
+lies and one written by :meth:`fastdecode.Model.save` is what llama.cpp
+reads. The layouts (llama.cpp's ``ggml-common.h``; little-endian):
+
+============  ======  =====  ==========================================================
+format        block   bytes  layout of one block
+============  ======  =====  ==========================================================
+``q8_0``      32      34     f16 d; int8 q[32]                       w = d * q
+``q4_0``      32      18     f16 d; u8 qs[16]: weight i in qs[i]'s low nibble,
+                             weight i+16 in its high nibble          w = d * (q - 8)
+``q4_K``      256     144    f16 d, f16 dmin; u8 scales[12] (eight 6-bit scales and
+                             mins, packed as ggml's get_scale_min_k4); u8 qs[128]:
+                             sub-blocks 2j and 2j+1 (32 weights each) in the low and
+                             high nibbles of qs[32j:32j+32]    w = d*sc_j*q - dmin*m_j
+``q6_K``      256     210    u8 ql[128] (low 4 bits), u8 qh[64] (high 2 bits), int8
+                             scales[16] (one per 16 weights), f16 d
+                                                                     w = d*sc_j*(q - 32)
+``bf16``      1       2      bfloat16 (the top half of a float32)
+``f16``       1       2      IEEE float16
+============  ======  =====  ==========================================================
+
+Dequantization is the ``gguf`` package's (llama.cpp's own Python reader),
+so it equals ``gguf.quants.dequantize`` bit for bit; ``q8_0``, ``q4_0`` and
+``bf16`` are quantized by ``gguf.quants.quantize`` too (bit-identical to
+llama.cpp's reference quantizers), ``f16`` by NumPy's round-to-nearest-even
+cast, ``q4_K``/``q6_K`` by fastdecode's NumPy quantizers
+(:mod:`fastdecode.reference.quant`), whose error bounds they document.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FORMATS", "QuantizedTensor", "quantize", "dequantize", "from_gguf", "format_info"]
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    name: str  # GGUF's type name, lower-cased as llama.cpp writes it (q4_K keeps its capital K)
+    block: int  # weights per block
+    block_bytes: int  # bytes per block
+    code: int  # the C kernels' format number (fastdecode.h: FD_FMT_*)
+
+    @property
+    def gguf_type(self):
+        import gguf
+
+        return gguf.GGMLQuantizationType[self.name.upper()]
+
+    def row_bytes(self, n_in: int) -> int:
+        return n_in // self.block * self.block_bytes
+
+
+FORMATS: dict[str, FormatInfo] = {f.name: f for f in (
+    FormatInfo("q8_0", 32, 34, 0),
+    FormatInfo("q4_0", 32, 18, 1),
+    FormatInfo("q4_K", 256, 144, 2),
+    FormatInfo("q6_K", 256, 210, 3),
+    FormatInfo("bf16", 1, 2, 4),
+    FormatInfo("f16", 1, 2, 5),
+)}
+_BY_LOWER = {k.lower(): k for k in FORMATS}
+
+
+def format_info(fmt: str) -> FormatInfo:
+    """The layout of ``fmt`` (case-insensitive: ``"Q4_K"``, ``"q4_k"``); ValueError if unknown."""
+    if not isinstance(fmt, str):
+        raise TypeError(f"format must be a str, one of {', '.join(FORMATS)}; got {type(fmt).__name__}")
+    key = _BY_LOWER.get(fmt.strip().lower())
+    if key is None:
+        raise ValueError(f"unknown weight format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return FORMATS[key]
+
+
+class QuantizedTensor:
+    """A weight ``[out, in]`` in one of GGUF's block formats (see the module doc).
+
+    ``QuantizedTensor(format, shape, data)``: ``format`` a name of
+    :data:`FORMATS`, ``shape`` ``(out, in)`` with ``in`` a multiple of the
+    format's block, ``data`` the raw blocks as ``uint8`` (any shape with
+    ``out * in / block * block_bytes`` elements; kept as ``[out, row_bytes]``,
+    C-contiguous, without a copy when it already is). Raises TypeError for a
+    wrong dtype, ValueError for a shape or byte count that does not fit, so
+    no kernel ever reads past the blocks.
+
+    Attributes: ``format``, ``shape``, ``data`` (``[out, row_bytes]`` uint8),
+    ``nbytes``, ``dtype`` (float32, the dtype of its products).
+    """
+
+    __slots__ = ("format", "shape", "data", "_info")
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(self, format: str, shape, data):
+        info = format_info(format)
+        try:
+            shape = tuple(operator.index(s) for s in shape)
+        except TypeError:
+            raise TypeError(f"shape must be a pair of ints (out, in); got {shape!r}") from None
+        if len(shape) != 2 or min(shape) < 0:
+            raise ValueError(f"shape must be (out, in) with out, in >= 0; got {shape}")
+        n_out, n_in = shape
+        if n_in % info.block:
+            raise ValueError(f"{info.name} stores blocks of {info.block} weights: in ({n_in}) must be a multiple of it")
+        if not isinstance(data, np.ndarray):
+            data = np.frombuffer(memoryview(data), np.uint8)
+        if data.dtype != np.uint8:
+            raise TypeError(f"data must be raw blocks of dtype uint8; got {data.dtype}")
+        want = n_out * info.row_bytes(n_in)
+        if data.size != want:
+            raise ValueError(f"data has {data.size} bytes but a {info.name} tensor of shape {shape} "
+                             f"takes {want} ({info.block_bytes} per {info.block} weights)")
+        self.format = info.name
+        self.shape = shape
+        self.data = np.ascontiguousarray(data).reshape(n_out, info.row_bytes(n_in))
+        self._info = info
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    @property
+    def info(self) -> FormatInfo:
+        return self._info
+
+    def __repr__(self):
+        return f"QuantizedTensor({self.format!r}, shape={self.shape}, nbytes={self.nbytes})"
+
+    def dequantize(self) -> np.ndarray:
+        return dequantize(self)
+
+
+def quantize(w, fmt: str) -> QuantizedTensor:
+    """``w`` (float ``[out, in]``, any float dtype) in format ``fmt``.
+
+    ``in`` must be a multiple of the format's block (32 for q8_0/q4_0, 256
+    for q4_K/q6_K) or ValueError. Non-finite weights are refused
+    (ValueError): a block's scale would turn them into garbage silently."""
+    info = format_info(fmt)
+    w = np.asarray(w)
+    if w.dtype.kind != "f":
+        raise TypeError(f"w must be a float array; got dtype {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D [out, in]; got shape {w.shape}")
+    if w.shape[1] % info.block:
+        raise ValueError(f"{info.name} stores blocks of {info.block} weights: w's in ({w.shape[1]}) must be a multiple of it")
+    w = np.ascontiguousarray(w, np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError("w has non-finite values (NaN or inf); no block format can hold them")
+    if info.name == "f16":
+        data = w.astype(np.float16).view(np.uint8)
+    elif info.name in ("q4_K", "q6_K"):
+        from .reference import quant
+
+        data = quant.QUANTIZERS[info.name](w)
+    else:
+        import gguf.quants
+
+        data = gguf.quants.quantize(w, info.gguf_type)
+    return QuantizedTensor(info.name, w.shape, data)
+
+
+def dequantize(qt: QuantizedTensor) -> np.ndarray:
+    """The float32 weight ``[out, in]`` that ``qt`` stands for: ``gguf.quants.dequantize``."""
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"qt must be a QuantizedTensor; got {type(qt).__name__}")
+    import gguf.quants
+
+    if qt.data.size == 0:
+        return np.zeros(qt.shape, np.float32)
+    return np.asarray(gguf.quants.dequantize(qt.data, qt.info.gguf_type), np.float32).reshape(qt.shape)
+
+
+def from_gguf(qtype, shape, data) -> QuantizedTensor:
+    """A QuantizedTensor from a GGUF tensor: ``qtype`` a ``gguf.GGMLQuantizationType``
+    (or its name), ``shape`` ``(out, in)`` (GGUF lists dimensions the other
+    way round: ``ne = [in, out]``), ``data`` its raw bytes. ValueError for a
+    type fastdecode has no kernels for, or a byte count that does not fit."""
+    name = getattr(qtype, "name", qtype)
+    if not isinstance(name, str):
+        raise TypeError(f"qtype must be a gguf.GGMLQuantizationType; got {qtype!r}")
+    if name.lower() not in _BY_LOWER:
+        raise ValueError(f"GGUF type {name} has no fastdecode kernels; supported: {', '.join(FORMATS)}")
+    if isinstance(data, np.ndarray):
+        data = data.view(np.uint8) if data.dtype != np.uint8 and data.flags.c_contiguous else data
+    return QuantizedTensor(name, shape, data)
+
+
+# ---------------------------------------------------------------------------
+# The product with a quantized weight (fastdecode.ops.linear hands it here)
+# ---------------------------------------------------------------------------
+
+def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
+    """``x @ dequantize(weight).T + bias``: x float32 ``[..., in]``, bias
+    float32 ``[out]`` or None; returns float32 ``[..., out]``. Validates
+    everything the kernels read, then runs the active backend's
+    ``linear_quant``."""
+    from . import backend, ops
+
+    x = ops.float_array(x, "x", 1)
+    if x.dtype != np.float32:
+        raise TypeError(f"x must be float32 for a {weight.format} weight (its products are float32); got {x.dtype}")
+    n_out, n_in = weight.shape
+    if x.shape[-1] != n_in:
+        raise ValueError(f"x has {x.shape[-1]} features (last axis) but weight takes {n_in} (shape {weight.shape})")
+    if weight.data.shape != (n_out, weight.info.row_bytes(n_in)) or not weight.data.flags.c_contiguous \
+            or weight.data.dtype != np.uint8:  # someone replaced .data after construction
+        raise ValueError(f"weight.data no longer holds the blocks of a {weight.format} tensor of shape {weight.shape}")
+    if bias is not None:
+        bias = ops.float_array(bias, "bias", 1, 1)
+        if bias.dtype != np.float32:
+            raise TypeError(f"bias must be float32; got {bias.dtype}")
+        if bias.shape != (n_out,):
+            raise ValueError(f"bias must have shape ({n_out},) (weight's rows); got {bias.shape}")
+        bias = np.ascontiguousarray(bias)
+    shape = x.shape[:-1] + (n_out,)
+    result = np.empty(shape, np.float32) if out is None else ops.check_out(out, shape, np.float32)
+    if result.size == 0:
+        return result
+    if n_in == 0:
+        result[...] = 0 if bias is None else bias
+        return result
+    x2 = np.ascontiguousarray(x).reshape(result.size // n_out, n_in)  # [N, in]
+    target = ops.kernel_target(result, (x2.shape[0], n_out), x2, weight.data, bias)
+    backend.active().linear_quant(target, x2, weight, bias)
+    return ops.copy_in(result, target)
