@@ -139,4 +139,33 @@ FD_LEVELS(void, fd_norm_f32, (float *out, const float *x, const float *w, const 
 /* x: [n]. sum(x), read by fd_num_threads threads: the read-bandwidth probe. */
 FD_LEVELS(double, fd_read_sum_f32, (const float *x, int64_t n))
 
+/* ---- quant.c: weights in GGUF's block formats ------------------------ */
+/* Format numbers (src/fastdecode/formats.py: FORMATS, which draws each
+ * layout). A row of n_in weights (a multiple of the format's block: 32 for
+ * q8_0/q4_0, 256 for q4_K/q6_K, 1 for bf16/f16) takes
+ * fd_quant_row_bytes(fmt, n_in) bytes; rows lie one after another. */
+#define FD_FMT_Q8_0 0
+#define FD_FMT_Q4_0 1
+#define FD_FMT_Q4_K 2
+#define FD_FMT_Q6_K 3
+#define FD_FMT_BF16 4
+#define FD_FMT_F16 5
+static inline int64_t fd_quant_row_bytes(int fmt, int64_t n_in) {
+    switch (fmt) {
+    case FD_FMT_Q8_0: return n_in / 32 * 34;
+    case FD_FMT_Q4_0: return n_in / 32 * 18;
+    case FD_FMT_Q4_K: return n_in / 256 * 144;
+    case FD_FMT_Q6_K: return n_in / 256 * 210;
+    default: return n_in * 2;
+    }
+}
+/* out: [rows, n_out] = x W^T + bias; x: [rows, n_in]; w: [n_out,
+ * fd_quant_row_bytes(fmt, n_in)] bytes; bias: [n_out] or NULL. fmt is one
+ * of FD_FMT_*, n_in a multiple of its block. out may not overlap x, w, bias. */
+FD_LEVELS(void, fd_linear_quant, (float *out, const float *x, const uint8_t *w, const float *bias, int fmt,
+                                  int64_t rows, int64_t n_in, int64_t n_out))
+/* out: [rows, n_in] float32 = the weights of w: [rows, fd_quant_row_bytes(fmt, n_in)],
+ * bit for bit the gguf package's dequantization. */
+FD_LEVELS(void, fd_dequantize_rows, (float *out, const uint8_t *w, int fmt, int64_t rows, int64_t n_in))
+
 #endif /* FASTDECODE_H */

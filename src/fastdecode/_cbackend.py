@@ -31,6 +31,29 @@ def _linear(out, x, w, b):  # out: [N, out], x: [N, in], w: [out, in], b: [out] 
         _ref.linear(out, x, w, b)
 
 
+# A prefill against a quantized weight: tiles of QUANT_TILE_BYTES of float32
+# weights (L2-sized), decoded in C, each handed to BLAS sgemm.
+QUANT_TILE_BYTES = 1 << 20
+
+
+def _linear_quant(out, x, w, b):  # out: [N, out], x: [N, in] float32, w: QuantizedTensor [out, in]
+    fmt = w.info.code
+    if x.shape[0] <= LINEAR_C_ROWS:
+        _native.linear_quant(out, x, w.data, b, fmt)
+        return
+    n_out, n_in = w.shape
+    step = max(1, QUANT_TILE_BYTES // (4 * n_in))
+    tile = np.empty((min(step, n_out), n_in), np.float32)
+    part = np.empty((x.shape[0], tile.shape[0]), np.float32)
+    for lo in range(0, n_out, step):
+        hi = min(lo + step, n_out)
+        _native.dequantize_rows(tile[:hi - lo], w.data[lo:hi], fmt)
+        np.matmul(x, tile[:hi - lo].T, out=part[:, :hi - lo])
+        out[:, lo:hi] = part[:, :hi - lo]
+    if b is not None:
+        out += b
+
+
 backend = types.SimpleNamespace(
     name="c",
     softmax_rows=_float32_in_c(_native.softmax_rows, _ref.softmax_rows),  # (out, x, log)
@@ -40,6 +63,6 @@ backend = types.SimpleNamespace(
     argmax_rows=_float32_in_c(_native.argmax_rows, _ref.argmax_rows),
     repetition_penalty_rows=_float32_in_c(_native.repetition_penalty_rows, _ref.repetition_penalty_rows),
     linear=_linear,  # (out, x, w, bias)
-    linear_quant=_ref.linear_quant,  # (out, x, w: QuantizedTensor, bias)
+    linear_quant=_linear_quant,  # (out, x, w: QuantizedTensor, bias)
     norm_rows=_float32_in_c(_native.norm_rows, _ref.norm_rows),  # (out, x, w, b, eps, rms)
 )

@@ -1,0 +1,238 @@
+/* quant.c: weights in GGUF's block formats (q8_0, q4_0, q4_K, q6_K, bf16,
+ * f16): decoding to float32, and out = x W^T + bias with W in blocks.
+ *
+ * Dimensions: rows = rows of x (a decode step: 1-8), n_in = weights per
+ * row of W (a multiple of the format's block), n_out = rows of W; a row of
+ * W is n_in / block blocks of block_bytes (fd_quant_row_bytes), rows one
+ * after another. The layouts are GGUF's (src/fastdecode/formats.py draws
+ * them); the decoding below does exactly the float operations of the gguf
+ * package's dequantize_blocks, in its order, so fd_dequantize_rows equals
+ * it bit for bit (this file is built with -ffp-contract=off: a fused
+ * d*q - m would round once instead of twice).
+ *
+ * The product decodes each run of FD_QCHUNK weights to float32 in a small
+ * buffer (L1-resident) and takes it into every row of x with FMAs, as
+ * linear.c does with float32 weights: activations stay float32 (no int8
+ * quantization of x as llama.cpp's CPU backend does), so the NumPy
+ * reference is dequantize-then-matmul and the two differ only by the order
+ * of float32 sums. Each thread takes one contiguous block of weight rows.
+ */
+#include "fastdecode.h"
+#include "simd.h"
+
+#define FD_QROWS 8    /* rows of x per pass over W, as linear.c */
+#define FD_QCHUNK 256 /* weights decoded at a time: one K super-block, eight 32-blocks */
+/* Below this many weight bytes one thread does it all (linear.c's reason:
+ * a sleeping worker takes 20-100 us to wake, a polling one answers at once). */
+#define FD_QPAR_MIN (4 << 20)
+#define FD_QPAR_MIN_SPIN (1 << 19)
+
+/* ----------------------------------------------------------------------------
+ * Scalars: float16 and bfloat16 to float32, exactly
+ * ---------------------------------------------------------------------------- */
+
+static inline float f32_from_bits(uint32_t b) {
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+static inline float f16_to_f32(const uint8_t *p) {
+    uint16_t h = (uint16_t)(p[0] | p[1] << 8);
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0x1f) return f32_from_bits(sign | 0x7f800000u | m << 13); /* inf, NaN (NumPy's bits) */
+    if (e) return f32_from_bits(sign | (e + 112) << 23 | m << 13);
+    float sub = (float)m * 0x1p-24f; /* subnormal: exact */
+    return sign ? -sub : sub;
+}
+
+static inline float bf16_to_f32(const uint8_t *p) { return f32_from_bits((uint32_t)(p[0] | p[1] << 8) << 16); }
+
+/* ----------------------------------------------------------------------------
+ * Decoding: buf[0..n) = weights k..k+n of one row (k a multiple of FD_QCHUNK,
+ * n <= FD_QCHUNK, n a multiple of the block). Plain loops the compiler
+ * vectorizes for each level.
+ * ---------------------------------------------------------------------------- */
+
+/* buf: [n]; row: one row's q8_0 blocks (34 bytes: f16 d, int8 q[32]) */
+static void decode_q8_0(float *restrict buf, const uint8_t *restrict row, int64_t k, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *blk = row + (k / 32 + b) * 34;
+        const float d = f16_to_f32(blk);
+        const int8_t *q = (const int8_t *)(blk + 2);
+        for (int i = 0; i < 32; i++)
+            buf[32 * b + i] = (float)q[i] * d;
+    }
+}
+
+/* buf: [n]; row: q4_0 blocks (18 bytes: f16 d, qs[16], weight i low nibble of qs[i], i + 16 high) */
+static void decode_q4_0(float *restrict buf, const uint8_t *restrict row, int64_t k, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *blk = row + (k / 32 + b) * 18;
+        const float d = f16_to_f32(blk);
+        const uint8_t *qs = blk + 2;
+        for (int i = 0; i < 16; i++) {
+            buf[32 * b + i] = d * (float)((int)(qs[i] & 15) - 8);
+            buf[32 * b + 16 + i] = d * (float)((int)(qs[i] >> 4) - 8);
+        }
+    }
+}
+
+/* buf: [256]; blk: one q4_K super-block (144 bytes: f16 d, f16 dmin, scales[12], qs[128]) */
+static void decode_q4_K(float *restrict buf, const uint8_t *restrict blk) {
+    const float d = f16_to_f32(blk), dmin = f16_to_f32(blk + 2);
+    const uint8_t *s = blk + 4, *qs = blk + 16;
+    for (int j = 0; j < 8; j++) { /* sub-block j: 6-bit scale and min (ggml's get_scale_min_k4) */
+        int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
+        int mn = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+        const float dj = d * (float)sc, mj = dmin * (float)mn;
+        const uint8_t *q = qs + 32 * (j / 2);
+        const int shift = 4 * (j & 1);
+        for (int i = 0; i < 32; i++)
+            buf[32 * j + i] = dj * (float)((q[i] >> shift) & 15) - mj;
+    }
+}
+
+/* buf: [256]; blk: one q6_K super-block (210 bytes: ql[128], qh[64], int8 scales[16], f16 d) */
+static void decode_q6_K(float *restrict buf, const uint8_t *restrict blk) {
+    const uint8_t *ql = blk, *qh = blk + 128;
+    const int8_t *sc = (const int8_t *)(blk + 192);
+    const float d = f16_to_f32(blk + 208);
+    float ds[16];
+    for (int j = 0; j < 16; j++)
+        ds[j] = d * (float)sc[j];
+    for (int h = 0; h < 2; h++) /* each half: 128 weights from ql[64h..], qh[32h..] */
+        for (int i = 0; i < 128; i++) {
+            int lo = (ql[64 * h + i % 64] >> (4 * (i / 64))) & 15;
+            int hi = (qh[32 * h + i % 32] >> (2 * (i / 32))) & 3;
+            buf[128 * h + i] = ds[(128 * h + i) / 16] * (float)((lo | hi << 4) - 32);
+        }
+}
+
+/* buf: [n]; row: n_in 16-bit values (bf16 != 0: bfloat16, else float16) */
+static void decode_16(float *restrict buf, const uint8_t *restrict row, int64_t k, int64_t n, int bf16) {
+    const uint8_t *p = row + 2 * k;
+    if (bf16) {
+        for (int64_t i = 0; i < n; i++)
+            buf[i] = f32_from_bits((uint32_t)((const uint16_t *)p)[i] << 16);
+        return;
+    }
+    int64_t i = 0;
+#if defined(FD_LEVEL_avx512)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(buf + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * i))));
+#elif defined(FD_LEVEL_avx2)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+#endif
+    for (; i < n; i++)
+        buf[i] = f16_to_f32(p + 2 * i);
+}
+
+/* buf: [n] = weights k..k+n of row (format fmt) */
+static void decode(float *restrict buf, const uint8_t *restrict row, int fmt, int64_t k, int64_t n) {
+    switch (fmt) {
+    case FD_FMT_Q8_0: decode_q8_0(buf, row, k, n); break;
+    case FD_FMT_Q4_0: decode_q4_0(buf, row, k, n); break;
+    case FD_FMT_Q4_K: decode_q4_K(buf, row + k / 256 * 144); break;
+    case FD_FMT_Q6_K: decode_q6_K(buf, row + k / 256 * 210); break;
+    default: decode_16(buf, row, k, n, fmt == FD_FMT_BF16); break;
+    }
+}
+
+/* out: [rows, n_in]; w: [rows, row_bytes] */
+void FD_FN(fd_dequantize_rows)(float *out, const uint8_t *w, int fmt, int64_t rows, int64_t n_in) {
+    const int64_t rb = fd_quant_row_bytes(fmt, n_in);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < n_in; k += FD_QCHUNK)
+            decode(out + r * n_in + k, w + r * rb, fmt, k, n_in - k < FD_QCHUNK ? n_in - k : FD_QCHUNK);
+}
+
+/* ----------------------------------------------------------------------------
+ * The product
+ * ---------------------------------------------------------------------------- */
+
+/* acc: [nr] = row . x[r]; row: one weight row; x: [nr, n_in], nr <= FD_QROWS */
+static void dot_rows(float *acc, const uint8_t *row, int fmt, const float *x, int64_t nr, int64_t n_in) {
+    float buf[FD_QCHUNK] __attribute__((aligned(64)));
+    vf a[FD_QROWS], b[FD_QROWS];
+    float tail[FD_QROWS];
+    for (int64_t r = 0; r < nr; r++) {
+        a[r] = b[r] = vf_set1(0.0f);
+        tail[r] = 0.0f;
+    }
+    for (int64_t k = 0; k < n_in; k += FD_QCHUNK) {
+        const int64_t n = n_in - k < FD_QCHUNK ? n_in - k : FD_QCHUNK;
+        decode(buf, row, fmt, k, n);
+        int64_t i = 0;
+        if (nr == 1) { /* one row: four chains */
+            vf c = vf_set1(0.0f), e = c;
+            for (; i + 4 * FD_VLEN <= n; i += 4 * FD_VLEN) {
+                a[0] = vf_fmadd(vf_load(buf + i), vf_load(x + k + i), a[0]);
+                b[0] = vf_fmadd(vf_load(buf + i + FD_VLEN), vf_load(x + k + i + FD_VLEN), b[0]);
+                c = vf_fmadd(vf_load(buf + i + 2 * FD_VLEN), vf_load(x + k + i + 2 * FD_VLEN), c);
+                e = vf_fmadd(vf_load(buf + i + 3 * FD_VLEN), vf_load(x + k + i + 3 * FD_VLEN), e);
+            }
+            a[0] = vf_add(a[0], c);
+            b[0] = vf_add(b[0], e);
+        }
+        for (; i + 2 * FD_VLEN <= n; i += 2 * FD_VLEN) {
+            vf w0 = vf_load(buf + i), w1 = vf_load(buf + i + FD_VLEN);
+            for (int64_t r = 0; r < nr; r++) {
+                a[r] = vf_fmadd(w0, vf_load(x + r * n_in + k + i), a[r]);
+                b[r] = vf_fmadd(w1, vf_load(x + r * n_in + k + i + FD_VLEN), b[r]);
+            }
+        }
+        for (; i < n; i++) /* only 16-bit formats with n_in not a multiple of 2 * FD_VLEN */
+            for (int64_t r = 0; r < nr; r++)
+                tail[r] += buf[i] * x[r * n_in + k + i];
+    }
+    for (int64_t r = 0; r < nr; r++)
+        acc[r] = vf_reduce_add(vf_add(a[r], b[r])) + tail[r];
+}
+
+typedef struct {
+    float *out;
+    const float *x, *bias;
+    const uint8_t *w;
+    int fmt;
+    int64_t rows, n_in, n_out, row_bytes;
+} quant_job;
+
+/* Share t of nt: one contiguous block of weight rows, for every row of x. */
+static void quant_part(void *ctx, int t, int nt) {
+    const quant_job *j = ctx;
+    const int64_t lo = j->n_out * t / nt, hi = j->n_out * (t + 1) / nt;
+    for (int64_t r0 = 0; r0 < j->rows; r0 += FD_QROWS) { /* each group of rows streams W once */
+        const int64_t nr = j->rows - r0 < FD_QROWS ? j->rows - r0 : FD_QROWS;
+        const float *xs = j->x + r0 * j->n_in;
+        float *ys = j->out + r0 * j->n_out;
+        for (int64_t o = lo; o < hi; o++) {
+            float acc[FD_QROWS];
+            dot_rows(acc, j->w + o * j->row_bytes, j->fmt, xs, nr, j->n_in);
+            const float b = j->bias ? j->bias[o] : 0.0f;
+            for (int64_t r = 0; r < nr; r++)
+                ys[r * j->n_out + o] = acc[r] + b;
+        }
+    }
+}
+
+/* out: [rows, n_out]; x: [rows, n_in]; w: [n_out, row_bytes]; bias: [n_out] or NULL */
+void FD_FN(fd_linear_quant)(float *out, const float *x, const uint8_t *w, const float *bias, int fmt, int64_t rows,
+                            int64_t n_in, int64_t n_out) {
+    quant_job job = {out, x, bias, w, fmt, rows, n_in, n_out, fd_quant_row_bytes(fmt, n_in)};
+    const int64_t par_min = fd_get_spin_ns() > 0 ? FD_QPAR_MIN_SPIN : FD_QPAR_MIN;
+    int nt = n_out * job.row_bytes >= par_min ? fd_num_threads : 1;
+    if (nt > n_out) nt = (int)n_out;
+    fd_parallel_reading(quant_part, &job, nt, w);
+}
+
+#if FD_ENTRY_POINTS
+void fd_linear_quant(float *out, const float *x, const uint8_t *w, const float *bias, int fmt, int64_t rows,
+                     int64_t n_in, int64_t n_out) {
+    FD_DISPATCH(fd_linear_quant, (out, x, w, bias, fmt, rows, n_in, n_out));
+}
+void fd_dequantize_rows(float *out, const uint8_t *w, int fmt, int64_t rows, int64_t n_in) {
+    FD_DISPATCH(fd_dequantize_rows, (out, w, fmt, rows, n_in));
+}
+#endif
