@@ -158,7 +158,7 @@ EPS = float(np.finfo(np.float32).eps)
 
 def assert_close_to_reference(got, x, qt, b):
     """The reference (reference/quant.py) and the C kernels compute the same
-    exact per-block integer sums (block formats, <= 8 rows) or the same float
+    exact per-block integer sums (block formats, <= INT8_X_MAX_ROWS rows) or the same float
     products (bf16/f16, prefill); they differ by float32 rounding: each block
     term is rounded a few times (scale products, the int32 -> float
     conversion) and the n_in / 32 block terms, plus the offset terms of
@@ -176,7 +176,7 @@ def assert_close_to_reference(got, x, qt, b):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 33])
 def test_c_linear_every_level(simd, fmt, rows, rng):
     n_in = 512
     qt = fd.quantize(weights(rng, (37, n_in)), fmt)
@@ -236,10 +236,10 @@ def test_linear_layouts_out_threads(backend, fmt, rng):
 
 
 def test_prefill_rows_match_float_product(backend, rng):
-    """More than 8 rows: float32 x times the dequantized weight (both backends)."""
+    """More than INT8_X_MAX_ROWS rows: float32 x times the dequantized weight (both backends)."""
     for fmt in FORMATS:
         qt = fd.quantize(weights(rng, (70, 256)), fmt)
-        x = rng.standard_normal((33, 256)).astype(np.float32)
+        x = rng.standard_normal((ref_quant.INT8_X_MAX_ROWS + 1, 256)).astype(np.float32)
         w = fd.dequantize(qt).astype(np.float64)
         want = x.astype(np.float64) @ w.T
         scale = np.abs(x).astype(np.float64) @ np.abs(w).T

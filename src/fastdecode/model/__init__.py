@@ -64,6 +64,14 @@ class Model:
                 raise ValueError(f"counts must be {tokens.shape[0]} ints in [0, {tokens.shape[1]}]")
         return forward(self.weights, self.config, tokens, cache, counts, all_logits)
 
+    def save(self, directory: str) -> None:
+        """Write this model, weights in their formats, to ``directory``, so
+        ``fastdecode.load(directory)`` reads it back without quantizing again
+        (fastdecode.model.quantize.save says how)."""
+        from .quantize import save
+
+        save(self, os.fspath(directory))
+
     # -- text ---------------------------------------------------------------
 
     def encode(self, text: str) -> list:
@@ -117,7 +125,7 @@ class Model:
         return dataclasses.replace(base, **settings)
 
 
-def load(path: str, *, strict: bool = True) -> Model:
+def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model:
     """A model from a Hugging Face checkpoint directory (config.json,
     model.safetensors or shards, tokenizer.json), or ``"default"`` for the
     model packaged with fastdecode.
@@ -127,7 +135,17 @@ def load(path: str, *, strict: bool = True) -> Model:
     (a ValueError) naming the file and field of a bad config value, and
     WeightError (a ValueError) naming a tensor that is missing, misshapen,
     or, with ``strict`` (the default, as torch's ``load_state_dict``), one
-    the config gives no place to; ``strict=False`` warns and ignores those."""
+    the config gives no place to; ``strict=False`` warns and ignores those.
+
+    ``weights``: the format of the matrices a decode step streams, made at
+    load: ``"q8_0"``, ``"q4_0"``, ``"q4_k_m"`` (llama.cpp's recipe),
+    ``"q4_K"``, ``"q6_K"``, ``"bf16"``, ``"f16"``, or None (as stored, in
+    float32). See fastdecode.model.quantize and ``model.weights.summary()``.
+    A directory written by :meth:`Model.save` loads in its saved formats;
+    asking it for another raises ValueError."""
+    from . import quantize
+
+    spec = quantize.normalize_spec(weights)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
@@ -142,7 +160,16 @@ def load(path: str, *, strict: bool = True) -> Model:
     config = ModelConfig.from_file(os.path.join(path, "config.json"))
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be True or False; got {strict!r}")
-    weights = load_weights(config, Checkpoint(path), strict)
+    saved = quantize.saved_info(path)
+    if saved is not None:
+        as_saved = next((n.split("=", 1)[1].split()[0] for n in saved.get("notes", []) if n.startswith("weights=")),
+                        None)
+        if spec is not None and spec != as_saved:
+            raise ValueError(f"{path} was saved with weights={as_saved!r}; load it with weights=None "
+                             f"(or {as_saved!r}), or load the original checkpoint with weights={spec!r}")
+        weights = quantize.load_saved(path, config, saved)
+    else:
+        weights = quantize.quantize_weights(load_weights(config, Checkpoint(path), strict), spec)
     tokenizer = None
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         from ..tokenizer import Tokenizer

@@ -3,13 +3,15 @@ quantized weight, and the K-format quantizers.
 
 The product (what both backends compute):
 
-- q8_0, q4_0, q4_K, q6_K with at most DECODE_ROWS rows of x (a decode
-  step): x is first quantized to int8 in blocks of 32 (llama.cpp's way,
+- q8_0, q4_0, q4_K, q6_K with at most INT8_X_MAX_ROWS rows of x (decode
+  steps, short prompts): x is first quantized to int8 in blocks of 32 (llama.cpp's way,
   :func:`quantize_x`), then multiplied by the dequantized weights. The C
   kernels take the same int8 x and sum the integer products block by block
   exactly, so the two differ only by the rounding of float32 sums.
-- bf16 and f16, or more rows (a prefill): x stays float32 and multiplies
-  the dequantized weights (the C backend decodes tiles and calls BLAS).
+- bf16 and f16, or more rows (a long prefill): x stays float32 and
+  multiplies the dequantized weights (the C backend decodes tiles and
+  calls BLAS, compute-efficient where integer dots of 8 rows per pass
+  over W are not).
 
 Dequantization is the gguf package's (``fastdecode.formats.dequantize``).
 
@@ -28,7 +30,7 @@ tests/test_formats.py checks both bounds against gguf's dequantization.
 """
 import numpy as np
 
-DECODE_ROWS = 8  # up to this many rows of x take int8 activations (the C kernels' pass over W)
+INT8_X_MAX_ROWS = 64  # up to this many rows of x take int8 activations (C: 8 rows per pass over W)
 INT8_X_FORMATS = ("q8_0", "q4_0", "q4_K", "q6_K")
 
 
@@ -49,7 +51,7 @@ def quantize_x(x):  # x: [N, in] float32, in % 32 == 0 -> q [N, in] int8, d [N, 
 def linear(x, w, b=None):  # x: [N, in] float32, w: QuantizedTensor [out, in], b: [out] | None -> [N, out] float32
     from ..formats import dequantize
 
-    if w.format in INT8_X_FORMATS and x.shape[0] <= DECODE_ROWS:
+    if w.format in INT8_X_FORMATS and x.shape[0] <= INT8_X_MAX_ROWS:
         q, d = quantize_x(x)
         xs = (q.reshape(d.shape + (32,)) * d[..., None].astype(np.float64)).reshape(x.shape)  # exact in float64
         y = (xs @ dequantize(w).T.astype(np.float64)).astype(np.float32)
