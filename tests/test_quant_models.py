@@ -163,3 +163,17 @@ def test_formats_close_to_float32_on_bench_checkpoints(bench_model):
         assert 0 <= kl < bound, report
         del m
     print("\n".join(report))
+
+
+def test_decode_benchmark_runs_formats_greedy(small):
+    from fastdecode.benchmarks import decode
+
+    loaded = (small, None, {"q8_0": fd.load("default", weights="q8_0")})
+    prompt = np.asarray([1, 2, 3])
+    greedy = decode.contenders(loaded, decode.MODES["greedy"], prompt, backends=("c",) if HAVE_C else ())
+    sampled = decode.contenders(loaded, decode.MODES["top-k 50 + top-p 0.9"], prompt, backends=())
+    assert (f"{decode.BASELINE} q8_0" in greedy) == HAVE_C and not sampled
+    assert decode._model_of(loaded, f"{decode.BASELINE} q8_0") is loaded[2]["q8_0"]
+    assert decode._model_of(loaded, decode.BASELINE) is small
+    if HAVE_C:
+        greedy[f"{decode.BASELINE} q8_0"](2)
