@@ -131,9 +131,11 @@ def test_corrupt_saved_tensor_is_a_value_error(small, tmp_path):
 # The decode benchmark's checkpoints (GPT-2 124M, Llama 125M; random weights)
 # ---------------------------------------------------------------------------
 
-# Mean KL(float32 || format) over 256 positions, nats. Measured (docs/performance-formats.md)
-# several times below these; the bounds order the formats by their bits.
-KL_BOUND = {"bf16": 1e-3, "f16": 1e-4, "q8_0": 2e-3, "q4_k_m": 5e-2, "q4_0": 1e-1}
+# Mean KL(float32 || format) over 256 positions, nats: about 3x what was
+# measured on the worse of the two checkpoints (GPT-2 / Llama: bf16 3.9e-6 /
+# 1.2e-5, f16 5.7e-8 / 1.5e-7, q8_0 7.2e-5 / 1.3e-4, q4_k_m 4.9e-3 / 1.6e-2,
+# q4_0 9.5e-3 / 2.3e-2; docs/performance-formats.md).
+KL_BOUND = {"bf16": 4e-5, "f16": 5e-7, "q8_0": 4e-4, "q4_k_m": 5e-2, "q4_0": 7e-2}
 
 
 @pytest.fixture(scope="module", params=["gpt2-124m", "llama-125m"])
