@@ -135,6 +135,8 @@ def test_bad_tensors_and_arguments(rng):
         fd.quantize(np.full((1, 32), np.nan, np.float32), "q4_0")
     with pytest.raises(TypeError):
         fd.quantize(np.ones((1, 32), np.int32), "q4_0")
+    with pytest.raises(ValueError, match="float16's range"):
+        fd.quantize(np.full((1, 32), 1e5, np.float32), "f16")
     assert formats.format_info("Q4_K").name == "q4_K"
     x = np.ones((2, 64), np.float32)
     with pytest.raises(TypeError, match="float32"):

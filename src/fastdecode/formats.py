@@ -153,7 +153,8 @@ def quantize(w, fmt: str) -> QuantizedTensor:
 
     ``in`` must be a multiple of the format's block (32 for q8_0/q4_0, 256
     for q4_K/q6_K) or ValueError. Non-finite weights are refused
-    (ValueError): a block's scale would turn them into garbage silently."""
+    (ValueError): a block's scale would turn them into garbage silently;
+    so are weights beyond float16's range for f16."""
     info = format_info(fmt)
     w = np.asarray(w)
     if w.dtype.kind != "f":
@@ -166,7 +167,11 @@ def quantize(w, fmt: str) -> QuantizedTensor:
     if not np.isfinite(w).all():
         raise ValueError("w has non-finite values (NaN or inf); no block format can hold them")
     if info.name == "f16":
-        data = w.astype(np.float16).view(np.uint8)
+        with np.errstate(over="ignore"):
+            h = w.astype(np.float16)
+        if not np.isfinite(h).all():
+            raise ValueError("w has values beyond float16's range (65504); use bf16")
+        data = h.view(np.uint8)
     elif info.name in ("q4_K", "q6_K"):
         from .reference import quant
 
