@@ -148,10 +148,11 @@ def linear(x, weight, bias=None, *, out=None):
     ``[out, in]`` (torch's Linear layout), bias ``[out]`` or None; returns
     ``[..., out]``. One dtype for all (float32 or float64).
 
-    Made for a decode step: a few rows of x against a large weight, which
-    the C backend streams once through every thread (up to 8 rows per
-    pass); more rows (a prefill) go to NumPy's matmul. Pass a C-contiguous
-    weight: any other layout is copied on every call.
+    Made for a decode step: a few rows of x (up to
+    ``fastdecode._cbackend.LINEAR_C_ROWS``) against a large weight, which
+    the C backend streams once through every thread; more rows (a prefill)
+    go to NumPy's matmul. Pass a C-contiguous weight: any other layout is
+    copied on every call.
     """
     x = float_array(x, "x", 1)
     weight = float_array(weight, "weight", 2, 2)
