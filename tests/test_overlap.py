@@ -102,11 +102,11 @@ def test_rms_norm_out_overlaps_input(backend, rng, which, shift):
 
 @pytest.mark.parametrize("shift", SHIFTS)
 @pytest.mark.parametrize("probs", [False, True])
-def test_process_logits_out_overlaps_logits(backend, rng, probs, shift):
-    prev = rng.integers(0, 257, (3, 9))
-    _check(lambda x, out=None: fd.process_logits(x, temperature=0.7, top_k=50, top_p=0.9, min_p=0.02,
-                                                 repetition_penalty=1.3, prev_tokens=prev,
-                                                 return_probs=probs, out=out),
+@pytest.mark.parametrize("filters", [False, True])  # without filters every written value is one a later row reads
+def test_process_logits_out_overlaps_logits(backend, rng, probs, filters, shift):
+    kw = dict(top_k=50, top_p=0.9, min_p=0.02, repetition_penalty=1.3,
+              prev_tokens=rng.integers(0, 257, (3, 9))) if filters else {}
+    _check(lambda x, out=None: fd.process_logits(x, temperature=0.7, return_probs=probs, out=out, **kw),
            [_logits(rng)], 0, (3, 257), rng, shift)
 
 
