@@ -53,6 +53,8 @@ def test_console_commands_run(command, tmp_path):
     if command == "(none)":
         pytest.skip("the README has no console example")
     argv = shlex.split(command)
+    if "--plot" in argv:
+        pytest.importorskip("matplotlib", reason="--plot draws with matplotlib (the bench extra)")
     # `fastdecode` is the installed script; run the same entry point with this interpreter
     r = subprocess.run([sys.executable, "-m", "fastdecode", *argv[1:]], capture_output=True, text=True,
                        cwd=tmp_path, timeout=600, env={**os.environ, "PYTHONIOENCODING": "utf-8"})

@@ -72,8 +72,8 @@ def hf_processors(temperature=1.0, top_k=None, top_p=None, min_p=None, repetitio
 
 
 def hf_kept(x, prev, **case):
-    torch, _ = torch_and_processors()
     """bool [B, V]: what transformers' processors keep."""
+    torch, _ = torch_and_processors()
     scores = torch.from_numpy(x.copy())
     for proc in hf_processors(**case):
         scores = proc(torch.from_numpy(prev), scores)
@@ -262,18 +262,55 @@ DRAWS = 100_000
 
 
 def hf_distribution(x, prev, **case):
-    torch, _ = torch_and_processors()
     """float64 probabilities after transformers' processors."""
+    torch, _ = torch_and_processors()
     scores = torch.from_numpy(x.astype(np.float64))[None]
     for proc in hf_processors(**case):
         scores = proc(torch.from_numpy(prev)[None], scores)
     return torch.softmax(scores, -1)[0].numpy()
 
 
+def _softmax64(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def oracle_distribution(x, prev, temperature=1.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None):
+    """float64 probabilities after Hugging Face's processors, written from their
+    definitions with sorts (no torch; checked against transformers below)."""
+    z = x.astype(np.float64)
+    if repetition_penalty is not None:
+        seen = np.unique(prev)
+        z[seen] = np.where(z[seen] < 0, z[seen] * repetition_penalty, z[seen] / repetition_penalty)
+    z = z / temperature
+    if top_k:
+        z = np.where(z >= np.sort(z)[-top_k], z, -np.inf)
+    if top_p is not None:
+        p = _softmax64(z)
+        order = np.lexsort((np.arange(len(z)), -p))  # probability descending, id ascending
+        above = np.cumsum(p[order]) - p[order]
+        keep = np.zeros(len(z), bool)
+        keep[order] = above < top_p
+        z = np.where(keep, z, -np.inf)
+    if min_p is not None:
+        p = _softmax64(z)
+        z = np.where(p >= min_p * p.max(), z, -np.inf)
+    return _softmax64(z)
+
+
+CHI_PREV = np.array([39, 38, 38, 10, 5])
+
+
+@pytest.mark.parametrize("case", CHI_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_oracle_distribution_equals_transformers(case):
+    np.testing.assert_allclose(oracle_distribution(CHI_LOGITS, CHI_PREV, **case),
+                               hf_distribution(CHI_LOGITS, CHI_PREV, **case), rtol=1e-9, atol=1e-15)
+
+
 @pytest.mark.parametrize("case", CHI_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_draws_follow_the_filtered_distribution(backend, case):
-    prev = np.array([39, 38, 38, 10, 5])
-    expected = hf_distribution(CHI_LOGITS, prev, **case)
+    prev = CHI_PREV
+    expected = oracle_distribution(CHI_LOGITS, prev, **case)
     filters = {"top_k", "top_p", "min_p"} & set(case)
     assert (5 <= np.count_nonzero(expected) < len(CHI_LOGITS)) if filters else np.all(expected > 0)
     kw = dict(case, prev_tokens=np.tile(prev, (DRAWS, 1))) if "repetition_penalty" in case else case
