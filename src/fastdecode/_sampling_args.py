@@ -28,9 +28,12 @@ F32_MAX = float(np.finfo(np.float32).max)
 _default_generator = None
 
 
+_ARGS = ("temperature", "top_k", "top_p", "min_p", "penalty", "u")  # _columns' arguments, by name
+_in_layout = operator.itemgetter(*(_ARGS.index(f) for f in SAMPLE_PARAMS))
+
+
 def _columns(temperature, top_k, top_p, min_p, penalty, u=0.0) -> tuple:  # the settings in SAMPLE_PARAMS order
-    values = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, penalty=penalty, u=u)
-    return tuple(values[f] for f in SAMPLE_PARAMS)
+    return _in_layout((temperature, top_k, top_p, min_p, penalty, u))
 
 
 def _params(rows, cols) -> np.ndarray:  # [rows, len(SAMPLE_PARAMS)] float64, one row repeated

@@ -56,14 +56,21 @@ def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
             and a.dtype == b.dtype)
 
 
+_may_share = np.may_share_memory
+
+
 def apart(result: np.ndarray, *inputs, in_place: bool = False) -> tuple:
     """``inputs``, each copied where it overlaps ``result``, so a kernel may
     write ``result`` while it reads them (NumPy's overlap rule). With
     ``in_place``, an input that is exactly ``result`` (same memory, shape and
     strides) is kept: row kernels that finish reading a row before writing
-    it run in place."""
-    return tuple(a.copy() if a is not None and np.may_share_memory(result, a)
-                 and not (in_place and _same_view(result, a)) else a for a in inputs)
+    it run in place. (A plain loop: this runs on every kernel call.)"""
+    copied = None
+    for i, a in enumerate(inputs):
+        if a is not None and _may_share(result, a) and not (in_place and _same_view(result, a)):
+            copied = copied or list(inputs)
+            copied[i] = a.copy()
+    return inputs if copied is None else tuple(copied)
 
 
 def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
@@ -85,7 +92,7 @@ def kernel_target(result: np.ndarray, shape: tuple) -> np.ndarray:
 
 def copy_in(result: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``result`` once the kernel has written ``target`` (from :func:`kernel_target`)."""
-    if not np.may_share_memory(result, target):  # scratch: copy it in
+    if not result.flags.c_contiguous:  # target is scratch: copy it in
         result[...] = target.reshape(result.shape)
     return result
 

@@ -39,9 +39,13 @@ def _softmax(x, axis, out, log: bool):
         return result
     (x,) = apart(result, x, in_place=True)  # the row passes may run in place
     n = x.shape[axis]
-    xt, rt = (x, result) if axis == x.ndim - 1 else (np.moveaxis(x, axis, -1), np.moveaxis(result, axis, -1))
-    x2 = contiguous(xt)  # [..., n]: no copy in the decode loop's case (last axis, contiguous)
-    x2 = x2 if x2.ndim == 2 else x2.reshape(-1, n)  # [rows, n]
+    if axis == x.ndim - 1 and x.flags.c_contiguous and result.flags.c_contiguous:
+        # the decode loop's case: no copies, no transposes
+        _backend.active().softmax_rows(result if x.ndim == 2 else result.reshape(-1, n),
+                                       x if x.ndim == 2 else x.reshape(-1, n), log)
+        return result
+    xt, rt = np.moveaxis(x, axis, -1), np.moveaxis(result, axis, -1)  # [..., n]
+    x2 = contiguous(xt).reshape(-1, n)  # [rows, n], copied once if needed
     r2 = kernel_target(rt, x2.shape)
     _backend.active().softmax_rows(r2, x2, log)
     copy_in(rt, r2)
