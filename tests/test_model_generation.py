@@ -13,12 +13,12 @@ TEXT = "Déjà vu: café 東京 🙂"
 
 @pytest.fixture(scope="module")
 def model():
-    return fastdecode.load(checkpoint("llama-gqa-tied")[0])
+    return fastdecode.load(checkpoint("llama-gqa-tied"))
 
 
 @pytest.fixture(scope="module")
 def gpt2():
-    return fastdecode.load(checkpoint("gpt2")[0])
+    return fastdecode.load(checkpoint("gpt2"))
 
 
 def continuation(model, prompt_ids, new_ids):
@@ -139,7 +139,7 @@ def test_stop_string_that_never_comes(model):
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama3-untied"])
 def test_batch_of_unequal_prompts_equals_each_alone(kind, backend):
-    model = fastdecode.load(checkpoint(kind)[0])
+    model = fastdecode.load(checkpoint(kind))
     prompts = [prompt_ids(3, seed=1), prompt_ids(11, seed=2), prompt_ids(7, seed=3)]
     batch = greedy(model, prompts, 16)
     assert isinstance(batch, list) and len(batch) == 3

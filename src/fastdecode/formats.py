@@ -224,9 +224,10 @@ def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
     float32 ``[out]`` or None; returns float32 ``[..., out]``. Validates
     everything the kernels read, then runs the active backend's
     ``linear_quant``."""
-    from . import backend, ops
+    from . import backend
+    from ._validate import apart, check_out, copy_in, float_array, kernel_target
 
-    x = ops.float_array(x, "x", 1)
+    x = float_array(x, "x", 1)
     if x.dtype != np.float32:
         raise TypeError(f"x must be float32 for a {weight.format} weight (its products are float32); got {x.dtype}")
     n_out, n_in = weight.shape
@@ -236,20 +237,23 @@ def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
             or weight.data.dtype != np.uint8:  # someone replaced .data after construction
         raise ValueError(f"weight.data no longer holds the blocks of a {weight.format} tensor of shape {weight.shape}")
     if bias is not None:
-        bias = ops.float_array(bias, "bias", 1, 1)
+        bias = float_array(bias, "bias", 1, 1)
         if bias.dtype != np.float32:
             raise TypeError(f"bias must be float32; got {bias.dtype}")
         if bias.shape != (n_out,):
             raise ValueError(f"bias must have shape ({n_out},) (weight's rows); got {bias.shape}")
         bias = np.ascontiguousarray(bias)
     shape = x.shape[:-1] + (n_out,)
-    result = np.empty(shape, np.float32) if out is None else ops.check_out(out, shape, np.float32)
+    result = np.empty(shape, np.float32) if out is None else check_out(out, shape, np.float32)
     if result.size == 0:
         return result
     if n_in == 0:
         result[...] = 0 if bias is None else bias
         return result
     x2 = np.ascontiguousarray(x).reshape(result.size // n_out, n_in)  # [N, in]
-    target = ops.kernel_target(result, (x2.shape[0], n_out), x2, weight.data, bias)
+    x2, bias = apart(result, x2, bias)  # written while they are read (NumPy's overlap rule)
+    if np.may_share_memory(result, weight.data):
+        weight = QuantizedTensor(weight.format, weight.shape, weight.data.copy())
+    target = kernel_target(result, (x2.shape[0], n_out))
     backend.active().linear_quant(target, x2, weight, bias)
-    return ops.copy_in(result, target)
+    return copy_in(result, target)
