@@ -149,7 +149,7 @@ typedef struct {
 /* Keys visible to query i of batch row b: [0, n). */
 static inline int64_t visible_keys(const att_plan *p, int64_t b, int64_t i) {
     int64_t len = p->lengths[b];
-    len = len < 0 ? 0 : len > p->Tk ? p->Tk : len; /* never trust a length past the cache */
+    len = len < 0 ? 0 : len > p->Tk ? p->Tk : len; /* a length past the cache is a value, not trusted */
     if (!p->causal) return len;
     int64_t n = len - p->Tq + i + 1; /* up to the query's own position */
     return n < 0 ? 0 : n > len ? len : n;

@@ -1,9 +1,19 @@
 /* fastdecode.h: the C API of fastdecode's kernels.
  *
  * Conventions (llama2.c / llm.c style): plain functions over flat, C-ordered
- * float arrays, output pointer first, shapes in comments. Every function
- * trusts its arguments: fastdecode.ops validates shapes, dtypes, ranges and
- * contiguity once, in Python, before any of these runs.
+ * float arrays, output pointer first, shapes in comments.
+ *
+ * THE TRUST RULE. C trusts its caller for exactly this: each pointer is the
+ * start of a C-contiguous buffer of the element type and the shape its
+ * comment gives in terms of the size arguments (NULL only where the comment
+ * allows it, or where that shape is empty), and distinct buffers do not
+ * overlap unless the comment says so ("may be in place"). The Cython
+ * wrappers in src/fastdecode/_native.pyx guarantee it for every call,
+ * whoever calls them. Nothing else is trusted: values inside the buffers
+ * (token ids, offsets, lengths, sampler settings, NaN and infinities) can be
+ * anything, and no value makes a kernel read or write outside its buffers.
+ * Checking what values mean for the user (a top_k below 0, an id past the
+ * vocabulary) is fastdecode.ops' job, once, in Python.
  *
  * Each kernel exists once per SIMD level (suffix _portable, _avx2, _avx512);
  * the unsuffixed name dispatches on fd_level, chosen at run time in cpu.c.

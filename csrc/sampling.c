@@ -195,7 +195,7 @@ static int64_t first_equal(const float *z, int64_t n, float m) {
 
 /* z: [n] (a copy of x), x: [n]; ids: [nids]. Each seen id once, from the
  * original logit, so repeated ids change nothing more. Ids outside [0, n)
- * are skipped: ops rejects them, and C does not trust its caller. */
+ * are skipped (values are never trusted: fastdecode.h). */
 static void penalize(float *z, const float *x, int64_t n, const int64_t *ids, int64_t nids, float pen) {
     for (int64_t j = 0; j < nids; j++) {
         int64_t t = ids[j];
@@ -702,7 +702,7 @@ static void rows_part(void *ctx, int t, int nt) {
     for (int64_t r; (r = atomic_fetch_add(&j->next, 1)) < j->rows;) {
         const int64_t *prev = NULL;
         int64_t nprev = 0;
-        if (j->prev_ids && j->prev_offsets) { /* offsets clamped: C does not trust its caller */
+        if (j->prev_ids && j->prev_offsets) { /* offsets clamped: values are never trusted */
             int64_t a = j->prev_offsets[r] < 0 ? 0 : j->prev_offsets[r];
             int64_t b = j->prev_offsets[r + 1] < j->n_prev ? j->prev_offsets[r + 1] : j->n_prev;
             prev = j->prev_ids + a;
