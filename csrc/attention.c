@@ -727,7 +727,7 @@ int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const fl
         memset(out, 0, (size_t)(B * Hq * Tq * D) * sizeof(float));
         return 0;
     }
-    int nt = fd_num_threads > 0 ? fd_num_threads : 1;
+    int nt = fd_threads();
     att_plan p = {out, q, k, v, lengths, B, Hq, Hkv, Tq, Tk, D};
     p.scale = scale;
     p.causal = causal != 0;

@@ -21,6 +21,7 @@
 #ifndef FASTDECODE_H
 #define FASTDECODE_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #define FD_LEVEL_PORTABLE 0
@@ -35,14 +36,18 @@
     ret name##_avx512 params;
 
 /* ---- cpu.c: feature detection, level choice ---------------------------- */
-extern int fd_level;       /* the level in use */
+extern atomic_int fd_level;     /* the level in use (-1 before fd_set_level) */
+int fd_get_level(void);
 int fd_cpu_max_level(void);     /* best level this CPU and OS support */
 int fd_set_level(int level);    /* clamps to fd_cpu_max_level(); returns level in use */
 const char *fd_build_flags(void);
 
 /* ---- pool.c: the worker threads ---------------------------------------- */
-extern int fd_num_threads; /* threads every parallel kernel may use, the caller's included */
-int fd_set_num_threads(int n);  /* n < 1 means 1; returns the count in use */
+#define FD_MAX_THREADS 256     /* the caller and at most 255 workers */
+extern atomic_int fd_num_threads; /* threads every parallel kernel may use, the caller's included */
+static inline int fd_threads(void) { return atomic_load_explicit(&fd_num_threads, memory_order_relaxed); }
+/* n clamped to [1, FD_MAX_THREADS] (1 without threads); returns the count in use */
+int fd_set_num_threads(int n);
 /* A job's share t of nt (0 <= t < nt); share 0 runs on the caller. */
 typedef void (*fd_task)(void *ctx, int t, int nt);
 /* Runs fn(ctx, t, nt') for t < nt' on the caller and the pool's workers and
@@ -58,6 +63,9 @@ void fd_set_weight_order(const void *const *weights, const int64_t *bytes, int n
 void fd_set_spin_ns(long long ns); /* how long idle workers poll before sleeping */
 long long fd_get_spin_ns(void);
 int fd_threads_supported(void);
+/* Jobs taken by workers since the process started: a job of nt threads
+ * wakes nt - 1 workers and no others (tests check it). */
+long long fd_pool_worker_jobs(void);
 
 /* A job cut into a fixed number of parts (at most FD_MAX_PARTS) gives the
  * same result whatever team runs it: share t of nt takes parts t, t + nt,

@@ -110,7 +110,7 @@ void FD_FN(fd_linear_f32)(float *out, const float *x, const float *w, const floa
                           int64_t n_in, int64_t n_out) {
     linear_job job = {out, x, w, bias, rows, n_in, n_out};
     int64_t par_min = fd_get_spin_ns() > 0 ? FD_LINEAR_PAR_MIN_SPIN : FD_LINEAR_PAR_MIN;
-    int nt = n_out * n_in >= par_min ? fd_num_threads : 1;
+    int nt = n_out * n_in >= par_min ? fd_threads() : 1;
     if (nt > n_out) nt = (int)n_out;
     fd_parallel_reading(linear_part, &job, nt, w);
 }

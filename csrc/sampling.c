@@ -36,8 +36,10 @@
 #include "fastdecode.h"
 #include "simd.h"
 
-#include <math.h>
+#if FD_HAVE_PTHREADS
 #include <pthread.h>
+#endif
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,11 +73,30 @@ typedef struct {
     float data[];
 } scratch_block;
 
+#if FD_HAVE_PTHREADS
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 static int scratch_key_ok;
 
 static void scratch_key_create(void) { scratch_key_ok = pthread_key_create(&scratch_key, free) == 0; }
+
+/* This thread's block (freed when the thread exits); 0 when there is none. */
+static int scratch_block_get(scratch_block **b) {
+    pthread_once(&scratch_once, scratch_key_create);
+    if (!scratch_key_ok) return 0;
+    *b = pthread_getspecific(scratch_key);
+    return 1;
+}
+static void scratch_block_set(scratch_block *b) { pthread_setspecific(scratch_key, b); }
+#else /* no pthreads: a block per thread all the same (the kernels run with
+       * the GIL released), not freed when a thread exits */
+static _Thread_local scratch_block *scratch_only;
+static int scratch_block_get(scratch_block **b) {
+    *b = scratch_only;
+    return 1;
+}
+static void scratch_block_set(scratch_block *b) { scratch_only = b; }
+#endif
 
 static int64_t group_capacity(int64_t n) { return n / 64 + 2 * FD_VLEN + 2; }
 
@@ -83,14 +104,13 @@ static int64_t group_capacity(int64_t n) { return n / 64 + 2 * FD_VLEN + 2; }
 static int scratch_get(scratch *s, int64_t n) {
     int64_t len = n + FD_VLEN; /* room for vf_compress's whole-vector stores */
     size_t need = (size_t)len * 7 + (size_t)group_capacity(n);
-    pthread_once(&scratch_once, scratch_key_create);
-    if (!scratch_key_ok) return 0;
-    scratch_block *b = pthread_getspecific(scratch_key);
+    scratch_block *b;
+    if (!scratch_block_get(&b)) return 0;
     if (!b || b->floats < need) {
         free(b);
         b = malloc(sizeof(scratch_block) + need * sizeof(float));
         if (b) b->floats = need;
-        pthread_setspecific(scratch_key, b);
+        scratch_block_set(b);
         if (!b) return 0;
     }
     float *f = b->data;
@@ -726,7 +746,8 @@ static int64_t run_rows(int64_t *ids, int64_t *status, float *out, int probs, co
     atomic_init(&j.next, 0);
     atomic_init(&j.bad, 0);
     atomic_init(&j.nomem, 0);
-    int nt = fd_num_threads < rows ? fd_num_threads : (int)rows;
+    int nt = fd_threads();
+    nt = nt < rows ? nt : (int)rows;
     fd_parallel(rows_part, &j, nt < 1 || rows * n < FD_SAMPLE_PAR_MIN ? 1 : nt);
     return atomic_load(&j.nomem) ? -1 : atomic_load(&j.bad);
 }

@@ -258,7 +258,8 @@ static void softmax_row_split(softmax_job *j, int nt) {
 
 /* out, x: [rows, n] */
 void FD_FN(fd_softmax_f32)(float *out, const float *x, int64_t rows, int64_t n, int take_log) {
-    int nt = fd_num_threads < FD_MAX_PARTS ? fd_num_threads : FD_MAX_PARTS;
+    int nt = fd_threads();
+    nt = nt < FD_MAX_PARTS ? nt : FD_MAX_PARTS;
     if (nt > 1 && rows < nt && n >= FD_SOFTMAX_SPLIT_MIN) {
         softmax_job j = {.n = n, .take_log = take_log, .parts = nt};
         for (int64_t r = 0; r < rows; r++) {

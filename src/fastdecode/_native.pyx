@@ -11,9 +11,14 @@ kernels' to handle.
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 
+import os
+import warnings
+
 cdef extern from "fastdecode.h":
-    int fd_level
-    int fd_num_threads
+    int FD_MAX_THREADS
+    int fd_get_level()
+    int fd_threads()
+    long long fd_pool_worker_jobs()
     int fd_cpu_max_level()
     int fd_set_level(int level)
     int fd_set_num_threads(int n)
@@ -114,15 +119,40 @@ def set_level(str name):
 
 
 def get_level():
-    return LEVELS[fd_level] if fd_level >= 0 else LEVELS[0]
+    cdef int level = fd_get_level()
+    return LEVELS[level] if level >= 0 else LEVELS[0]
 
 
-def set_num_threads(int n):
-    return fd_set_num_threads(n)
+MAX_THREADS = FD_MAX_THREADS
+
+
+def _cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def set_num_threads(n):
+    """Threads every parallel kernel may use (the caller's included): n
+    clamped to [1, MAX_THREADS] (1 when built without threads). Returns the
+    count in use. More threads than this process may run on is allowed (a
+    RuntimeWarning: workers then wait for cores, and a kernel call can take
+    many times longer)."""
+    n = int(n)
+    got = fd_set_num_threads(max(-1, min(n, FD_MAX_THREADS)))
+    cores = _cores()
+    if n > cores and got > 1:
+        warnings.warn(f"set_num_threads({n}): {got} threads on {cores} cores; workers wait for cores, so "
+                      f"kernel calls can be many times slower (use at most {cores})", RuntimeWarning, stacklevel=3)
+    return got
 
 
 def get_num_threads():
-    return fd_num_threads
+    return fd_threads()
+
+
+def pool_worker_jobs():
+    """Jobs the pool's workers have taken since the process started: a call
+    that runs on nt threads adds nt - 1 (tests check that it wakes no more)."""
+    return fd_pool_worker_jobs()
 
 
 def set_spin_ns(long long ns):
