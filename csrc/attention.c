@@ -728,7 +728,8 @@ int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const fl
         return 0;
     }
     int nt = fd_threads();
-    att_plan p = {out, q, k, v, lengths, B, Hq, Hkv, Tq, Tk, D};
+    att_plan p = {.out = out, .q = q, .k = k, .v = v, .lengths = lengths, .B = B, .Hq = Hq, .Hkv = Hkv, .Tq = Tq,
+                  .Tk = Tk, .D = D};
     p.scale = scale;
     p.causal = causal != 0;
     plan_init(&p, nt);
@@ -747,7 +748,7 @@ int FD_FN(fd_attention_f32)(float *out, const float *q, const float *k, const fl
         if (!pt_raw) return -1;
         pt.o = (float *)pt_raw, pt.m = pt.o + n * p.dp, pt.l = pt.m + n;
     }
-    att_job job = {&p, &pt, items};
+    att_job job = {.p = &p, .pt = &pt, .items = items};
     atomic_init(&job.next, 0);
     atomic_init(&job.failed, 0);
     fd_parallel(att_items, &job, nt);

@@ -56,7 +56,7 @@ static struct {
     const void *order[FD_ORDER_MAX];
     int64_t order_bytes[FD_ORDER_MAX];
     int order_len, order_at;
-} pool = {PTHREAD_MUTEX_INITIALIZER};
+} pool = {.busy = PTHREAD_MUTEX_INITIALIZER};
 
 /* One per worker, so a job wakes only the workers it uses: worker w runs
  * the job whose epoch the caller stored in slot[w].epoch. */

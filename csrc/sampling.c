@@ -742,7 +742,8 @@ static void rows_part(void *ctx, int t, int nt) {
 static int64_t run_rows(int64_t *ids, int64_t *status, float *out, int probs, const float *x, int64_t rows,
                         int64_t n, const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
                         const int64_t *prev_offsets) {
-    rows_job j = {ids, status, out, probs, x, rows, n, params, prev_ids, prev_offsets, n_prev};
+    rows_job j = {.ids = ids, .status = status, .out = out, .probs = probs, .x = x, .rows = rows, .n = n,
+                  .params = params, .prev_ids = prev_ids, .prev_offsets = prev_offsets, .n_prev = n_prev};
     atomic_init(&j.next, 0);
     atomic_init(&j.bad, 0);
     atomic_init(&j.nomem, 0);
