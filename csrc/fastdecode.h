@@ -22,6 +22,7 @@
 #define FASTDECODE_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define FD_LEVEL_PORTABLE 0
@@ -87,16 +88,33 @@ FD_LEVELS(void, fd_softmax_f32, (float *out, const float *x, int64_t rows, int64
 FD_LEVELS(void, fd_exp_f32, (float *out, const float *x, int64_t n))
 
 /* ---- sampling.c -------------------------------------------------------- */
-/* One row's sampler settings, each at its neutral value when off; Python
- * fills a [rows, 6] float64 array with this layout. */
-typedef struct {
-    double temperature; /* > 0; 0 = greedy (the argmax, lowest id on a tie) */
-    double top_k;       /* a whole number; 0 or >= n = off */
-    double top_p;       /* (0, 1]; 1 = off */
-    double min_p;       /* [0, 1]; 0 = off */
-    double penalty;     /* repetition penalty > 0; 1 = off */
-    double u;           /* [0, 1): the draw's uniform number */
-} fd_sample_params;
+/* One row's sampler settings, each a double at its neutral value when off.
+ * The one definition of the layout: Python fills a [rows, FD_SAMPLE_N_PARAMS]
+ * float64 array whose columns are these fields in this order (_native.pyx
+ * reads the names from here as SAMPLE_PARAM_FIELDS). */
+#define FD_SAMPLE_PARAM_FIELDS(X)                                             \
+    X(temperature) /* > 0; 0 = greedy (the argmax, lowest id on a tie) */     \
+    X(top_k)       /* a whole number; 0 or >= n = off */                      \
+    X(top_p)       /* (0, 1]; 1 = off */                                      \
+    X(min_p)       /* [0, 1]; 0 = off */                                      \
+    X(penalty)     /* repetition penalty > 0; 1 = off */                      \
+    X(u)           /* [0, 1): the draw's uniform number */
+
+#define FD_SAMPLE_PARAM_DOUBLE(name) double name;
+typedef struct { FD_SAMPLE_PARAM_FIELDS(FD_SAMPLE_PARAM_DOUBLE) } fd_sample_params;
+#define FD_SAMPLE_N_PARAMS ((int)(sizeof(fd_sample_params) / sizeof(double)))
+
+/* Field i's name and byte offset (0 <= i < FD_SAMPLE_N_PARAMS); 0 past the end. */
+static inline int fd_sample_param_field(int i, const char **name, size_t *offset) {
+#define FD_SAMPLE_PARAM_NAME(name) #name,
+#define FD_SAMPLE_PARAM_OFFSET(name) offsetof(fd_sample_params, name),
+    static const char *const names[] = {FD_SAMPLE_PARAM_FIELDS(FD_SAMPLE_PARAM_NAME)};
+    static const size_t offsets[] = {FD_SAMPLE_PARAM_FIELDS(FD_SAMPLE_PARAM_OFFSET)};
+    if (i < 0 || i >= FD_SAMPLE_N_PARAMS) return 0;
+    *name = names[i];
+    *offset = offsets[i];
+    return 1;
+}
 
 /* What a row that cannot be sampled gets instead of a token id (status): */
 #define FD_ROW_NAN (-1)    /* a NaN in the row */

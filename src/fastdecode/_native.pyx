@@ -29,8 +29,10 @@ cdef extern from "fastdecode.h":
     const char *fd_build_flags()
     void fd_softmax_f32(float *out, const float *x, int64_t rows, int64_t n, int take_log) nogil
     void fd_exp_f32(float *out, const float *x, int64_t n) nogil
-    ctypedef struct fd_sample_params:
-        double temperature, top_k, top_p, min_p, penalty, u
+    ctypedef struct fd_sample_params:  # opaque here: its fields are fastdecode.h's FD_SAMPLE_PARAM_FIELDS
+        pass
+    int FD_SAMPLE_N_PARAMS
+    int fd_sample_param_field(int i, const char **name, size_t *offset)
     int64_t fd_sample_f32(int64_t *ids, const float *x, int64_t rows, int64_t n, const fd_sample_params *params,
                           const int64_t *prev_ids, int64_t n_prev, const int64_t *prev_offsets) nogil
     int64_t fd_process_logits_f32(float *out, int64_t *status, const float *x, int64_t rows, int64_t n,
@@ -227,18 +229,35 @@ def exp_f32(float[::1] out not None, const float[::1] x not None):
 # ---------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------
-# params: [rows, 6] float64 in fd_sample_params' order (temperature, top_k,
-# top_p, min_p, penalty, u); prev_ids [n_prev] / prev_offsets [rows + 1]
+# params: [rows, len(SAMPLE_PARAM_FIELDS)] float64, one fd_sample_params per
+# row, columns in SAMPLE_PARAM_FIELDS' order; prev_ids [n_prev] / prev_offsets [rows + 1]
 # int64, or None (nothing seen). Each returns the C kernel's count of bad
 # rows (-1: out of memory).
 
+cdef tuple _sample_param_fields():
+    """fd_sample_params' field names in memory order, read from fastdecode.h."""
+    cdef const char *name
+    cdef size_t offset
+    cdef list fields = [None] * FD_SAMPLE_N_PARAMS
+    cdef int i = 0
+    while fd_sample_param_field(i, &name, &offset):
+        if offset % sizeof(double) or fields[offset // sizeof(double)] is not None:
+            raise ImportError(f"fd_sample_params: field {name.decode()} at byte {offset} is not a double column")
+        fields[offset // sizeof(double)] = name.decode()
+        i += 1
+    return tuple(fields)
+
+
+SAMPLE_PARAM_FIELDS = _sample_param_fields()  # the columns of every params array, in order
+
+
 cdef int _rows_and_params(str kernel, const float[:, ::1] x, const double[:, ::1] params) except -1:
-    """x: [rows, n >= 1]; params: [rows, 6], one fd_sample_params per row."""
+    """x: [rows, n >= 1]; params: [rows, FD_SAMPLE_N_PARAMS], one fd_sample_params per row."""
     if not (x.shape[1] >= 1 or x.shape[0] == 0):
         raise ValueError(f"{kernel}: x needs at least one column")
-    if not (params.shape[0] == x.shape[0] and params.shape[1] * sizeof(double) == sizeof(fd_sample_params)):
+    if not (params.shape[0] == x.shape[0] and params.shape[1] == FD_SAMPLE_N_PARAMS):
         raise ValueError(f"{kernel}: params has shape {_dims(params.shape, 2)}, needs ({x.shape[0]}, "
-                         f"{sizeof(fd_sample_params) // sizeof(double)})")
+                         f"{FD_SAMPLE_N_PARAMS}): columns {SAMPLE_PARAM_FIELDS}")
     return 0
 
 
