@@ -37,34 +37,20 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#define FD_ATT_BK 64          /* keys per block of the rows-on-lanes engine */
-#define FD_ATT_TILE_ROWS 64   /* rows-on-lanes tile: query rows (a multiple of every FD_VLEN) */
+#define FD_ATT_PREFILL_BK 64          /* keys per block of the rows-on-lanes engine */
+#define FD_ATT_PREFILL_TILE_ROWS 64   /* rows-on-lanes tile: query rows (a multiple of every FD_VLEN) */
 #define FD_ATT_SPLIT 4        /* split the keys until there are this many items per thread */
 #define FD_ATT_MIN_CHUNK 256  /* but never into chunks shorter than this */
 #define FD_ATT_PAR_MIN (1 << 18) /* multiply-adds below which one thread beats waking others */
-/* Keys on lanes: besides the hardware prefetcher, which follows the row
- * streams, K and V are asked for this many keys ahead (into L2), so the
- * memory stays busy while a block is computed on (0: hardware only): K while
- * the scores are taken, V while P V runs, so the requests are spread over the
- * whole block (asking for both during the scores left the memory idle during
- * P V: 55-57 ns per key instead of 53-54, three alternating runs).
- * Cold-cache decode at Hq 32, Hkv 8, D 128, Tk 4096, one thread, Zen 4, as a
- * share of an interleaved read of the same bytes: 0 -> 51-52%, 256 ->
- * 52-53%, 512 -> 58%, 1024 -> 59% (but 47-49% at Hq = Hkv = 12, D 64).
- * Tried, no gain: prefetcht0 or prefetchnta instead of prefetcht2 (worse:
- * 64 ns per key), prefetcht1, prefetching only each page's first lines, a
- * P V tile of all four rows (one pass over V), P V in 32-key sub-blocks,
- * scores over two K streams (FD_DOT_KB 2) instead of four, or over one (each
- * K row read whole, in address order: 75-83 ns per key, and 44 instead of
- * 35 hot). */
-#ifndef FD_ATT_PF
-#define FD_ATT_PF 512
+/* Keys on lanes: K and V asked for this many keys ahead (into L2), K during
+ * the scores, V during P V; more hides latency, too many evicts (docs/tuning.md). */
+#ifndef FD_ATT_DECODE_PF
+#define FD_ATT_DECODE_PF 512
 #endif
-/* Chunks of at most this many keys prefetch the next KV head's instead.
- * GPT-2's decode shape (12 heads, D 64, 96 keys visible), cold, one thread:
- * 54-58 us per call instead of 61-68 us (five alternating runs). */
-#ifndef FD_ATT_NEXT_PF
-#define FD_ATT_NEXT_PF 512
+/* Chunks of at most this many keys prefetch the next KV head's K and V
+ * instead: short caches are latency-bound (docs/tuning.md). */
+#ifndef FD_ATT_DECODE_NEXT_PF
+#define FD_ATT_DECODE_NEXT_PF 512
 #endif
 
 /* Register tiles, per level. Scores: keys on lanes, FD_DOT_NR rows x
@@ -103,13 +89,10 @@
 #define FD_QK_NV 4
 #define FD_ATT_LANES_MIN 8
 #endif
-/* keys-on-lanes block: the keys whose scores are taken (FD_DOT_KB * FD_VLEN
- * at a time) before their softmax step and their P V; a whole number of
- * score runs. Longer blocks mean longer runs of each of the K and V streams
- * between switches: cold decode, one thread, Zen 4, share of an interleaved
- * read of the same bytes (32/8/128 Tk 4096; 12/12/64 Tk 1024): 64 keys
- * 56-58% / 59-61%, 256 keys 60-65% / 63-66%, 512 keys 63-64% / 61-63%. */
-#define FD_ATT_BK1 256
+/* keys-on-lanes block: keys scored before their softmax step and P V (a
+ * whole number of score runs); longer means longer K and V runs between
+ * switches, but more scratch (docs/tuning.md). */
+#define FD_ATT_DECODE_BK 256
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FD_INLINE static inline __attribute__((always_inline))
@@ -167,8 +150,8 @@ static void plan_init(att_plan *p, int nthreads) {
     p->dp = round_up(p->D, FD_VLEN);
     p->rows_on_lanes = p->G * p->Tq >= FD_ATT_LANES_MIN;
     if (p->rows_on_lanes) {
-        p->tile_heads = min64(p->G, FD_ATT_TILE_ROWS);
-        p->tile_pos = min64(p->Tq, max64(1, FD_ATT_TILE_ROWS / p->tile_heads));
+        p->tile_heads = min64(p->G, FD_ATT_PREFILL_TILE_ROWS);
+        p->tile_pos = min64(p->Tq, max64(1, FD_ATT_PREFILL_TILE_ROWS / p->tile_heads));
     } else { /* few rows: the whole group is one tile */
         p->tile_heads = p->G;
         p->tile_pos = p->Tq;
@@ -184,7 +167,7 @@ static void plan_init(att_plan *p, int nthreads) {
     if (nthreads > 1 && p->tiles < (int64_t)FD_ATT_SPLIT * nthreads) {
         int64_t want = ((int64_t)FD_ATT_SPLIT * nthreads + p->tiles - 1) / p->tiles;
         int64_t n = min64(want, max64(1, kmax / FD_ATT_MIN_CHUNK));
-        p->chunk = round_up((kmax + n - 1) / n, FD_ATT_BK);
+        p->chunk = round_up((kmax + n - 1) / n, FD_ATT_PREFILL_BK);
         p->nchunks = (kmax + p->chunk - 1) / p->chunk;
     }
 }
@@ -223,7 +206,7 @@ typedef struct {
 
 static int scratch_alloc(att_scratch *w, const att_plan *p) {
     const int64_t rpad = round_up(p->max_rows, FD_VLEN), dp = p->dp;
-    const int64_t bkp = round_up(max64(FD_ATT_BK, FD_ATT_BK1), FD_VLEN), bkj = round_up(FD_ATT_BK, FD_QK_NJ);
+    const int64_t bkp = round_up(max64(FD_ATT_PREFILL_BK, FD_ATT_DECODE_BK), FD_VLEN), bkj = round_up(FD_ATT_PREFILL_BK, FD_QK_NJ);
     const int64_t sizes[9] = {
         max64(p->D * rpad, rpad * dp), rpad * dp, max64(rpad * bkp, bkj * rpad),
         rpad, rpad, rpad, rpad, p->dp != p->D ? bkp * dp : 0, p->dp != p->D ? bkp * dp : 0, /* kpad, vpad */
@@ -255,7 +238,7 @@ FD_INLINE void pv_tile(float *o, int64_t ldo, const float *p, int64_t prs, int64
     for (int j = 0; j < nk; j++) {
         vf vv[8];
         for (int c = 0; c < NC; c++) vv[c] = vf_load(v + j * ldv + c * FD_VLEN);
-#if FD_ATT_PF && (defined(__GNUC__) || defined(__clang__))
+#if FD_ATT_DECODE_PF && (defined(__GNUC__) || defined(__clang__))
         if (pf)
             for (int c = 0; c < NC; c++)
                 if (FD_VLEN >= 16 || (c & 1) == 0) __builtin_prefetch(pf + j * ldv + c * FD_VLEN, 0, 1);
@@ -373,7 +356,7 @@ FD_INLINE void dot_tile(vf acc[][FD_DOT_KB][FD_VLEN], const float *q, int64_t ld
             vf qc = vf_load(q + r * ldq + c);
             for (int g = 0; g < FD_DOT_KB; g++) a[r][g] = vf_fmadd(qc, kv[g], a[r][g]);
         }
-#if FD_ATT_PF && (defined(__GNUC__) || defined(__clang__))
+#if FD_ATT_DECODE_PF && (defined(__GNUC__) || defined(__clang__))
         if (pf_k && (FD_VLEN >= 16 || (c & 15) == 0))
             for (int g = 0; g < FD_DOT_KB; g++) {
                 __builtin_prefetch(pf_k + (g * FD_VLEN + b) * ld + c, 0, 1);
@@ -450,7 +433,7 @@ static void row_update(float *s, int nv, int nk, float *m, float *l, float *chk,
 }
 
 static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, int64_t c0, int64_t c1) {
-    const int64_t D = p->D, dp = p->dp, rows = t->gh * t->ni, bkp = round_up(FD_ATT_BK1, FD_VLEN);
+    const int64_t D = p->D, dp = p->dp, rows = t->gh * t->ni, bkp = round_up(FD_ATT_DECODE_BK, FD_VLEN);
     const int64_t kv_offset = (t->b * p->Hkv + t->kvh) * p->Tk * D;
     int64_t vis_max = 0;
     for (int64_t r = 0; r < rows; r++) {
@@ -465,24 +448,24 @@ static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
     const int64_t end = min64(c1, vis_max);
     const vf scale = vf_set1(p->scale);
     const float *k = p->k + kv_offset, *v = p->v + kv_offset;
-#if FD_ATT_NEXT_PF && (defined(__GNUC__) || defined(__clang__))
+#if FD_ATT_DECODE_NEXT_PF && (defined(__GNUC__) || defined(__clang__))
     /* A short chunk gets nothing from the prefetch-ahead below, and its
      * head's K and V are a few short streams that the hardware prefetcher
      * barely starts on: ask for the next KV head's (the next item's) now. */
-    if (end - c0 <= FD_ATT_NEXT_PF && t->kvh + 1 < p->Hkv)
+    if (end - c0 <= FD_ATT_DECODE_NEXT_PF && t->kvh + 1 < p->Hkv)
         for (int64_t o = c0 * D; o < end * D; o += 16) {
             __builtin_prefetch(k + p->Tk * D + o, 0, 2);
             __builtin_prefetch(v + p->Tk * D + o, 0, 2);
         }
 #endif
-    for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_BK1) {
-        const int nk = (int)min64(FD_ATT_BK1, end - j0);
+    for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_DECODE_BK) {
+        const int nk = (int)min64(FD_ATT_DECODE_BK, end - j0);
         const float *kb, *vb;
         int64_t ld;
         block_kv(p, w, k + j0 * D, v + j0 * D, nk, &kb, &vb, &ld);
         for (int jg = 0; jg < nk; jg += FD_DOT_KB * FD_VLEN) {
-            int64_t ahead = j0 + jg + FD_ATT_PF;
-            int prefetch = FD_ATT_PF && ld == D && ahead + FD_DOT_KB * FD_VLEN <= end;
+            int64_t ahead = j0 + jg + FD_ATT_DECODE_PF;
+            int prefetch = FD_ATT_DECODE_PF && ld == D && ahead + FD_DOT_KB * FD_VLEN <= end;
             score_keys(w->s + jg, bkp, w->qs, rows, kb + jg * ld, ld, (int)min64(FD_DOT_KB * FD_VLEN, nk - jg), dp,
                        scale, prefetch ? k + ahead * D : NULL);
         }
@@ -490,8 +473,8 @@ static void keys_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
             int64_t nv = min64(max64(visible_keys(p, t->b, tile_row_pos(t, r)) - j0, 0), nk);
             row_update(w->s + r * bkp, (int)nv, nk, &w->m[r], &w->l[r], &w->chk[r], w->o + r * dp, dp);
         }
-        int64_t vahead = j0 + FD_ATT_PF;
-        const float *pf_v = FD_ATT_PF && ld == D && vahead + nk <= end ? v + vahead * D : NULL;
+        int64_t vahead = j0 + FD_ATT_DECODE_PF;
+        const float *pf_v = FD_ATT_DECODE_PF && ld == D && vahead + nk <= end ? v + vahead * D : NULL;
         pv_block(w->o, dp, w->s, bkp, 1, vb, ld, pf_v, rows, nk, pv_tile_keys, FD_PVK_NR, FD_PVK_NC);
     }
 }
@@ -565,8 +548,8 @@ static void rows_on_lanes(const att_plan *p, att_scratch *w, const att_tile *t, 
     }
     const int64_t end = min64(c1, vis_max);
     const vf scale = vf_set1(p->scale), zero = vf_set1(0.0f), lowest = vf_set1(-FLT_MAX);
-    for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_BK) {
-        const int nk = (int)min64(FD_ATT_BK, end - j0);
+    for (int64_t j0 = c0; j0 < end; j0 += FD_ATT_PREFILL_BK) {
+        const int nk = (int)min64(FD_ATT_PREFILL_BK, end - j0);
         const float *vb;
         int64_t ld;
         block_kv(p, w, NULL, p->v + kv_offset + j0 * D, nk, NULL, &vb, &ld); /* scores read K as it is */

@@ -4,11 +4,10 @@
  * GPT-2 token: ~50 projections), and between two calls the caller runs
  * Python and NumPy code. What an idle worker does in that gap decides what
  * the next call costs:
- *   - sleeping (futex), it needs 20-100 us to wake (more in a VM whose idle
- *     vCPU has halted), a third of a small projection's time;
- *   - polling, it answers at once, but holds a core: when the caller's gap
- *     is a NumPy matmul, OpenBLAS's threads need that core (a 0.08 ms
- *     matmul + kernel step took 8 ms under GNU OpenMP's default polling).
+ *   - sleeping (futex), it takes long to wake, a large share of a small
+ *     projection's time;
+ *   - polling, it answers at once, but holds a core that the caller's gap
+ *     may need (a NumPy matmul's OpenBLAS threads). Figures: docs/tuning.md.
  * Only the caller knows which gap it has, so the choice is the caller's: an
  * idle worker polls for spin_ns (fastdecode.set_worker_spin(), which
  * generate() raises for its decode steps, where no other threads run), then
