@@ -22,7 +22,7 @@
  *   5. draw: inverse CDF in token-id order over the kept tokens, with the
  *      caller's u in [0, 1): the first token whose cumulative mass exceeds
  *      u * total.
- * Selections over many entries start with histogram rounds (buckets of
+ * Selections (select.c) over many entries start with histogram rounds (buckets of
  * equal width in z, a branch-free pass each) and finish with a three-way
  * quickselect over one bucket.
  * Tokens are ranked by logit (descending), then id (ascending): the same
@@ -35,6 +35,7 @@
  */
 #include "fastdecode.h"
 #include "simd.h"
+#include "select.h"
 
 #if FD_HAVE_PTHREADS
 #include <pthread.h>
@@ -46,7 +47,6 @@
 
 #define FD_GROUP (64 * FD_VLEN)   /* elements per top-k group block */
 #define FD_CDF_BLOCK (4 * FD_VLEN) /* entries per block of the draw's walk */
-#define FD_SELECT_SMALL 16        /* below this, selection sorts by insertion */
 #define FD_SAMPLE_PAR_MIN (1 << 15) /* elements in all rows worth a parallel region */
 
 /* ----------------------------------------------------------------------------
@@ -333,204 +333,18 @@ static int64_t keep_ge(int32_t *id, float *cz, float *ce, int64_t nc, float shif
 }
 
 /* ----------------------------------------------------------------------------
- * Selection (quickselect, three-way, descending): no sort of the row
+ * Selection (select.c): the k-th largest logit, the boundary of a mass
  * ---------------------------------------------------------------------------- */
 
-/* Pivot: median of three entries at pseudo-random places, so no input
- * order makes the selection quadratic in practice. */
-static float pick_pivot(const float *a, int64_t lo, int64_t hi, uint64_t *seed) {
-    uint64_t span = (uint64_t)(hi - lo);
-    float v[3];
-    for (int j = 0; j < 3; j++) {
-        *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
-        v[j] = a[lo + (int64_t)((*seed >> 33) % span)];
-    }
-    if (v[0] > v[1]) { float t = v[0]; v[0] = v[1]; v[1] = t; }
-    if (v[1] > v[2]) v[1] = v[2];
-    return v[0] > v[1] ? v[0] : v[1];
-}
-
-#define FD_HIST_BINS 2048 /* most buckets in a histogram round; one per 8 entries below that */
-#ifndef FD_HIST_MIN
-#define FD_HIST_MIN 256 /* selections over more entries start with histogram rounds */
-#endif
-
-/* z, e: [n] (permuted; e NULL: every weight 1), n > FD_HIST_MIN; bin:
- * [n + FD_VLEN] scratch. One round of histogram selection: buckets of equal width in z (bucket 0 the
- * largest), the mass of each, the first bucket where the mass from the top
- * reaches target; its entries move to the front. Returns their count (n:
- * no progress) and adds the mass of the buckets above to *acc. Every
- * bucket index comes from the same vector code (the tail padded), so an
- * entry's bucket is the same in both passes that need it. */
-static int64_t histogram_round(float *z, float *e, int64_t n, double target, double *acc, int32_t *bin) {
-    vf vhi = vf_set1(-INFINITY), vlo = vf_set1(INFINITY);
-    int64_t i = 0;
-    for (; i + FD_VLEN <= n; i += FD_VLEN) {
-        vf v = vf_load(z + i);
-        vhi = vf_max(vhi, v);
-        vlo = vf_min(vlo, v);
-    }
-    float hi = vf_reduce_max(vhi), lo = -vf_reduce_max(vf_sub(vf_set1(0.0f), vlo));
-    for (; i < n; i++) {
-        hi = z[i] > hi ? z[i] : hi;
-        lo = z[i] < lo ? z[i] : lo;
-    }
-    double range = (double)hi - (double)lo;
-    if (!(range > 0) || range > 1e30) return n;
-    int bins = n / 8 < FD_HIST_BINS ? (int)(n / 8) : FD_HIST_BINS;
-    vf hv = vf_set1(hi), sv = vf_set1((float)(bins / range)), top = vf_set1((float)(bins - 1));
-    for (i = 0; i < n; i += FD_VLEN) {
-        float pad[FD_VLEN];
-        const float *src = z + i;
-        if (i + FD_VLEN > n) {
-            for (int j = 0; j < FD_VLEN; j++) pad[j] = i + j < n ? z[i + j] : hi;
-            src = pad;
-        }
-        vi_store(bin + i, vf_to_int(vf_min(vf_mul(vf_sub(hv, vf_load(src)), sv), top)));
-    }
-    double mass[FD_HIST_BINS];
-    memset(mass, 0, (size_t)bins * sizeof(double));
-    if (e)
-        for (i = 0; i < n; i++) mass[bin[i]] += e[i];
-    else
-        for (i = 0; i < n; i++) mass[bin[i]] += 1.0;
-    int b = 0, last = 0;
-    double a = *acc;
-    for (; b < bins; b++) {
-        if (mass[b] > 0) last = b;
-        if (a + mass[b] >= target) break;
-        a += mass[b];
-    }
-    if (b == bins) { /* rounding kept the total below target: the last bucket */
-        b = last;
-        a -= mass[b];
-    }
-    *acc = a;
-    int64_t c = 0;
-    for (i = 0; i < n; i++)
-        if (bin[i] == b) {
-            float v = z[i];
-            z[i] = z[c], z[c] = v;
-            if (e) {
-                float w = e[i];
-                e[i] = e[c], e[c] = w;
-            }
-            c++;
-        }
-    return c;
-}
-
-/* a: [n] (permuted), 1 <= k <= n; bin: [n + FD_VLEN] scratch. The k-th
- * largest entry: histogram rounds (unit weights) while n is large, then a
- * three-way quickselect. */
+/* a: [n] (permuted), 1 <= k <= n; bin: [n + FD_VLEN] scratch. The k-th largest entry. */
 static float kth_largest(float *a, int64_t n, int64_t k, int32_t *bin) {
-    double above = 0.0; /* entries ranked above a[0, n) */
-    while (n > FD_HIST_MIN) {
-        int64_t c = histogram_round(a, NULL, n, (double)k, &above, bin);
-        if (c == n) break;
-        n = c;
-    }
-    int64_t lo = 0, hi = n, want = k - 1 - (int64_t)above;
-    uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
-    while (hi - lo > FD_SELECT_SMALL) {
-        float pv = pick_pivot(a, lo, hi, &seed);
-        int64_t gt = lo, i = lo, lt = hi; /* [lo,gt) > pv, [gt,lt) == pv, [lt,hi) < pv */
-        while (i < lt) {
-            float v = a[i];
-            if (v > pv) {
-                a[i++] = a[gt];
-                a[gt++] = v;
-            } else if (v < pv) {
-                a[i] = a[--lt];
-                a[lt] = v;
-            } else {
-                i++;
-            }
-        }
-        if (want < gt) hi = gt;
-        else if (want < lt) return pv;
-        else lo = lt;
-    }
-    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort, descending */
-        float v = a[i];
-        int64_t j = i;
-        for (; j > lo && a[j - 1] < v; j--) a[j] = a[j - 1];
-        a[j] = v;
-    }
-    return a[want];
+    double above;
+    return FD_FN(fd_select)(a, NULL, n, (double)k, &above, bin, 0x9E3779B97F4A7C15ull);
 }
 
-/* z, e: [n] (permuted together), target > 0. The boundary logit zb of a
- * weighted selection, ranked by z descending: mass(z > zb) < target <=
- * mass(z >= zb); *above = mass(z > zb); bin: [n + FD_VLEN] scratch. When rounding leaves the whole
- * mass below target, the smallest logit (every token stays). Large inputs
- * go through histogram rounds first (a few branch-free passes each), then
- * a three-way quickselect weighted by mass finishes. */
+/* z, e: [n] (permuted together), target > 0: fd_select's boundary logit. */
 static float weighted_select(float *z, float *e, int64_t n, double target, double *above, int32_t *bin) {
-    double acc = 0.0; /* mass of everything ranked above [lo, hi); stays < target */
-    while (n > FD_HIST_MIN) {
-        int64_t c = histogram_round(z, e, n, target, &acc, bin);
-        if (c == n) break;
-        n = c;
-    }
-    int64_t lo = 0, hi = n;
-    uint64_t seed = 0xD1B54A32D192ED03ull ^ (uint64_t)n;
-    while (hi - lo > FD_SELECT_SMALL) {
-        float pv = pick_pivot(z, lo, hi, &seed);
-        int64_t gt = lo, i = lo, lt = hi;
-        double mg = 0.0, me = 0.0;
-        while (i < lt) {
-            float v = z[i], w = e[i];
-            if (v > pv) {
-                z[i] = z[gt], e[i] = e[gt];
-                z[gt] = v, e[gt] = w;
-                gt++, i++;
-                mg += w;
-            } else if (v < pv) {
-                lt--;
-                z[i] = z[lt], e[i] = e[lt];
-                z[lt] = v, e[lt] = w;
-            } else {
-                i++;
-                me += w;
-            }
-        }
-        if (acc + mg >= target) {
-            hi = gt;
-        } else if (acc + mg + me >= target) {
-            *above = acc + mg;
-            return pv;
-        } else {
-            acc += mg + me;
-            if (lt == hi) { /* everything counted, target not reached */
-                *above = acc - me;
-                return pv;
-            }
-            lo = lt;
-        }
-    }
-    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort by z, descending */
-        float v = z[i], w = e[i];
-        int64_t j = i;
-        for (; j > lo && z[j - 1] < v; j--) z[j] = z[j - 1], e[j] = e[j - 1];
-        z[j] = v, e[j] = w;
-    }
-    float last = z[lo];
-    double last_above = acc;
-    for (int64_t i = lo; i < hi;) { /* walk groups of equal logits */
-        double m = 0.0;
-        int64_t j = i;
-        for (; j < hi && z[j] == z[i]; j++) m += e[j];
-        if (acc + m >= target) {
-            *above = acc;
-            return z[i];
-        }
-        last = z[i], last_above = acc;
-        acc += m;
-        i = j;
-    }
-    *above = last_above;
-    return last;
+    return FD_FN(fd_select)(z, e, n, target, above, bin, 0xD1B54A32D192ED03ull);
 }
 
 /* ----------------------------------------------------------------------------
