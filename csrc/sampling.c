@@ -415,9 +415,21 @@ static void write_candidates(float *out, int64_t n, int probs, const int32_t *id
     for (int64_t i = 0; i < nc; i++) out[id[i]] = probs ? (float)(ce[i] / w) : cz[i];
 }
 
-/* x: [n]; prev: [nprev]. Returns 0 or an FD_ROW_ code. */
-static int run_row(row_result r, const float *x, int64_t n, const fd_sample_params *p, const int64_t *prev,
-                   int64_t nprev, scratch *s) {
+/* A row after the scan: z: [n] its (penalized, scaled) logits, m = max(z),
+ * group: [ng] the scan's group maxima; and the candidates kept so far, in
+ * s->id / cz / ce (id order), with their mass. */
+typedef struct {
+    const float *z;
+    int64_t n, ng;
+    float m;
+    int64_t nc;  /* candidates, once `some` */
+    int some;    /* 0: no filter has run, every token is in */
+    double mass; /* sum of the candidates' exp(z - m), or the whole row's */
+} row_state;
+
+/* Penalty, temperature, scan. Returns 0 or an FD_ROW_ code. */
+static int scan_settings(row_state *st, const float *x, int64_t n, const fd_sample_params *p, const int64_t *prev,
+                         int64_t nprev, scratch *s) {
     int greedy = p->temperature == 0.0;
     float t = (float)p->temperature, pen = (float)p->penalty;
     int div = !greedy && t != 1.0f;
@@ -431,76 +443,105 @@ static int run_row(row_result r, const float *x, int64_t n, const fd_sample_para
         z = dst = s->z;
     }
     int nan;
-    int64_t ng;
-    float m = scan_row(dst, src, n, t, div, s->group, &ng, &nan);
+    row_state r = {.z = z, .n = n};
+    r.m = scan_row(dst, src, n, t, div, s->group, &r.ng, &nan);
+    *st = r;
     if (nan) return FD_ROW_NAN;
-    if (m == INFINITY) return FD_ROW_POSINF;
-    if (m == -INFINITY) return FD_ROW_NEGINF;
+    if (r.m == INFINITY) return FD_ROW_POSINF;
+    if (r.m == -INFINITY) return FD_ROW_NEGINF;
+    return 0;
+}
 
-    if (greedy) {
-        int64_t i = first_equal(z, n, m);
-        if (r.pick) *r.pick = i;
-        if (r.out) {
-            float one = 1.0f;
-            write_candidates(r.out, n, r.probs, (int32_t[]){(int32_t)i}, &m, &one, 1);
-        }
-        return 0;
+/* Top-k (1 <= k < n): the k largest, ties at the k-th kept in id order. */
+static void filter_top_k(row_state *r, int64_t k, scratch *s) {
+    float lo = -INFINITY;
+    if (k * 4 <= r->ng) { /* the k-th largest group max: a lower bound with few tokens above */
+        memcpy(s->sz, s->group, (size_t)r->ng * sizeof(float));
+        lo = kth_largest(s->sz, r->ng, k, s->bin);
     }
-    double kd = p->top_k;
-    int64_t k = kd >= 1.0 && kd < (double)n ? (int64_t)kd : 0;
-    int top_p = p->top_p > 0.0 && p->top_p < 1.0;
-    float dmin = p->min_p > 0.0 ? float_at_least(log(p->min_p < 1.0 ? p->min_p : 1.0)) : -INFINITY;
+    int64_t nc = collect(s->id, s->cz, r->z, r->n, 0.0f, lo);
+    memcpy(s->sz, s->cz, (size_t)nc * sizeof(float));
+    float kth = kth_largest(s->sz, nc, k, s->bin);
+    r->nc = keep_ge(s->id, s->cz, NULL, nc, 0.0f, kth);
+    r->mass = exp_masked(s->ce, s->cz, r->nc, r->m, -INFINITY);
+    r->some = 1;
+}
 
-    int64_t nc = -1; /* candidates in s->id/cz/ce, or -1: the whole row */
-    double mass = 0.0;
-    if (k) {
-        float lo = -INFINITY;
-        if (k * 4 <= ng) { /* the k-th largest group max: a lower bound with few tokens above */
-            memcpy(s->sz, s->group, (size_t)ng * sizeof(float));
-            lo = kth_largest(s->sz, ng, k, s->bin);
-        }
-        nc = collect(s->id, s->cz, z, n, 0.0f, lo);
-        memcpy(s->sz, s->cz, (size_t)nc * sizeof(float));
-        float kth = kth_largest(s->sz, nc, k, s->bin);
-        nc = keep_ge(s->id, s->cz, NULL, nc, 0.0f, kth);
-        mass = exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+/* Top-p (0 < p < 1) over the candidates, or over the whole row when none. */
+static void filter_top_p(row_state *r, double top_p, scratch *s) {
+    if (!r->some) {
+        r->mass = exp_masked(NULL, r->z, r->n, r->m, -INFINITY);
+        /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together,
+         * so the boundary lies above (the 1e-3 covers vf_exp's rounding) */
+        float lo = (float)(log((1.0 - top_p) * r->mass / (2.0 * (double)r->n)) - 1e-3);
+        float zg = top_p_group_cut(s->group, r->ng, r->m, top_p * r->mass, s->sz, s->se, s->bin);
+        lo = zg - r->m > lo ? zg - r->m : lo;
+        r->nc = collect(s->id, s->cz, r->z, r->n, r->m, lo);
+        exp_masked(s->ce, s->cz, r->nc, r->m, -INFINITY);
+        r->some = 1;
     }
-    if (top_p) {
-        if (nc < 0) {
-            mass = exp_masked(NULL, z, n, m, -INFINITY);
-            /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together,
-             * so the boundary lies above (the 1e-3 covers vf_exp's rounding) */
-            float lo = (float)(log((1.0 - p->top_p) * mass / (2.0 * (double)n)) - 1e-3);
-            float zg = top_p_group_cut(s->group, ng, m, p->top_p * mass, s->sz, s->se, s->bin);
-            lo = zg - m > lo ? zg - m : lo;
-            nc = collect(s->id, s->cz, z, n, m, lo);
-            exp_masked(s->ce, s->cz, nc, m, -INFINITY);
-        }
-        nc = top_p_cut(s->id, s->cz, s->ce, nc, p->top_p * mass, s->sz, s->se, s->bin);
-    } else if (nc < 0 && dmin > -INFINITY) { /* min-p alone: a plain threshold, no S needed */
-        nc = collect(s->id, s->cz, z, n, m, dmin);
-        exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+    r->nc = top_p_cut(s->id, s->cz, s->ce, r->nc, top_p * r->mass, s->sz, s->se, s->bin);
+}
+
+/* Min-p (dmin = log(min_p) > -inf): z - m >= dmin; alone, a plain threshold that needs no S. */
+static void filter_min_p(row_state *r, float dmin, scratch *s) {
+    if (!r->some) {
+        r->nc = collect(s->id, s->cz, r->z, r->n, r->m, dmin);
+        exp_masked(s->ce, s->cz, r->nc, r->m, -INFINITY);
+        r->some = 1;
+        return;
     }
-    if (nc >= 0) {
-        if (dmin > -INFINITY) nc = keep_ge(s->id, s->cz, s->ce, nc, m, dmin);
-        if (r.out) write_candidates(r.out, n, r.probs, s->id, s->cz, s->ce, nc);
-        if (r.pick) *r.pick = s->id[cdf_pick(s->ce, nc, p->u)];
-        return 0;
+    r->nc = keep_ge(s->id, s->cz, s->ce, r->nc, r->m, dmin);
+}
+
+/* Greedy: the first max. */
+static void finish_greedy(row_result res, const row_state *r) {
+    int64_t i = first_equal(r->z, r->n, r->m);
+    if (res.pick) *res.pick = i;
+    if (res.out) {
+        float one = 1.0f, m = r->m;
+        write_candidates(res.out, r->n, res.probs, (int32_t[]){(int32_t)i}, &m, &one, 1);
     }
-    /* temperature alone: every token, one pass over the whole row */
-    if (r.out && !r.probs) {
-        memmove(r.out, z, (size_t)n * sizeof(float));
-        return 0;
+}
+
+/* No filter ran (temperature alone): every token, one pass over the whole row. */
+static void finish_whole_row(row_result res, const row_state *r, double u, scratch *s) {
+    const int64_t n = r->n;
+    if (res.out && !res.probs) {
+        memmove(res.out, r->z, (size_t)n * sizeof(float));
+        return;
     }
-    float *e = r.out ? r.out : s->cz;
-    double w = exp_masked(e, z, n, m, -INFINITY);
-    if (r.out) {
+    float *e = res.out ? res.out : s->cz;
+    double w = exp_masked(e, r->z, n, r->m, -INFINITY);
+    if (res.out) {
         vf sv = vf_set1((float)(1.0 / w));
         int64_t i = 0;
         for (; i + FD_VLEN <= n; i += FD_VLEN) vf_store(e + i, vf_mul(vf_load(e + i), sv));
         for (; i < n; i++) e[i] = (float)(e[i] / w);
     }
-    if (r.pick) *r.pick = cdf_pick(e, n, p->u);
+    if (res.pick) *res.pick = cdf_pick(e, n, u);
+}
+
+/* x: [n]; prev: [nprev]. Returns 0 or an FD_ROW_ code. Filters run in
+ * Hugging Face's order; each after the first works on the candidates. */
+static int run_row(row_result res, const float *x, int64_t n, const fd_sample_params *p, const int64_t *prev,
+                   int64_t nprev, scratch *s) {
+    row_state r;
+    int code = scan_settings(&r, x, n, p, prev, nprev, s);
+    if (code) return code;
+    if (p->temperature == 0.0) {
+        finish_greedy(res, &r);
+        return 0;
+    }
+    if (p->top_k >= 1.0 && p->top_k < (double)n) filter_top_k(&r, (int64_t)p->top_k, s);
+    if (p->top_p > 0.0 && p->top_p < 1.0) filter_top_p(&r, p->top_p, s);
+    if (p->min_p > 0.0) filter_min_p(&r, float_at_least(log(p->min_p < 1.0 ? p->min_p : 1.0)), s);
+    if (!r.some) {
+        finish_whole_row(res, &r, p->u, s);
+        return 0;
+    }
+    if (res.out) write_candidates(res.out, n, res.probs, s->id, s->cz, s->ce, r.nc);
+    if (res.pick) *res.pick = s->id[cdf_pick(s->ce, r.nc, p->u)];
     return 0;
 }
 
