@@ -118,23 +118,23 @@ static inline __attribute__((always_inline)) void partition3(float *z, float *e,
                                                              int weighted, int64_t *gt_out, int64_t *lt_out,
                                                              double *mg_out, double *me_out) {
     int64_t gt = lo, i = lo, lt = hi; /* [lo,gt) > pv, [gt,lt) == pv, [lt,hi) < pv */
-    double mg = 0.0, me = 0.0;
+    double mg = 0.0, me = 0.0;        /* unit weights: counted from gt and lt instead */
     while (i < lt) {
         float v = z[i], w = weighted ? e[i] : 1.0f;
         if (v > pv) {
             z[i] = z[gt], z[gt] = v;
-            if (weighted) e[i] = e[gt], e[gt] = w;
+            if (weighted) e[i] = e[gt], e[gt] = w, mg += w;
             gt++, i++;
-            mg += w;
         } else if (v < pv) {
             lt--;
             z[i] = z[lt], z[lt] = v;
             if (weighted) e[i] = e[lt], e[lt] = w;
         } else {
             i++;
-            me += w;
+            if (weighted) me += w;
         }
     }
+    if (!weighted) mg = (double)(gt - lo), me = (double)(lt - gt);
     *gt_out = gt, *lt_out = lt, *mg_out = mg, *me_out = me;
 }
 

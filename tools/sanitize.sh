@@ -30,7 +30,8 @@ fi
 
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+# die_after_fork=0: test_pool forks a child after the pool started (the child starts its own)
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:die_after_fork=0
 if [ "$MODE" = address ]; then
   # Python's own allocations are not leaks worth reporting here; the kernels'
   # reads and writes out of bounds, use after free and UB are.
