@@ -8,7 +8,9 @@
 #define FD_BUILD_FLAGS "unknown"
 #endif
 
-int fd_level = -1;
+atomic_int fd_level = -1;
+
+int fd_get_level(void) { return atomic_load(&fd_level); }
 
 int fd_cpu_max_level(void) {
 #if FD_HAVE_X86_LEVELS && (defined(__GNUC__) || defined(__clang__))
@@ -28,8 +30,9 @@ int fd_cpu_max_level(void) {
 int fd_set_level(int level) {
     int best = fd_cpu_max_level();
     if (level < FD_LEVEL_PORTABLE) level = FD_LEVEL_PORTABLE;
-    fd_level = level > best ? best : level;
-    return fd_level;
+    level = level > best ? best : level;
+    atomic_store(&fd_level, level);
+    return level;
 }
 
 const char *fd_build_flags(void) { return FD_BUILD_FLAGS; }

@@ -126,14 +126,12 @@ def machine() -> dict:
 # milliseconds after each parallel region (libgomp's default): in one
 # process, they would hold the cores of whichever contender is timed after
 # torch. The kernel cases keep torch in this process (timed across processes,
-# the other process's polling threads took the core a 2-thread contender
-# needs, and torch's 2-thread SDPA swung between 0.26 and 4 ms per call), and
+# the other process's polling threads took the core a contender needs), and
 # `fastdecode bench` starts torch with OMP_WAIT_POLICY=passive (passive_torch)
 # unless the user chose a policy: its workers then sleep at once, as
 # fastdecode's do by default. (Pausing before each sample instead, so that
-# polling threads settle, made every contender pay for waking a halted vCPU:
-# fastdecode-c's 2-thread softmax [16, 50257] took 331-411 us instead of
-# 147-193.) The end-to-end benchmark (decode.py) runs transformers at its
+# polling threads settle, made every contender pay for waking a halted vCPU;
+# figures in docs/tuning.md.) The end-to-end benchmark (decode.py) runs transformers at its
 # own defaults in a Worker process, which lets its threads settle before it
 # answers; the two processes take turns.
 
