@@ -148,10 +148,10 @@ static inline __attribute__((always_inline)) void dot_signed(float *acc, const u
 
 /* q8_0 blocks: 34 bytes, f16 d, int8 code[32]; w = d * code */
 static inline __attribute__((always_inline)) void dot_q8_0(float *acc, const uint8_t *row, const fd_qx *x, int64_t nr) {
-    const int64_t nb = x->n_in / 32;
 #if FD_QX86
     dot_signed(acc, row, x, nr, 34, codes_q8_0);
 #else
+    const int64_t nb = x->n_in / 32;
     for (int64_t r = 0; r < nr; r++) {
         float sum = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
@@ -168,10 +168,10 @@ static inline __attribute__((always_inline)) void dot_q8_0(float *acc, const uin
 
 /* q4_0 blocks: 18 bytes, f16 d, qs[16] (code i low nibble of qs[i], i + 16 high); w = d * (code - 8) */
 static inline __attribute__((always_inline)) void dot_q4_0(float *acc, const uint8_t *row, const fd_qx *x, int64_t nr) {
-    const int64_t nb = x->n_in / 32;
 #if FD_QX86
     dot_signed(acc, row, x, nr, 18, codes_q4_0);
 #else
+    const int64_t nb = x->n_in / 32;
     for (int64_t r = 0; r < nr; r++) {
         float sum = 0.0f;
         for (int64_t b = 0; b < nb; b++) {

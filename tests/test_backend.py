@@ -207,8 +207,6 @@ def test_sampler_parameter_layout_is_defined_once():
     from fastdecode import _native
 
     assert _native.SAMPLE_PARAM_FIELDS == ("temperature", "top_k", "top_p", "min_p", "penalty", "u")
-    try:
-        from fastdecode import _sampling_args
-    except ImportError:
-        pytest.skip("house-py's _sampling_args not merged yet")
+    from fastdecode import _sampling_args
+
     assert _sampling_args.SAMPLE_PARAMS == _native.SAMPLE_PARAM_FIELDS

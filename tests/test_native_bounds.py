@@ -79,7 +79,16 @@ def cases():
     yield "norm w", lambda: n.norm_rows(z(2, 5), x, z(4), None, 1e-5, True)
     yield "norm b", lambda: n.norm_rows(z(2, 5), x, z(5), z(6), 1e-5, False)
     yield "read None", lambda: n.read_sum_f32(None)
-    yield "weight order not 2-D", lambda: n.set_weight_order([z(5)])
+    u8 = lambda *shape: np.zeros(shape, np.uint8)  # noqa: E731  (q8_0: 34 bytes per 32 weights)
+    yield "dequantize rows", lambda: n.dequantize_rows(z(2, 32), u8(3, 34), 0)
+    yield "dequantize row bytes", lambda: n.dequantize_rows(z(2, 32), u8(2, 33), 0)
+    yield "dequantize partial block", lambda: n.dequantize_rows(z(2, 31), u8(2, 34), 0)
+    yield "dequantize format", lambda: n.dequantize_rows(z(2, 32), u8(2, 34), 99)
+    yield "linear_quant out", lambda: n.linear_quant(z(2, 3), z(2, 32), u8(4, 34), None, 0)
+    yield "linear_quant x", lambda: n.linear_quant(z(2, 4), z(2, 64), u8(4, 34), None, 0)
+    yield "linear_quant bias", lambda: n.linear_quant(z(2, 4), z(2, 32), u8(4, 34), z(3), 0)
+    yield "linear_quant format", lambda: n.linear_quant(z(2, 4), z(2, 32), u8(4, 34), None, -1)
+    yield "weight order not contiguous", lambda: n.set_weight_order([z(4, 6)[:, ::2]])
     # an output that overlaps an input without being it (NumPy's b[:-1] / b[1:])
     b = np.ones(11, f32)
     yield "softmax overlap", lambda: n.softmax_rows(b[1:].reshape(2, 5), b[:-1].reshape(2, 5), False)
@@ -110,7 +119,8 @@ def test_every_native_kernel_wrapper_is_covered():
     from fastdecode import _native
 
     kernels = {"softmax_rows", "exp_f32", "sample_rows", "process_rows", "argmax_rows", "repetition_penalty_rows",
-               "attention_f32", "read_sum_f32", "linear_f32", "norm_rows", "set_weight_order"}
+               "attention_f32", "read_sum_f32", "linear_f32", "norm_rows", "set_weight_order", "dequantize_rows",
+               "linear_quant"}
     called = set(re.findall(r"n\.(\w+)\(", inspect.getsource(cases)))
     assert kernels <= called
     public = {name for name in dir(_native) if not name.startswith("_") and callable(getattr(_native, name))}

@@ -195,9 +195,9 @@ def dequantize(qt: QuantizedTensor) -> np.ndarray:
         out = np.empty(qt.shape, np.float32)
         backend._native.dequantize_rows(out, qt.data, qt.info.code)
         return out
-    import gguf.quants
+    from .reference import quant
 
-    return np.asarray(gguf.quants.dequantize(qt.data, qt.info.gguf_type), np.float32).reshape(qt.shape)
+    return quant.dequantize(qt)
 
 
 def from_gguf(qtype, shape, data) -> QuantizedTensor:
