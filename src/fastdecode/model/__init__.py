@@ -64,6 +64,13 @@ class Model:
                 raise ValueError(f"counts must be {tokens.shape[0]} ints in [0, {tokens.shape[1]}]")
         return forward(self.weights, self.config, tokens, cache, counts, all_logits)
 
+    def save(self, path, weights: str = "f32") -> None:
+        """Write the model as a GGUF file that llama.cpp loads; ``weights``:
+        f32, f16, bf16, q8_0, q4_0 or q4_k_m (see :mod:`fastdecode.model.gguf_write`)."""
+        from .gguf_write import save_gguf
+
+        save_gguf(self, os.fspath(path), weights)
+
     # -- text ---------------------------------------------------------------
 
     def encode(self, text: str) -> list:
@@ -117,8 +124,9 @@ class Model:
 
 def load(path: str) -> Model:
     """A model from a Hugging Face checkpoint directory (config.json,
-    model.safetensors or shards, tokenizer.json), or ``"default"`` for the
-    model packaged with fastdecode."""
+    model.safetensors or shards, tokenizer.json), a ``.gguf`` file (see
+    :mod:`fastdecode.model.gguf`), or ``"default"`` for the model packaged
+    with fastdecode."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
@@ -127,6 +135,10 @@ def load(path: str) -> Model:
             raise FileNotFoundError(f"the default model is not packaged in this build ({DEFAULT_MODEL_DIR} is "
                                     "missing); pass the path of a checkpoint directory instead")
         path = DEFAULT_MODEL_DIR
+    if os.path.isfile(path) and (path.endswith(".gguf") or _is_gguf(path)):
+        from .gguf import load_gguf
+
+        return load_gguf(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory (fastdecode.load takes a checkpoint directory "
                                 "with config.json and model.safetensors)")
@@ -141,6 +153,12 @@ def load(path: str) -> Model:
     eos = _eos_ids(gen_defaults.get("eos_token_id"), config, tokenizer)
     defaults = {k: gen_defaults[k] for k in _SAMPLING_KEYS if gen_defaults.get(k) is not None}
     return Model(config, weights, tokenizer, defaults, eos, path)
+
+
+def _is_gguf(path: str) -> bool:
+    from .gguf import is_gguf
+
+    return is_gguf(path)
 
 
 def _eos_ids(from_generation_config, config: ModelConfig, tokenizer) -> tuple:
