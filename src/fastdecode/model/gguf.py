@@ -43,7 +43,9 @@ from .weights import WeightError, bf16_to_f32
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
-PERMUTED = ("llama",)  # architectures whose Q/K rows llama.cpp's converter permutes
+PERMUTED = ("llama",)
+# GGML types that are no weight format (integers, F64) or that gguf.quants cannot dequantize
+UNREADABLE_TYPES = ("I8", "I16", "I32", "I64", "F64", "Q8_1", "Q8_K", "Q1_0")  # architectures whose Q/K rows llama.cpp's converter permutes
 
 # llama.cpp tensor name (per block: "blk.{i}." prefix) -> Hugging Face name
 _LLAMA_NAMES = {
@@ -277,6 +279,9 @@ class GGUFCheckpoint:
             if arch in PERMUTED and t.name.endswith(("attn_q.weight", "attn_k.weight", "attn_q.bias", "attn_k.bias")):
                 self._permuted[hf] = config.num_heads if "attn_q" in t.name else config.num_kv_heads
             if t.tensor_type not in kept:
+                if t.tensor_type.name in UNREADABLE_TYPES:
+                    raise GGUFError(f"{path}: tensor {t.name!r} has type {t.tensor_type.name}, which fastdecode "
+                                    "does not read (a weight must be a float or a block-quantized type)")
                 self.dequantized.add(t.tensor_type.name)
 
     def names(self) -> set:

@@ -65,11 +65,23 @@ def _required(meta: dict, key: str):
 def build(meta: dict):
     """``(tokenizers.Tokenizer, info)`` from the ``tokenizer.*`` metadata
     (a dict of key -> Python value). ``info``: bos/eos/eot/unk/pad ids,
-    add_bos/add_eos, chat_template (None where absent)."""
+    add_bos/add_eos, chat_template (None where absent). Raises
+    TokenizerMetadataError (a ValueError) naming the key at fault."""
+    try:
+        return _build(meta)
+    except TokenizerMetadataError:
+        raise
+    except Exception as exc:  # the tokenizers library raises bare Exceptions for inconsistent vocabularies
+        raise TokenizerMetadataError(f"tokenizer.ggml.* do not describe a consistent tokenizer: {exc}") from None
+
+
+def _build(meta: dict):
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     kind = _required(meta, "tokenizer.ggml.model")
     tokens = list(_required(meta, "tokenizer.ggml.tokens"))
+    if not tokens or not all(isinstance(t, str) for t in tokens):
+        raise TokenizerMetadataError("tokenizer.ggml.tokens must be a non-empty array of strings")
     types = list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
     if len(types) != len(tokens):
         raise TokenizerMetadataError(f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
@@ -213,7 +225,7 @@ def _metaspace_prefix(spec: dict, where: str) -> bool:
     pre = spec.get("pre_tokenizer") or {}
     if pre.get("type") == "Metaspace":
         return pre.get("prepend_scheme", "always") != "never"
-    normalizer = json.dumps(spec.get("normalizer"))
+    normalizer = json.dumps(spec.get("normalizer"), ensure_ascii=False)
     if "Prepend" in normalizer and SPACE in normalizer:  # Llama 2's legacy form
         return True
     raise ValueError(f"{where}: a byte-fallback BPE without a Metaspace pre-tokenizer or a U+2581 normalizer is "
@@ -254,4 +266,16 @@ def add_to_writer(writer, directory: str, tokenizer_json: str, vocab_size: int) 
         writer.add_token_scores(d["scores"] + [-1e9] * pad)
         writer.add_add_space_prefix(d["add_space_prefix"])
     special = gguf.SpecialVocab(directory, load_merges=d["model"] == "gpt2", n_vocab=vocab_size)
+    # whether bos/eos are added, stated always: llama.cpp's default differs by tokenizer (true for llama-bpe)
+    special.add_special_token.update(_adds_bos_eos(directory))
     special.add_to_gguf(writer, quiet=True)
+
+
+def _adds_bos_eos(directory: str) -> dict:
+    """{"bos": bool, "eos": bool}: what fastdecode's (and so Hugging Face's) tokenizer adds to a text."""
+    from ..tokenizer import Tokenizer
+
+    tok = Tokenizer(directory)
+    plain, full = tok.encode("a", add_special_tokens=False), tok.encode("a")
+    return {"bos": len(full) > len(plain) and full[0] != plain[0],
+            "eos": len(full) > len(plain) and full[-1] != plain[-1]}
