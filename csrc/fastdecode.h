@@ -161,8 +161,10 @@ static inline int64_t fd_quant_row_bytes(int fmt, int64_t n_in) {
 }
 /* out: [rows, n_out] = x W^T + bias; x: [rows, n_in]; w: [n_out,
  * fd_quant_row_bytes(fmt, n_in)] bytes; bias: [n_out] or NULL. fmt is one
- * of FD_FMT_*, n_in a multiple of its block. out may not overlap x, w, bias. */
-FD_LEVELS(void, fd_linear_quant, (float *out, const float *x, const uint8_t *w, const float *bias, int fmt,
+ * of FD_FMT_*, n_in a multiple of its block (and of 32). The block formats
+ * take x quantized to int8 per 32 values (quant_dot.c), bf16/f16 float32 x.
+ * out may not overlap x, w, bias. Returns 0, -1 when out of memory. */
+FD_LEVELS(int, fd_linear_quant, (float *out, const float *x, const uint8_t *w, const float *bias, int fmt,
                                   int64_t rows, int64_t n_in, int64_t n_out))
 /* out: [rows, n_in] float32 = the weights of w: [rows, fd_quant_row_bytes(fmt, n_in)],
  * bit for bit the gguf package's dequantization. */

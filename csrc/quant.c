@@ -3,50 +3,28 @@
  *
  * Dimensions: rows = rows of x (a decode step: 1-8), n_in = weights per
  * row of W (a multiple of the format's block), n_out = rows of W; a row of
- * W is n_in / block blocks of block_bytes (fd_quant_row_bytes), rows one
- * after another. The layouts are GGUF's (src/fastdecode/formats.py draws
- * them); the decoding below does exactly the float operations of the gguf
- * package's dequantize_blocks, in its order, so fd_dequantize_rows equals
- * it bit for bit (this file is built with -ffp-contract=off: a fused
- * d*q - m would round once instead of twice).
+ * W is n_in / block blocks (fd_quant_row_bytes), rows one after another.
+ * The layouts are GGUF's (src/fastdecode/formats.py draws them).
  *
- * The product decodes each run of FD_QCHUNK weights to float32 in a small
- * buffer (L1-resident) and takes it into every row of x with FMAs, as
- * linear.c does with float32 weights: activations stay float32 (no int8
- * quantization of x as llama.cpp's CPU backend does), so the NumPy
- * reference is dequantize-then-matmul and the two differ only by the order
- * of float32 sums. Each thread takes one contiguous block of weight rows.
+ * Decoding does exactly the float operations of the gguf package's
+ * dequantize_blocks, in its order, so fd_dequantize_rows equals it bit for
+ * bit (this file is built with -ffp-contract=off: a fused d*q - m would
+ * round once instead of twice). The prefill path decodes tiles with it.
+ *
+ * The product: q8_0/q4_0/q4_K/q6_K quantize x to int8 blocks once per call
+ * and take integer dot products (quant_dot.c); bf16/f16 convert 16 weights
+ * at a time in registers and multiply-add in float32, as linear.c does.
+ * Each thread takes one contiguous block of weight rows.
  */
-#include "fastdecode.h"
-#include "simd.h"
+#include <stdlib.h>
 
-#define FD_QROWS 8    /* rows of x per pass over W, as linear.c */
+#include "quant.h"
+
 #define FD_QCHUNK 256 /* weights decoded at a time: one K super-block, eight 32-blocks */
 /* Below this many weight bytes one thread does it all (linear.c's reason:
  * a sleeping worker takes 20-100 us to wake, a polling one answers at once). */
 #define FD_QPAR_MIN (4 << 20)
 #define FD_QPAR_MIN_SPIN (1 << 19)
-
-/* ----------------------------------------------------------------------------
- * Scalars: float16 and bfloat16 to float32, exactly
- * ---------------------------------------------------------------------------- */
-
-static inline float f32_from_bits(uint32_t b) {
-    float f;
-    memcpy(&f, &b, 4);
-    return f;
-}
-
-static inline float f16_to_f32(const uint8_t *p) {
-    uint16_t h = (uint16_t)(p[0] | p[1] << 8);
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    if (e == 0x1f) return f32_from_bits(sign | 0x7f800000u | m << 13); /* inf, NaN (NumPy's bits) */
-    if (e) return f32_from_bits(sign | (e + 112) << 23 | m << 13);
-    float sub = (float)m * 0x1p-24f; /* subnormal: exact */
-    return sign ? -sub : sub;
-}
-
-static inline float bf16_to_f32(const uint8_t *p) { return f32_from_bits((uint32_t)(p[0] | p[1] << 8) << 16); }
 
 /* ----------------------------------------------------------------------------
  * Decoding: buf[0..n) = weights k..k+n of one row (k a multiple of FD_QCHUNK,
@@ -58,7 +36,7 @@ static inline float bf16_to_f32(const uint8_t *p) { return f32_from_bits((uint32
 static void decode_q8_0(float *restrict buf, const uint8_t *restrict row, int64_t k, int64_t n) {
     for (int64_t b = 0; b < n / 32; b++) {
         const uint8_t *blk = row + (k / 32 + b) * 34;
-        const float d = f16_to_f32(blk);
+        const float d = fd_f16_to_f32(blk);
         const int8_t *q = (const int8_t *)(blk + 2);
         for (int i = 0; i < 32; i++)
             buf[32 * b + i] = (float)q[i] * d;
@@ -69,7 +47,7 @@ static void decode_q8_0(float *restrict buf, const uint8_t *restrict row, int64_
 static void decode_q4_0(float *restrict buf, const uint8_t *restrict row, int64_t k, int64_t n) {
     for (int64_t b = 0; b < n / 32; b++) {
         const uint8_t *blk = row + (k / 32 + b) * 18;
-        const float d = f16_to_f32(blk);
+        const float d = fd_f16_to_f32(blk);
         const uint8_t *qs = blk + 2;
         for (int i = 0; i < 16; i++) {
             buf[32 * b + i] = d * (float)((int)(qs[i] & 15) - 8);
@@ -80,7 +58,7 @@ static void decode_q4_0(float *restrict buf, const uint8_t *restrict row, int64_
 
 /* buf: [256]; blk: one q4_K super-block (144 bytes: f16 d, f16 dmin, scales[12], qs[128]) */
 static void decode_q4_K(float *restrict buf, const uint8_t *restrict blk) {
-    const float d = f16_to_f32(blk), dmin = f16_to_f32(blk + 2);
+    const float d = fd_f16_to_f32(blk), dmin = fd_f16_to_f32(blk + 2);
     const uint8_t *s = blk + 4, *qs = blk + 16;
     for (int j = 0; j < 8; j++) { /* sub-block j: 6-bit scale and min (ggml's get_scale_min_k4) */
         int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
@@ -97,7 +75,7 @@ static void decode_q4_K(float *restrict buf, const uint8_t *restrict blk) {
 static void decode_q6_K(float *restrict buf, const uint8_t *restrict blk) {
     const uint8_t *ql = blk, *qh = blk + 128;
     const int8_t *sc = (const int8_t *)(blk + 192);
-    const float d = f16_to_f32(blk + 208);
+    const float d = fd_f16_to_f32(blk + 208);
     float ds[16];
     for (int j = 0; j < 16; j++)
         ds[j] = d * (float)sc[j];
@@ -114,7 +92,7 @@ static void decode_16(float *restrict buf, const uint8_t *restrict row, int64_t 
     const uint8_t *p = row + 2 * k;
     if (bf16) {
         for (int64_t i = 0; i < n; i++)
-            buf[i] = f32_from_bits((uint32_t)((const uint16_t *)p)[i] << 16);
+            buf[i] = fd_f32_from_bits((uint32_t)((const uint16_t *)p)[i] << 16);
         return;
     }
     int64_t i = 0;
@@ -126,7 +104,7 @@ static void decode_16(float *restrict buf, const uint8_t *restrict row, int64_t 
         _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
 #endif
     for (; i < n; i++)
-        buf[i] = f16_to_f32(p + 2 * i);
+        buf[i] = fd_f16_to_f32(p + 2 * i);
 }
 
 /* buf: [n] = weights k..k+n of row (format fmt) */
@@ -152,43 +130,52 @@ void FD_FN(fd_dequantize_rows)(float *out, const uint8_t *w, int fmt, int64_t ro
  * The product
  * ---------------------------------------------------------------------------- */
 
-/* acc: [nr] = row . x[r]; row: one weight row; x: [nr, n_in], nr <= FD_QROWS */
-static void dot_rows(float *acc, const uint8_t *row, int fmt, const float *x, int64_t nr, int64_t n_in) {
-    float buf[FD_QCHUNK] __attribute__((aligned(64)));
+/* 16 weights (or FD_VLEN) from 16-bit storage at p, as float32 */
+static inline vf load16(const uint8_t *p, int bf16) {
+#if defined(FD_LEVEL_avx512)
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+#elif defined(FD_LEVEL_avx2)
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+#else
+    return bf16 ? fd_f32_from_bits((uint32_t)(p[0] | p[1] << 8) << 16) : fd_f16_to_f32(p);
+#endif
+}
+
+/* acc: [nr] = row . x[r]; row: [n_in] bf16 or f16; x: [nr, n_in], nr <= FD_QROWS */
+static void dot_16(float *acc, const uint8_t *row, int bf16, const float *x, int64_t nr, int64_t n_in) {
     vf a[FD_QROWS], b[FD_QROWS];
-    float tail[FD_QROWS];
-    for (int64_t r = 0; r < nr; r++) {
-        a[r] = b[r] = vf_set1(0.0f);
-        tail[r] = 0.0f;
-    }
-    for (int64_t k = 0; k < n_in; k += FD_QCHUNK) {
-        const int64_t n = n_in - k < FD_QCHUNK ? n_in - k : FD_QCHUNK;
-        decode(buf, row, fmt, k, n);
-        int64_t i = 0;
-        if (nr == 1) { /* one row: four chains */
-            vf c = vf_set1(0.0f), e = c;
-            for (; i + 4 * FD_VLEN <= n; i += 4 * FD_VLEN) {
-                a[0] = vf_fmadd(vf_load(buf + i), vf_load(x + k + i), a[0]);
-                b[0] = vf_fmadd(vf_load(buf + i + FD_VLEN), vf_load(x + k + i + FD_VLEN), b[0]);
-                c = vf_fmadd(vf_load(buf + i + 2 * FD_VLEN), vf_load(x + k + i + 2 * FD_VLEN), c);
-                e = vf_fmadd(vf_load(buf + i + 3 * FD_VLEN), vf_load(x + k + i + 3 * FD_VLEN), e);
-            }
-            a[0] = vf_add(a[0], c);
-            b[0] = vf_add(b[0], e);
-        }
-        for (; i + 2 * FD_VLEN <= n; i += 2 * FD_VLEN) {
-            vf w0 = vf_load(buf + i), w1 = vf_load(buf + i + FD_VLEN);
-            for (int64_t r = 0; r < nr; r++) {
-                a[r] = vf_fmadd(w0, vf_load(x + r * n_in + k + i), a[r]);
-                b[r] = vf_fmadd(w1, vf_load(x + r * n_in + k + i + FD_VLEN), b[r]);
-            }
-        }
-        for (; i < n; i++) /* only 16-bit formats with n_in not a multiple of 2 * FD_VLEN */
-            for (int64_t r = 0; r < nr; r++)
-                tail[r] += buf[i] * x[r * n_in + k + i];
-    }
     for (int64_t r = 0; r < nr; r++)
-        acc[r] = vf_reduce_add(vf_add(a[r], b[r])) + tail[r];
+        a[r] = b[r] = vf_set1(0.0f);
+    int64_t i = 0;
+    if (nr == 1) { /* one row: four chains */
+        vf c = vf_set1(0.0f), e = c;
+        for (; i + 4 * FD_VLEN <= n_in; i += 4 * FD_VLEN) {
+            a[0] = vf_fmadd(load16(row + 2 * i, bf16), vf_load(x + i), a[0]);
+            b[0] = vf_fmadd(load16(row + 2 * (i + FD_VLEN), bf16), vf_load(x + i + FD_VLEN), b[0]);
+            c = vf_fmadd(load16(row + 2 * (i + 2 * FD_VLEN), bf16), vf_load(x + i + 2 * FD_VLEN), c);
+            e = vf_fmadd(load16(row + 2 * (i + 3 * FD_VLEN), bf16), vf_load(x + i + 3 * FD_VLEN), e);
+        }
+        a[0] = vf_add(a[0], c);
+        b[0] = vf_add(b[0], e);
+    }
+    for (; i + 2 * FD_VLEN <= n_in; i += 2 * FD_VLEN) {
+        vf w0 = load16(row + 2 * i, bf16), w1 = load16(row + 2 * (i + FD_VLEN), bf16);
+        for (int64_t r = 0; r < nr; r++) {
+            a[r] = vf_fmadd(w0, vf_load(x + r * n_in + i), a[r]);
+            b[r] = vf_fmadd(w1, vf_load(x + r * n_in + i + FD_VLEN), b[r]);
+        }
+    }
+    for (int64_t r = 0; r < nr; r++) {
+        float s = vf_reduce_add(vf_add(a[r], b[r]));
+        for (int64_t j = i; j < n_in; j++) {
+            float w;
+            decode_16(&w, row, j, 1, bf16);
+            s += w * x[r * n_in + j];
+        }
+        acc[r] = s;
+    }
 }
 
 typedef struct {
@@ -197,19 +184,26 @@ typedef struct {
     const uint8_t *w;
     int fmt;
     int64_t rows, n_in, n_out, row_bytes;
+    fd_qx xq; /* x in int8 blocks (block formats) */
 } quant_job;
 
 /* Share t of nt: one contiguous block of weight rows, for every row of x. */
 static void quant_part(void *ctx, int t, int nt) {
     const quant_job *j = ctx;
-    const int64_t lo = j->n_out * t / nt, hi = j->n_out * (t + 1) / nt;
+    const int64_t lo = j->n_out * t / nt, hi = j->n_out * (t + 1) / nt, nb = j->n_in / FD_QK;
+    const int blocks = j->fmt <= FD_FMT_Q6_K;
     for (int64_t r0 = 0; r0 < j->rows; r0 += FD_QROWS) { /* each group of rows streams W once */
         const int64_t nr = j->rows - r0 < FD_QROWS ? j->rows - r0 : FD_QROWS;
-        const float *xs = j->x + r0 * j->n_in;
+        const fd_qx xq = {j->xq.q + r0 * j->n_in, j->xq.d + r0 * nb, j->xq.ds + r0 * nb, j->xq.s + r0 * 2 * nb,
+                          j->n_in};
         float *ys = j->out + r0 * j->n_out;
         for (int64_t o = lo; o < hi; o++) {
             float acc[FD_QROWS];
-            dot_rows(acc, j->w + o * j->row_bytes, j->fmt, xs, nr, j->n_in);
+            const uint8_t *row = j->w + o * j->row_bytes;
+            if (blocks)
+                FD_FN(fd_dot_blocks)(acc, row, j->fmt, &xq, nr);
+            else
+                dot_16(acc, row, j->fmt == FD_FMT_BF16, j->x + r0 * j->n_in, nr, j->n_in);
             const float b = j->bias ? j->bias[o] : 0.0f;
             for (int64_t r = 0; r < nr; r++)
                 ys[r * j->n_out + o] = acc[r] + b;
@@ -217,20 +211,34 @@ static void quant_part(void *ctx, int t, int nt) {
     }
 }
 
-/* out: [rows, n_out]; x: [rows, n_in]; w: [n_out, row_bytes]; bias: [n_out] or NULL */
-void FD_FN(fd_linear_quant)(float *out, const float *x, const uint8_t *w, const float *bias, int fmt, int64_t rows,
-                            int64_t n_in, int64_t n_out) {
-    quant_job job = {out, x, bias, w, fmt, rows, n_in, n_out, fd_quant_row_bytes(fmt, n_in)};
+/* out: [rows, n_out]; x: [rows, n_in]; w: [n_out, row_bytes]; bias: [n_out] or NULL.
+ * Returns 0, or -1 when the int8 copy of x could not be allocated. */
+int FD_FN(fd_linear_quant)(float *out, const float *x, const uint8_t *w, const float *bias, int fmt, int64_t rows,
+                           int64_t n_in, int64_t n_out) {
+    quant_job job = {out, x, bias, w, fmt, rows, n_in, n_out, fd_quant_row_bytes(fmt, n_in), {0}};
+    void *scratch = NULL;
+    if (fmt <= FD_FMT_Q6_K) { /* q [rows, n_in] int8, d, ds [rows, nb] float, s [rows, 2 nb] int32 */
+        const int64_t nb = rows * n_in / FD_QK;
+        scratch = malloc((size_t)(nb * (FD_QK + 4 + 4 + 8)));
+        if (!scratch) return -1;
+        float *d = scratch, *ds = d + nb;
+        int32_t *s = (int32_t *)(ds + nb);
+        int8_t *q = (int8_t *)(s + 2 * nb);
+        FD_FN(fd_quantize_x)(q, d, ds, s, x, rows, n_in);
+        job.xq = (fd_qx){q, d, ds, s, n_in};
+    }
     const int64_t par_min = fd_get_spin_ns() > 0 ? FD_QPAR_MIN_SPIN : FD_QPAR_MIN;
     int nt = n_out * job.row_bytes >= par_min ? fd_num_threads : 1;
     if (nt > n_out) nt = (int)n_out;
     fd_parallel_reading(quant_part, &job, nt, w);
+    free(scratch);
+    return 0;
 }
 
 #if FD_ENTRY_POINTS
-void fd_linear_quant(float *out, const float *x, const uint8_t *w, const float *bias, int fmt, int64_t rows,
-                     int64_t n_in, int64_t n_out) {
-    FD_DISPATCH(fd_linear_quant, (out, x, w, bias, fmt, rows, n_in, n_out));
+int fd_linear_quant(float *out, const float *x, const uint8_t *w, const float *bias, int fmt, int64_t rows,
+                    int64_t n_in, int64_t n_out) {
+    return FD_DISPATCH(fd_linear_quant, (out, x, w, bias, fmt, rows, n_in, n_out));
 }
 void fd_dequantize_rows(float *out, const uint8_t *w, int fmt, int64_t rows, int64_t n_in) {
     FD_DISPATCH(fd_dequantize_rows, (out, w, fmt, rows, n_in));

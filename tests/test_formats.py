@@ -147,3 +147,121 @@ def test_bad_tensors_and_arguments(rng):
     broken.data = broken.data[:, :10]  # replaced after construction: refused before any kernel
     with pytest.raises(ValueError, match="no longer"):
         fd.linear(x, broken)
+
+
+# ---------------------------------------------------------------------------
+# fd.linear on a QuantizedTensor: C kernels against the NumPy reference
+# ---------------------------------------------------------------------------
+
+EPS = float(np.finfo(np.float32).eps)
+
+
+def assert_close_to_reference(got, x, qt, b):
+    """The reference (reference/quant.py) and the C kernels compute the same
+    exact per-block integer sums (block formats, <= INT8_X_MAX_ROWS rows) or the same float
+    products (bf16/f16, prefill); they differ by float32 rounding: each block
+    term is rounded a few times (scale products, the int32 -> float
+    conversion) and the n_in / 32 block terms, plus the offset terms of
+    q4_0/q4_K/q6_K (as large as 15 steps), are summed in float32 in another
+    order. Bound: 16 eps * (sqrt(n_blocks) + 1) * sum_i |x_i| (|w_i| + max|w|),
+    max|w| standing for the offsets' size."""
+    with fd.use_backend("numpy"):
+        want = ops.linear(x, qt, b)
+    w = fd.dequantize(qt).astype(np.float64)
+    x2 = np.abs(x.reshape(-1, qt.shape[1]).astype(np.float64))
+    scale = x2 @ (np.abs(w) + np.abs(w).max(axis=1, keepdims=True)).T
+    tol = 16 * EPS * (np.sqrt(qt.shape[1] / 32) + 1) * scale.reshape(want.shape) + 1e-30
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_array_less(np.abs(got.astype(np.float64) - want), tol)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 33])
+def test_c_linear_every_level(simd, fmt, rows, rng):
+    n_in = 512
+    qt = fd.quantize(weights(rng, (37, n_in)), fmt)
+    x = rng.standard_normal((rows, n_in)).astype(np.float32)
+    b = rng.standard_normal(37).astype(np.float32)
+    assert_close_to_reference(fd.linear(x, qt, b), x, qt, b)
+    assert_close_to_reference(fd.linear(x, qt), x, qt, None)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n_out", [1, 3, 4097])
+def test_c_linear_odd_shapes(simd, fmt, n_out, rng):
+    n_in = 256 if "K" in fmt else 96  # 96: an odd number of 32-blocks
+    qt = fd.quantize(weights(rng, (n_out, n_in)), fmt)
+    for rows in (1, 4, 9):
+        x = rng.standard_normal((rows, n_in)).astype(np.float32)
+        assert_close_to_reference(fd.linear(x, qt), x, qt, None)
+
+
+def test_c_dequantize_rows_is_gguf(simd, rng):
+    from fastdecode import _native
+
+    for fmt in FORMATS:
+        qt = fd.quantize(weights(rng, (5, 768)), fmt)
+        out = np.empty(qt.shape, np.float32)
+        _native.dequantize_rows(out, qt.data, qt.info.code)
+        np.testing.assert_array_equal(out.view(np.uint32), fd.dequantize(qt).view(np.uint32))
+        with pytest.raises(ValueError):  # the wrapper keeps C inside the blocks it is handed
+            _native.dequantize_rows(np.empty((5, 800), np.float32), qt.data, qt.info.code)
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "q6_K", "bf16"])
+def test_linear_layouts_out_threads(backend, fmt, rng):
+    qt = fd.quantize(weights(rng, (300, 512)), fmt)
+    b = rng.standard_normal(300).astype(np.float32)
+    xf = np.asfortranarray(rng.standard_normal((3, 512)).astype(np.float32))  # non-contiguous rows
+    assert_close_to_reference(fd.linear(xf, qt, b), np.ascontiguousarray(xf), qt, b)
+    x3 = rng.standard_normal((2, 2, 512)).astype(np.float32)
+    y3 = fd.linear(x3, qt, b)
+    assert y3.shape == (2, 2, 300)
+    assert_close_to_reference(y3.reshape(4, 300), x3.reshape(4, 512), qt, b)
+    out = np.empty((3, 300), np.float32)
+    assert fd.linear(xf, qt, b, out=out) is out
+    assert_close_to_reference(out, np.ascontiguousarray(xf), qt, b)
+    strided = np.empty((3, 600), np.float32)[:, ::2]
+    fd.linear(xf, qt, b, out=strided)
+    assert_close_to_reference(np.ascontiguousarray(strided), np.ascontiguousarray(xf), qt, b)
+    x1 = rng.standard_normal(512).astype(np.float32)[::1]
+    assert fd.linear(x1, qt).shape == (300,)
+    before = fd.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fd.set_num_threads(threads)
+            assert_close_to_reference(fd.linear(xf, qt, b), np.ascontiguousarray(xf), qt, b)
+    finally:
+        fd.set_num_threads(before)
+
+
+def test_prefill_rows_match_float_product(backend, rng):
+    """More than INT8_X_MAX_ROWS rows: float32 x times the dequantized weight (both backends)."""
+    for fmt in FORMATS:
+        qt = fd.quantize(weights(rng, (70, 256)), fmt)
+        x = rng.standard_normal((ref_quant.INT8_X_MAX_ROWS + 1, 256)).astype(np.float32)
+        w = fd.dequantize(qt).astype(np.float64)
+        want = x.astype(np.float64) @ w.T
+        scale = np.abs(x).astype(np.float64) @ np.abs(w).T
+        np.testing.assert_array_less(np.abs(fd.linear(x, qt) - want), 4 * EPS * 16 * scale + 1e-30)
+
+
+def test_int8_activations_error_is_bounded(rng):
+    """What int8 activations cost against the float32 product of the same
+    dequantized weights: each x_i moves by at most d_x / 2 = amax/254 of its block."""
+    for fmt in ("q8_0", "q4_K"):
+        qt = fd.quantize(weights(rng, (64, 512)), fmt)
+        x = rng.standard_normal((2, 512)).astype(np.float32)
+        w = fd.dequantize(qt).astype(np.float64)
+        amax = np.repeat(np.abs(x.reshape(2, -1, 32)).max(axis=2), 32, axis=1)
+        bound = (amax / 254) @ np.abs(w).T * (1 + 1e-3) + 1e-6
+        got = fd.linear(x, qt)
+        np.testing.assert_array_less(np.abs(got - x.astype(np.float64) @ w.T), bound)
+
+
+def test_nonfinite_x_gives_nan(backend, rng):
+    qt = fd.quantize(weights(rng, (4, 64)), "q8_0")
+    x = np.ones((2, 64), np.float32)
+    x[0, 3] = np.inf
+    y = fd.linear(x, qt)
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()

@@ -303,3 +303,42 @@ def test_fuzz_norms(args, rms, eps, backend):
     assert unchanged(snap), "an input was modified"
     if y is not None:
         assert y.shape == np.shape(x) and y.dtype == np.asarray(x).dtype
+
+
+# ---------------------------------------------------------------------------
+# QuantizedTensor and linear on it: any bytes are blocks (NaN/inf scales
+# included), any byte count or shape that does not fit is refused
+# ---------------------------------------------------------------------------
+
+@st.composite
+def quantized_args(draw):
+    from fastdecode import formats
+
+    fmt = draw(st.sampled_from(list(formats.FORMATS)))
+    info = formats.FORMATS[fmt]
+    n_out, n_blocks = draw(st.integers(0, 9)), draw(st.integers(0, 3))
+    n_in = n_blocks * info.block + draw(st.sampled_from([0, 0, 0, 1, 16]))
+    nbytes = n_out * (n_in // info.block) * info.block_bytes + draw(st.sampled_from([0, 0, 0, -1, 1, 34]))
+    data = np.frombuffer(draw(st.binary(min_size=max(nbytes, 0), max_size=max(nbytes, 0))), np.uint8)
+    if draw(st.integers(0, 5)) == 0:
+        data = data.view(np.int8) if data.size else np.zeros(3, np.float32)
+    rows = draw(st.integers(0, 10))
+    x = draw(junk_arrays(float_bias=0.9, shape=draw(st.sampled_from([(rows, n_in), (n_in,), (rows, n_in + 1)]))))
+    b = draw(st.one_of(st.none(), junk_arrays(float_bias=0.9, shape=(n_out + draw(st.sampled_from([0, 0, 1])),))))
+    return fmt, (n_out, n_in), data, x, b
+
+
+@FUZZ
+@given(args=quantized_args(), backend=st.sampled_from(BACKENDS))
+def test_fuzz_quantized_linear(args, backend):
+    count("linear(QuantizedTensor)")
+    fmt, shape, data, x, b = args
+    qt = expect_clean(fd.QuantizedTensor, ["format", "shape", "data", "in"], fmt, shape, data)
+    if qt is None:
+        return
+    snap = snapshot(x, b, qt.data)
+    with fd.use_backend(backend):
+        y = expect_clean(fd.linear, ["x", "weight", "bias", "out"], x, qt, b)
+    assert unchanged(snap), "an input was modified"
+    if y is not None:
+        assert y.shape == np.asarray(x).shape[:-1] + (shape[0],) and y.dtype == np.float32

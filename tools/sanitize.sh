@@ -13,7 +13,7 @@ FASTDECODE_SANITIZE=ON "$VENV/bin/pip" install -q --no-build-isolation \
 ASAN_LIB=$(gcc -print-file-name=libasan.so)
 UBSAN_LIB=$(gcc -print-file-name=libubsan.so)
 if [ $# -eq 0 ]; then
-  set -- $(ls tests/test_softmax.py tests/test_sampling*.py tests/test_attention*.py tests/test_fuzz*.py 2>/dev/null)
+  set -- $(ls tests/test_softmax.py tests/test_sampling*.py tests/test_attention*.py tests/test_formats.py tests/test_fuzz*.py 2>/dev/null)
 fi
 # Python's own allocations are not leaks worth reporting here; the kernels'
 # reads and writes out of bounds, use after free and UB are.

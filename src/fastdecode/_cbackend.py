@@ -8,6 +8,7 @@ import types
 import numpy as np
 
 from . import _native, reference
+from .reference import quant as _ref_quant
 
 _ref = reference.backend
 
@@ -31,14 +32,16 @@ def _linear(out, x, w, b):  # out: [N, out], x: [N, in], w: [out, in], b: [out] 
         _ref.linear(out, x, w, b)
 
 
-# A prefill against a quantized weight: tiles of QUANT_TILE_BYTES of float32
-# weights (L2-sized), decoded in C, each handed to BLAS sgemm.
-QUANT_TILE_BYTES = 1 << 20
+# A quantized weight: up to INT8_X_MAX_ROWS rows of x (decode steps, short
+# prompts) run in C (int8 x for the block formats), passes of 8 rows over W;
+# a longer prefill decodes tiles of QUANT_TILE_BYTES of float32 weights in C
+# and hands each to BLAS sgemm, which is compute-efficient at many rows.
+QUANT_TILE_BYTES = 4 << 20
 
 
 def _linear_quant(out, x, w, b):  # out: [N, out], x: [N, in] float32, w: QuantizedTensor [out, in]
     fmt = w.info.code
-    if x.shape[0] <= LINEAR_C_ROWS:
+    if x.shape[0] <= _ref_quant.INT8_X_MAX_ROWS:
         _native.linear_quant(out, x, w.data, b, fmt)
         return
     n_out, n_in = w.shape

@@ -293,8 +293,8 @@ def norm_rows(float[:, ::1] out, const float[:, ::1] x, const float[::1] w, cons
 
 cdef extern from "fastdecode.h":
     int64_t fd_quant_row_bytes(int fmt, int64_t n_in) nogil
-    void fd_linear_quant(float *out, const float *x, const unsigned char *w, const float *bias, int fmt,
-                         int64_t rows, int64_t n_in, int64_t n_out) nogil
+    int fd_linear_quant(float *out, const float *x, const unsigned char *w, const float *bias, int fmt,
+                        int64_t rows, int64_t n_in, int64_t n_out) nogil
     void fd_dequantize_rows(float *out, const unsigned char *w, int fmt, int64_t rows, int64_t n_in) nogil
 
 QUANT_BLOCKS = (32, 32, 256, 256, 1, 1)  # weights per block of FD_FMT_Q8_0 .. FD_FMT_F16
@@ -324,9 +324,12 @@ def linear_quant(float[:, ::1] out, const float[:, ::1] x, const unsigned char[:
             for r in range(out.shape[0]):
                 out[r, :] = bias
         return
+    cdef int status
     with nogil:
-        fd_linear_quant(&out[0, 0], &x[0, 0], &w[0, 0], &bias[0] if bias is not None else NULL, fmt,
-                        x.shape[0], x.shape[1], w.shape[0])
+        status = fd_linear_quant(&out[0, 0], &x[0, 0], &w[0, 0], &bias[0] if bias is not None else NULL, fmt,
+                                 x.shape[0], x.shape[1], w.shape[0])
+    if status:
+        raise MemoryError("linear_quant: no memory for the int8 copy of x")
 
 
 def dequantize_rows(float[:, ::1] out, const unsigned char[:, ::1] w, int fmt):

@@ -22,7 +22,17 @@ def _embedded_model_info() -> dict:
 def _cmd_info(args) -> int:
     import fastdecode
 
-    info = {"version": fastdecode.__version__, **fastdecode.backend_info(), **_embedded_model_info()}
+    from .formats import FORMATS
+    from .model.quantize import SPECS
+
+    info = {"version": fastdecode.__version__, **fastdecode.backend_info(), **_embedded_model_info(),
+            "weight_formats": {f.name: f"{f.block_bytes} bytes per {f.block} weights" for f in FORMATS.values()},
+            "weights_choices": list(SPECS)}
+    if args.model is not None:  # a model's formats, as loaded with --weights
+        model = fastdecode.load(args.model, weights=args.weights)
+        info["model"] = model.path
+        info["weights"] = args.weights or "as stored"
+        info["weights_summary"] = model.weights.summary().splitlines()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -59,7 +69,7 @@ def _cmd_generate(args) -> int:
             pass
         else:
             threadpool_limits(args.threads)
-    model = fastdecode.load(args.model)
+    model = fastdecode.load(args.model, weights=args.weights)
     settings = dict(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy and args.temperature > 0,
                     temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
                     min_p=args.min_p or None, repetition_penalty=args.repetition_penalty,
@@ -86,12 +96,14 @@ def _cmd_generate(args) -> int:
             "finish_reason": result.finish_reason, "prompt_tokens": t.prompt_tokens,
             "generated_tokens": t.generated_tokens, "prompt_tokens_per_s": t.prompt_tokens_per_s,
             "generated_tokens_per_s": t.generated_tokens_per_s, "backend": fastdecode.get_backend(),
+            "weights": args.weights or "as stored",
         }))
     else:
         out.write("\n")
     print(f"prompt: {t.prompt_tokens} tokens, {t.prompt_tokens_per_s:.1f} tokens/s | "
           f"generated: {t.generated_tokens} tokens, {t.generated_tokens_per_s:.1f} tokens/s | "
-          f"backend {fastdecode.get_backend()}, {result.finish_reason}", file=sys.stderr)
+          f"backend {fastdecode.get_backend()}, weights {args.weights or 'as stored'}, {result.finish_reason}",
+          file=sys.stderr)
     return 0
 
 
@@ -100,6 +112,8 @@ def _cmd_convert(args) -> int:
 
     import fastdecode
 
+    if not args.output.endswith(".gguf"):
+        raise ValueError(f"{args.output}: the output of convert is a .gguf file")
     model = fastdecode.load(args.model_dir)
     model.save(args.output, weights=args.weights)
     print(f"wrote {args.output} ({args.weights}, {os.path.getsize(args.output) / 1e6:.1f} MB)", file=sys.stderr)
@@ -149,11 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("info", help="version, backends, SIMD level, threads")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-m", "--model", default=None, help="also load this model directory and list its weight formats")
+    p.add_argument("--weights", default=None, help="with --model: the weight format to load it in (as generate)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("generate", help="generate text, streamed as it is made (default: the embedded model)")
     p.add_argument("prompt", nargs="?", help="the prompt (default: read from stdin)")
     p.add_argument("-m", "--model", default="default", help="Hugging Face model directory or .gguf file (default: the embedded model)")
+    p.add_argument("--weights", default=None, metavar="FMT",
+                   help="weight format made at load: q8_0, q4_0, q4_k_m, q4_K, q6_K, bf16, f16 (default: as stored)")
     p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default 64)")
     p.add_argument("--temperature", type=_ranged(0, float("inf")), default=0.8, help="0 means greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 disables (default 40)")

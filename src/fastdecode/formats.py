@@ -135,6 +135,18 @@ class QuantizedTensor:
     def dequantize(self) -> np.ndarray:
         return dequantize(self)
 
+    def __getitem__(self, rows) -> np.ndarray:
+        """``qt[ids]``: the dequantized rows ``ids`` (ints, or an int array),
+        float32 ``[..., in]``: an embedding lookup that decodes only those rows."""
+        ids = np.asarray(rows)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"QuantizedTensor rows are picked by integer ids; got {ids.dtype}")
+        flat = ids.reshape(-1)
+        if flat.size and (flat.min() < -self.shape[0] or flat.max() >= self.shape[0]):
+            raise IndexError(f"row ids must lie in [-{self.shape[0]}, {self.shape[0]}); got {flat.min()}..{flat.max()}")
+        part = QuantizedTensor(self.format, (flat.size, self.shape[1]), self.data[flat])
+        return dequantize(part).reshape(ids.shape + (self.shape[1],))
+
 
 def quantize(w, fmt: str) -> QuantizedTensor:
     """``w`` (float ``[out, in]``, any float dtype) in format ``fmt``.
@@ -170,10 +182,16 @@ def dequantize(qt: QuantizedTensor) -> np.ndarray:
     """The float32 weight ``[out, in]`` that ``qt`` stands for: ``gguf.quants.dequantize``."""
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(f"qt must be a QuantizedTensor; got {type(qt).__name__}")
-    import gguf.quants
-
     if qt.data.size == 0:
         return np.zeros(qt.shape, np.float32)
+    from . import backend
+
+    if backend.get_backend() == "c":  # the same bits (tests/test_formats.py), decoded in C
+        out = np.empty(qt.shape, np.float32)
+        backend._native.dequantize_rows(out, qt.data, qt.info.code)
+        return out
+    import gguf.quants
+
     return np.asarray(gguf.quants.dequantize(qt.data, qt.info.gguf_type), np.float32).reshape(qt.shape)
 
 

@@ -50,6 +50,9 @@ MODES = {
 }
 BASELINE, PEER = "fastdecode-c", "transformers"
 TARGET_SPEEDUP, TARGET_FLOOR, TARGET_SAMPLING = 2.3, 1.2, 0.03
+# weight formats run greedy, each as contender "fastdecode-c FMT" (fd.load(weights=FMT))
+WEIGHTS = ("bf16", "f16", "q8_0", "q6_K", "q4_k_m", "q4_K", "q4_0")
+TARGET_FORMATS = {"bf16": 1.7, "q8_0": 3.0, "q4_0": 4.5}  # tokens/s over float32, GPT-2 at the top thread count
 
 
 def default_cache_dir() -> str:
@@ -81,14 +84,15 @@ def checkpoint(name: str, cache_dir: str | None = None) -> str:
 # Contenders: each a function (new_tokens) -> None that runs one generate()
 # ---------------------------------------------------------------------------
 
-def load_models(directory: str) -> tuple:
-    """(fastdecode model, transformers in its own process or None) of one checkpoint."""
+def load_models(directory: str, weights=()) -> tuple:
+    """(fastdecode model, transformers in its own process or None, {format:
+    fastdecode model loaded with weights=format}) of one checkpoint."""
     import importlib.util
 
     import fastdecode
 
     hf = PeerProcess(directory) if importlib.util.find_spec("transformers") is not None else None
-    return fastdecode.load(directory), hf
+    return fastdecode.load(directory), hf, {w: fastdecode.load(directory, weights=w) for w in weights}
 
 
 # transformers runs in a worker process of its own, at torch's own OpenMP
@@ -125,7 +129,7 @@ def contenders(models: tuple, mode: dict, prompt: np.ndarray, backends=("c", "nu
     """{contender: run(new_tokens)} for one mode."""
     import fastdecode
 
-    model, hf = models
+    model, hf = models[:2]
     out = {}
     for backend in backends:
         if backend not in fastdecode.backend_info()["available"]:
@@ -138,7 +142,19 @@ def contenders(models: tuple, mode: dict, prompt: np.ndarray, backends=("c", "nu
         out[f"fastdecode-{backend}"] = run
     if hf is not None:
         out[PEER] = lambda n: hf.generate(prompt.tolist(), n, mode, fastdecode.get_num_threads())
+    if not mode.get("do_sample") and "c" in fastdecode.backend_info()["available"]:
+        for spec, m in (models[2] if len(models) > 2 else {}).items():
+            def run_format(n, m=m):
+                with fastdecode.use_backend("c"):
+                    m.generate(prompt.tolist(), max_new_tokens=n, ignore_eos=True, rng=0, **mode)
+
+            out[f"{BASELINE} {spec}"] = run_format
     return out
+
+
+def _model_of(loaded, contender):  # the fastdecode model a contender runs (its weights' bytes per token)
+    spec = contender[len(BASELINE) + 1:] if contender.startswith(BASELINE + " ") else None
+    return loaded[2][spec] if spec else loaded[0]
 
 
 def measure(fns: dict, rounds: int, new_tokens: int, bandwidth=None) -> tuple[dict, float | None]:
@@ -166,7 +182,8 @@ def measure(fns: dict, rounds: int, new_tokens: int, bandwidth=None) -> tuple[di
     return times, float(np.median(gbps)) if gbps else None
 
 
-def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, progress=None) -> list[dict]:
+def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, progress=None,
+        weights=()) -> list[dict]:
     """Every (mode, contender) of a model and thread count takes turns in one
     rotation, so greedy and sampling, fastdecode and transformers, and the
     bandwidth probe all see the same machine."""
@@ -174,8 +191,7 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
     prompt = np.random.default_rng(0).integers(0, 32000, PROMPT_TOKENS).astype(np.int64)
     probe = read_probe()  # allocated once: each round reads it at the thread count in use
     for name in models:
-        loaded = load_models(checkpoint(name, cache_dir))
-        nbytes = loaded[0].weights.nbytes_per_token()
+        loaded = load_models(checkpoint(name, cache_dir), weights)
         for n in thread_counts:
             with harness.threads(n):
                 fns = {(mode_name, contender): fn for mode_name, mode in MODES.items()
@@ -183,6 +199,7 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
                 times, gbps = measure(fns, rounds, new_tokens, bandwidth=lambda: probe_gbps(probe, repeats=3))
                 for (mode_name, contender), t in times.items():
                     per_token = (t["total_s"] - t["prefill_s"]) / (new_tokens - 1)
+                    nbytes = _model_of(loaded, contender).weights.nbytes_per_token()
                     rows.append({
                         "model": name, "mode": mode_name, "threads": n, "contender": contender,
                         "prompt_tokens": PROMPT_TOKENS, "new_tokens": new_tokens,
@@ -233,6 +250,13 @@ def targets(rows: list[dict]) -> list[str]:
                 ratio = base["tokens_per_s"] / peer["tokens_per_s"]
                 out.append(f"{model} {mode} {top}T: {ratio:.2f}x transformers tokens/s "
                            f"(target >= {TARGET_SPEEDUP}x) {'ok' if ratio >= TARGET_SPEEDUP else 'SHORT'}")
+        base = _find(rows, model=model, mode="greedy", threads=top, contender=BASELINE)
+        for spec, target in TARGET_FORMATS.items():
+            fmt = _find(rows, model=model, mode="greedy", threads=top, contender=f"{BASELINE} {spec}")
+            if base and fmt and model.startswith("gpt2"):
+                ratio = fmt["tokens_per_s"] / base["tokens_per_s"]
+                out.append(f"{model} greedy {top}T: {spec} {ratio:.2f}x float32 tokens/s (target >= {target}x) "
+                           f"{'ok' if ratio >= target else 'SHORT'}")
         greedy = _find(rows, model=model, mode="greedy", threads=top, contender=BASELINE)
         sampled = _find(rows, model=model, mode="top-k 50 + top-p 0.9", threads=top, contender=BASELINE)
         if greedy and model.startswith("gpt2"):
@@ -272,7 +296,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="timed runs per contender (default 3, quick 1)")
     parser.add_argument("--cache", default=None, help=f"checkpoint cache directory (default {default_cache_dir()})")
     parser.add_argument("--json", metavar="PATH", help="write results as JSON")
+    parser.add_argument("--weights", default=",".join(WEIGHTS),
+                        help=f"weight formats run greedy besides float32, comma-separated, or 'none' "
+                             f"(default {','.join(WEIGHTS)})")
     args = parser.parse_args(argv)
+    weights = () if args.weights.strip().lower() == "none" else tuple(w.strip() for w in args.weights.split(","))
     models = [m.strip() for m in args.models.split(",")]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -285,7 +313,7 @@ def main(argv=None) -> int:
         print(f"  {row['model']} {row['mode']} {row['threads']}T {row['contender']}: "
               f"{row['tokens_per_s']:.1f} tokens/s", file=sys.stderr, flush=True)
 
-    rows = run(models, harness.resolve_threads(args.threads), rounds, new_tokens, args.cache, progress)
+    rows = run(models, harness.resolve_threads(args.threads), rounds, new_tokens, args.cache, progress, weights)
     print(table(rows))
     print()
     for line in targets(rows):

@@ -64,12 +64,26 @@ class Model:
                 raise ValueError(f"counts must be {tokens.shape[0]} ints in [0, {tokens.shape[1]}]")
         return forward(self.weights, self.config, tokens, cache, counts, all_logits)
 
-    def save(self, path, weights: str = "f32") -> None:
-        """Write the model as a GGUF file that llama.cpp loads; ``weights``:
-        f32, f16, bf16, q8_0, q4_0 or q4_k_m (see :mod:`fastdecode.model.gguf_write`)."""
-        from .gguf_write import save_gguf
+    def save(self, path, weights: str | None = None) -> None:
+        """Write the model. ``path`` ending in ``.gguf``: a GGUF file that
+        llama.cpp loads, matrices as they are (``weights=None``) or in
+        ``weights``: f32, f16, bf16, q8_0, q4_0, q4_k_m (see
+        :mod:`fastdecode.model.gguf_write`). Any other path: a directory
+        with the weights in their formats, so ``fastdecode.load(directory)``
+        reads it back without quantizing again (fastdecode.model.quantize.save
+        says how; ``weights`` must then be None)."""
+        path = os.fspath(path)
+        if path.endswith(".gguf"):
+            from .gguf_write import save_gguf
 
-        save_gguf(self, os.fspath(path), weights)
+            save_gguf(self, path, weights)
+            return
+        if weights is not None:
+            raise ValueError(f"weights={weights!r} applies to a .gguf file; a directory keeps the model's formats "
+                             "(choose them at load: fastdecode.load(path, weights=...))")
+        from .quantize import save
+
+        save(self, path)
 
     # -- text ---------------------------------------------------------------
 
@@ -122,11 +136,21 @@ class Model:
         return dataclasses.replace(base, **settings)
 
 
-def load(path: str) -> Model:
+def load(path: str, weights: str | None = None) -> Model:
     """A model from a Hugging Face checkpoint directory (config.json,
     model.safetensors or shards, tokenizer.json), a ``.gguf`` file (see
     :mod:`fastdecode.model.gguf`), or ``"default"`` for the model packaged
-    with fastdecode."""
+    with fastdecode.
+
+    ``weights``: the format of the matrices a decode step streams, made at
+    load: ``"q8_0"``, ``"q4_0"``, ``"q4_k_m"`` (llama.cpp's recipe),
+    ``"q4_K"``, ``"q6_K"``, ``"bf16"``, ``"f16"``, or None (as stored, in
+    float32; a GGUF's block-quantized tensors in their own formats).
+    A directory written by :meth:`Model.save` loads in its saved formats;
+    asking it for another raises ValueError."""
+    from . import quantize
+
+    spec = quantize.normalize_spec(weights)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
@@ -138,12 +162,21 @@ def load(path: str) -> Model:
     if os.path.isfile(path) and (path.endswith(".gguf") or _is_gguf(path)):
         from .gguf import load_gguf
 
-        return load_gguf(path)
+        return load_gguf(path, spec)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory (fastdecode.load takes a checkpoint directory "
                                 "with config.json and model.safetensors)")
     config = ModelConfig.from_file(os.path.join(path, "config.json"))
-    weights = load_weights(config, Checkpoint(path))
+    saved = quantize.saved_info(path)
+    if saved is not None:
+        as_saved = next((n.split("=", 1)[1].split()[0] for n in saved.get("notes", []) if n.startswith("weights=")),
+                        None)
+        if spec is not None and spec != as_saved:
+            raise ValueError(f"{path} was saved with weights={as_saved!r}; load it with weights=None "
+                             f"(or {as_saved!r}), or load the original checkpoint with weights={spec!r}")
+        weights = quantize.load_saved(path, config, saved)
+    else:
+        weights = quantize.quantize_weights(load_weights(config, Checkpoint(path)), spec)
     tokenizer = None
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         from ..tokenizer import Tokenizer

@@ -39,40 +39,12 @@ import warnings
 import numpy as np
 
 from .config import ModelConfig
-from .weights import WeightError, bf16_to_f32
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
-PERMUTED = ("llama",)
+PERMUTED = ("llama",)  # architectures whose Q/K rows llama.cpp's converter permutes
 # GGML types that are no weight format (integers, F64) or that gguf.quants cannot dequantize
-UNREADABLE_TYPES = ("I8", "I16", "I32", "I64", "F64", "Q8_1", "Q8_K", "Q1_0")  # architectures whose Q/K rows llama.cpp's converter permutes
-
-# llama.cpp tensor name (per block: "blk.{i}." prefix) -> Hugging Face name
-_LLAMA_NAMES = {
-    "token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_LLAMA_BLOCK = {
-    "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight", "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias", "attn_output.bias": "self_attn.o_proj.bias",
-    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight", "ffn_gate.bias": "mlp.gate_proj.bias",
-    "ffn_up.bias": "mlp.up_proj.bias", "ffn_down.bias": "mlp.down_proj.bias",
-}
-_GPT2_NAMES = {
-    "token_embd.weight": "wte.weight", "position_embd.weight": "wpe.weight", "output_norm.weight": "ln_f.weight",
-    "output_norm.bias": "ln_f.bias", "output.weight": "lm_head.weight",
-}
-_GPT2_BLOCK = {
-    "attn_norm.weight": "ln_1.weight", "attn_norm.bias": "ln_1.bias", "ffn_norm.weight": "ln_2.weight",
-    "ffn_norm.bias": "ln_2.bias", "attn_qkv.weight": "attn.c_attn.weight", "attn_qkv.bias": "attn.c_attn.bias",
-    "attn_output.weight": "attn.c_proj.weight", "attn_output.bias": "attn.c_proj.bias",
-    "ffn_up.weight": "mlp.c_fc.weight", "ffn_up.bias": "mlp.c_fc.bias",
-    "ffn_down.weight": "mlp.c_proj.weight", "ffn_down.bias": "mlp.c_proj.bias",
-}
+UNREADABLE_TYPES = ("I8", "I16", "I32", "I64", "F64", "Q8_1", "Q8_K", "Q1_0")
 
 
 class GGUFError(ValueError):
@@ -244,96 +216,6 @@ def _rope(meta: dict, k: str, where: str):
 # Tensors, under Hugging Face names, for weights.load_weights
 # ---------------------------------------------------------------------------
 
-def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:  # [H * D, ...] -> [H * D, ...]
-    """Undo llama.cpp's ``permute`` (convert_hf_to_gguf.py) of Q or K rows:
-    within each head, row 2i+j goes back to row j*D/2 + i."""
-    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def permute(w: np.ndarray, n_heads: int) -> np.ndarray:  # [H * D, ...] -> [H * D, ...]
-    """llama.cpp's ``permute``: Hugging Face's Q/K rows -> GGUF's."""
-    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-class GGUFCheckpoint:
-    """The tensors of a GGUF file by Hugging Face name, as weights.Checkpoint
-    offers them: ``names()``, ``in``, ``shape(name)``, ``get(name, shape)``
-    (float32, Q/K rows un-permuted)."""
-
-    def __init__(self, path: str, reader, config: ModelConfig, arch: str):
-        import gguf
-
-        self.directory = path
-        self._config = config
-        names, block = (_GPT2_NAMES, _GPT2_BLOCK) if arch == "gpt2" else (_LLAMA_NAMES, _LLAMA_BLOCK)
-        prefix = "transformer." if arch == "gpt2" else "model."
-        self._tensors = {}
-        self._permuted = {}
-        kept = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16}
-        self.dequantized = set()
-        for t in reader.tensors:
-            hf = _hf_name(t.name, names, block, prefix)
-            if hf is None:
-                continue  # rope_freqs.weight and the like are read by name where needed
-            self._tensors[hf] = t
-            if arch in PERMUTED and t.name.endswith(("attn_q.weight", "attn_k.weight", "attn_q.bias", "attn_k.bias")):
-                self._permuted[hf] = config.num_heads if "attn_q" in t.name else config.num_kv_heads
-            if t.tensor_type not in kept:
-                if t.tensor_type.name in UNREADABLE_TYPES:
-                    raise GGUFError(f"{path}: tensor {t.name!r} has type {t.tensor_type.name}, which fastdecode "
-                                    "does not read (a weight must be a float or a block-quantized type)")
-                self.dequantized.add(t.tensor_type.name)
-
-    def names(self) -> set:
-        return set(self._tensors)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._tensors
-
-    def shape(self, name: str) -> tuple:
-        return tuple(int(d) for d in reversed(self._tensors[name].shape))
-
-    def get(self, name: str, shape: tuple) -> np.ndarray:
-        """Tensor ``name`` as float32 ``shape`` (GGUF's dimensions reversed)."""
-        import gguf
-
-        t = self._tensors.get(name)
-        if t is None:
-            raise WeightError(f"{self.directory}: the file has no tensor for {name!r}")
-        got = self.shape(name)
-        if got != tuple(shape):
-            if name.startswith("transformer.h.") and got == tuple(shape)[::-1]:  # Conv1D's [in, out], see below
-                got = tuple(shape)
-            else:
-                raise WeightError(f"{self.directory}: tensor {t.name!r} has shape {list(got)}; the metadata implies "
-                                  f"{list(shape)}")
-        qtype = t.tensor_type
-        if qtype == gguf.GGMLQuantizationType.F32:
-            w = np.asarray(t.data, np.float32)
-        elif qtype == gguf.GGMLQuantizationType.F16:
-            w = np.asarray(t.data).astype(np.float32)
-        elif qtype == gguf.GGMLQuantizationType.BF16:
-            w = bf16_to_f32(np.ascontiguousarray(t.data).view("<u2"))
-        else:
-            w = np.asarray(gguf.quants.dequantize(t.data, qtype), np.float32)
-        w = w.reshape(self.shape(name))
-        if name in self._permuted:
-            w = unpermute(w, self._permuted[name])
-        if name.startswith("transformer.h.") and w.ndim == 2:
-            w = w.T  # weights.py reads GPT-2 matrices in Conv1D's [in, out] and transposes them back
-        return w
-
-
-def _hf_name(name: str, names: dict, block: dict, prefix: str):
-    if name in names:
-        return ("" if name == "output.weight" else prefix) + names[name]
-    if name.startswith("blk."):
-        i, _, rest = name[4:].partition(".")
-        if i.isdigit() and rest in block:
-            return f"{prefix}{'h' if prefix == 'transformer.' else 'layers'}.{int(i)}.{block[rest]}"
-    return None
-
-
 def rope_factors(reader, config: ModelConfig, where: str):
     """Llama 3 scaling: ``rope_freqs.weight`` divides each rotary pair's frequency."""
     t = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
@@ -350,23 +232,30 @@ def rope_factors(reader, config: ModelConfig, where: str):
     return dataclasses.replace(config, rope={"rope_type": "freq_factors", "factors": tuple(factors.tolist())})
 
 
-def load_gguf(path: str):
-    """A :class:`fastdecode.model.Model` from a ``.gguf`` file (see the module doc)."""
-    from . import Model
+def load_gguf(path: str, weights: str | None = None):
+    """A :class:`fastdecode.model.Model` from a ``.gguf`` file (see the module
+    doc). ``weights``: None keeps each tensor's format; a format name
+    quantizes a file of float tensors at load (as for a directory)."""
+    from . import Model, gguf_tokenizer, quantize
     from ..tokenizer import Tokenizer
-    from . import gguf_tokenizer
-    from .weights import load_weights
+    from .gguf_weights import GGUFTensors, assemble
 
     where = f"{path}: "
     reader = open_reader(path)
     meta = metadata(reader)
     tensors = {t.name: [int(d) for d in t.shape] for t in reader.tensors}
     config = rope_factors(reader, config_from_metadata(meta, tensors, where), where)
-    ckpt = GGUFCheckpoint(path, reader, config, meta["general.architecture"])
-    if ckpt.dequantized:
-        warnings.warn(f"{path}: tensors of type {', '.join(sorted(ckpt.dequantized))} have no fastdecode kernels; "
+    arch = meta["general.architecture"]
+    found = GGUFTensors(path, reader, config, arch)
+    model_weights = assemble(found, config, arch)
+    if found.dequantized:
+        warnings.warn(f"{path}: tensors of type {', '.join(sorted(found.dequantized))} have no fastdecode kernels; "
                       "dequantized at load", stacklevel=3)
-    weights = load_weights(config, ckpt)
+    if weights is not None:
+        if not found.all_float:
+            raise ValueError(f"{path}: its tensors are already quantized; load it with weights=None (each tensor "
+                             f"keeps its format) rather than weights={weights!r}")
+        model_weights = quantize.quantize_weights(model_weights, weights)
     tokenizer = None
     if "tokenizer.ggml.model" in meta:
         try:
@@ -375,7 +264,7 @@ def load_gguf(path: str):
             raise GGUFError(f"{where}{exc}") from None
         tokenizer = Tokenizer.from_tokenizers(tok, info["bos"], info["eos"], path=path,
                                               chat_template=info["chat_template"])
-    model = Model(config, weights, tokenizer, {}, config.eos_token_ids, path)
+    model = Model(config, model_weights, tokenizer, {}, config.eos_token_ids, path)
     # the tokenizer keys as the file had them (value, GGUF value types), for Model.save
     model.gguf_tokenizer_fields = {k: (v, list(reader.fields[k].types)) for k, v in meta.items()
                                    if k.startswith("tokenizer.")}

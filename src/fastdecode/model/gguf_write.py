@@ -8,7 +8,8 @@ RoPE scaling as ``rope_freqs.weight``), and the tokenizer
 (:func:`fastdecode.model.gguf_tokenizer.add_to_writer` from the checkpoint's
 tokenizer.json, or the ``tokenizer.*`` keys of the GGUF it was loaded from).
 
-``weights`` (llama.cpp's file types): ``f32``; ``f16``/``bf16`` (matrices
+``weights`` (llama.cpp's file types): None (each matrix as it is: blocks
+written as they lie, float32 as F32); ``f32``; ``f16``/``bf16`` (matrices
 16-bit); ``q8_0``/``q4_0`` (every matrix in that block format);
 ``q4_k_m`` (Q4_K, with Q6_K for ``attn_v``, ``ffn_down`` and the output
 head, as llama.cpp's Q4_K_M does for the tensors that matter most; it
@@ -24,7 +25,8 @@ import os
 
 import numpy as np
 
-from .gguf import ARCHITECTURES, permute
+from .gguf import ARCHITECTURES
+from .gguf_weights import permute
 
 WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m")
 _ARCH_OF = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
@@ -33,9 +35,10 @@ _FILE_TYPE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_
               "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M"}
 
 
-def _matrix_format(weights: str, role: str, n_in: int) -> str:
-    """The GGML type of one matrix (role: llama.cpp's tensor name without 'blk.N.')."""
-    if weights in ("f32", "f16", "bf16"):
+def _matrix_format(weights, role: str, n_in: int):
+    """The GGML type of one matrix (role: llama.cpp's tensor name without
+    'blk.N.'); None: as it is (blocks kept, float32 as F32)."""
+    if weights is None or weights in ("f32", "f16", "bf16"):
         return weights
     fmt = weights
     if weights == "q4_k_m":
@@ -57,7 +60,7 @@ def _add(writer, name: str, w, fmt: str = "f32") -> None:
             return
         w = w.dequantize()
     w = np.asarray(w, np.float32)
-    if fmt == "f32" or w.ndim != 2:
+    if fmt in ("f32", None) or w.ndim != 2:
         writer.add_tensor(name, np.ascontiguousarray(w, np.float32))
     elif fmt == "f16":
         writer.add_tensor(name, w.astype(np.float16))
@@ -88,8 +91,8 @@ def save_gguf(model, path: str, weights: str = "f32") -> None:
     an unknown ``weights`` or an architecture GGUF cannot describe."""
     import gguf
 
-    if weights not in WEIGHT_TYPES:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHT_TYPES)}; got {weights!r}")
+    if weights is not None and weights not in WEIGHT_TYPES:
+        raise ValueError(f"weights must be None (as they are) or one of {', '.join(WEIGHT_TYPES)}; got {weights!r}")
     c = model.config
     arch = _ARCH_OF.get(c.architecture)
     if arch is None or arch not in ARCHITECTURES:
@@ -118,7 +121,8 @@ def _hyperparameters(writer, model, arch: str, weights: str) -> None:
     writer.add_block_count(c.num_layers)
     writer.add_feed_forward_length(c.intermediate_size)
     writer.add_head_count(c.num_heads)
-    writer.add_file_type(int(gguf.LlamaFileType[_FILE_TYPE[weights]]))
+    if weights is not None:
+        writer.add_file_type(int(gguf.LlamaFileType[_FILE_TYPE[weights]]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if arch == "gpt2":
         writer.add_layer_norm_eps(c.norm_eps)

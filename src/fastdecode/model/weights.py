@@ -148,6 +148,7 @@ class Weights:
     final_norm: np.ndarray  # [d]
     final_norm_bias: np.ndarray | None  # [d]
     head: np.ndarray  # [V, d] (the embedding table itself when tied)
+    notes: list = dataclasses.field(default_factory=list)  # how matrices came to their formats (quantize.py)
 
     def nbytes_per_token(self) -> int:
         """Bytes of weights one decode step reads: every matrix once, one embedding row each."""
@@ -159,7 +160,14 @@ class Weights:
 
     def decode_order(self) -> list:
         """The matrices a decode step streams, in the order it reads them."""
-        return [m for layer in self.layers for m in (layer.qkv, layer.out, layer.up, layer.down)] + [self.head]
+        mats = [m for layer in self.layers for m in (layer.qkv, layer.out, layer.up, layer.down)] + [self.head]
+        return [m if isinstance(m, np.ndarray) else m.data for m in mats]  # a QuantizedTensor: its blocks
+
+    def summary(self) -> str:
+        """Each matrix's format, shape and size, and why any is not in the format asked for."""
+        from .quantize import summary
+
+        return summary(self)
 
 
 # The matrices a decode step streams live in empty_aligned memory: 64-byte

@@ -1,10 +1,19 @@
-"""Quantized weights in NumPy: the K-format quantizers and the readable
-definition of a product with a quantized weight.
+"""Quantized weights in NumPy: the readable definition of a product with a
+quantized weight, and the K-format quantizers.
 
-The product is dequantize-then-float32 (``gguf.quants.dequantize``, then
-``x @ W.T``): the C kernels decode blocks to float32 on the fly and keep the
-activations in float32 (no int8 activations, unlike llama.cpp's CPU
-backend), so they differ from this only by the order of float32 sums.
+The product (what both backends compute):
+
+- q8_0, q4_0, q4_K, q6_K with at most INT8_X_MAX_ROWS rows of x (decode
+  steps, short prompts): x is first quantized to int8 in blocks of 32 (llama.cpp's way,
+  :func:`quantize_x`), then multiplied by the dequantized weights. The C
+  kernels take the same int8 x and sum the integer products block by block
+  exactly, so the two differ only by the rounding of float32 sums.
+- bf16 and f16, or more rows (a long prefill): x stays float32 and
+  multiplies the dequantized weights (the C backend decodes tiles and
+  calls BLAS, compute-efficient where integer dots of 8 rows per pass
+  over W are not).
+
+Dequantization is the gguf package's (``fastdecode.formats.dequantize``).
 
 q4_K and q6_K quantizers (gguf 0.19 implements only their dequantization).
 Simpler than llama.cpp's make_qkx2_quants / make_qx_quants (no search for
@@ -21,11 +30,33 @@ tests/test_formats.py checks both bounds against gguf's dequantization.
 """
 import numpy as np
 
+INT8_X_MAX_ROWS = 64  # up to this many rows of x take int8 activations (C: 8 rows per pass over W)
+INT8_X_FORMATS = ("q8_0", "q4_0", "q4_K", "q6_K")
 
-def linear(x, w, b=None):  # x: [N, in] float32, w: QuantizedTensor [out, in], b: [out] | None -> [N, out]
+
+def quantize_x(x):  # x: [N, in] float32, in % 32 == 0 -> q [N, in] int8, d [N, in / 32] float32
+    """Each block of 32 values: d = amax / 127, q = rint(x * (127 / amax))
+    (round half to even), all in float32: q8_0's scheme with a float32
+    scale. A block with NaN or inf gets d = NaN and q = 0."""
+    b = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(b).max(axis=2)
+    finite = np.isfinite(amax)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(finite & (amax > 0), np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(np.where(finite[..., None], b, 0) * inv[..., None]).astype(np.int8)
+    d = np.where(finite, amax / np.float32(127), np.float32(np.nan)).astype(np.float32)
+    return q.reshape(x.shape), d
+
+
+def linear(x, w, b=None):  # x: [N, in] float32, w: QuantizedTensor [out, in], b: [out] | None -> [N, out] float32
     from ..formats import dequantize
 
-    y = x @ dequantize(w).T
+    if w.format in INT8_X_FORMATS and x.shape[0] <= INT8_X_MAX_ROWS:
+        q, d = quantize_x(x)
+        xs = (q.reshape(d.shape + (32,)) * d[..., None].astype(np.float64)).reshape(x.shape)  # exact in float64
+        y = (xs @ dequantize(w).T.astype(np.float64)).astype(np.float32)
+    else:
+        y = x @ dequantize(w).T
     return y if b is None else y + b
 
 

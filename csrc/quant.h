@@ -1,0 +1,46 @@
+/* quant.h: what quant.c and quant_dot.c share (one SIMD level each; the
+ * FD_FN suffix keeps the levels apart). Not part of the C API. */
+#ifndef FD_QUANT_H
+#define FD_QUANT_H
+
+#include "fastdecode.h"
+#include "simd.h"
+
+#define FD_QROWS 8 /* rows of x per pass over W, as linear.c */
+#define FD_QK 32   /* x is quantized in blocks of this many values */
+
+static inline float fd_f32_from_bits(uint32_t b) {
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+/* p: 2 bytes, little-endian IEEE float16. Exact (F16C's vcvtph2ps where
+ * the level has it; the portable form gives NumPy's bits for NaN too). */
+static inline float fd_f16_to_f32(const uint8_t *p) {
+    uint16_t h = (uint16_t)(p[0] | p[1] << 8);
+#if defined(FD_LEVEL_avx512) || defined(FD_LEVEL_avx2)
+    return _cvtsh_ss(h);
+#endif
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0x1f) return fd_f32_from_bits(sign | 0x7f800000u | m << 13);
+    if (e) return fd_f32_from_bits(sign | (e + 112) << 23 | m << 13);
+    float sub = (float)m * 0x1p-24f; /* subnormal: exact */
+    return sign ? -sub : sub;
+}
+
+/* x quantized to int8 in blocks of FD_QK, as the integer dot products take it. */
+typedef struct {
+    const int8_t *q;   /* [rows, n_in] */
+    const float *d;    /* [rows, n_in / FD_QK]: x ~= q * d, block by block */
+    const float *ds;   /* [rows, n_in / FD_QK]: d * sum(q) of each block */
+    const int32_t *s;  /* [rows, n_in / 16]: sums of q over each 16 */
+    int64_t n_in;
+} fd_qx;
+
+/* q: [rows, n_in], d, ds: [rows, n_in / 32], s: [rows, n_in / 16]; x: [rows, n_in], n_in % 32 == 0 */
+void FD_FN(fd_quantize_x)(int8_t *q, float *d, float *ds, int32_t *s, const float *x, int64_t rows, int64_t n_in);
+/* acc: [nr] = row . x[r] for r < nr <= FD_QROWS; row: one weight row of format fmt (q8_0, q4_0, q4_K, q6_K) */
+void FD_FN(fd_dot_blocks)(float *acc, const uint8_t *row, int fmt, const fd_qx *x, int64_t nr);
+
+#endif /* FD_QUANT_H */
