@@ -22,9 +22,12 @@
 
 #define FD_QCHUNK 256 /* weights decoded at a time: one K super-block, eight 32-blocks */
 /* Below this many weight bytes one thread does it all (linear.c's reason:
- * a sleeping worker takes 20-100 us to wake, a polling one answers at once). */
+ * a sleeping worker takes 20-100 us to wake, in which one thread reads
+ * ~4 MiB; a polling one answers at once). With polling workers the bar is
+ * 128 KiB, a choice (not tuned) that puts every projection of GPT-2 in
+ * q4_0 (the smallest, [768, 768], is 324 KiB) on every thread. */
 #define FD_QPAR_MIN (4 << 20)
-#define FD_QPAR_MIN_SPIN (1 << 19)
+#define FD_QPAR_MIN_SPIN (1 << 17)
 
 /* ----------------------------------------------------------------------------
  * Decoding: buf[0..n) = weights k..k+n of one row (k a multiple of FD_QCHUNK,

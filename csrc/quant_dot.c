@@ -11,7 +11,11 @@
  *
  * x86 (avx2 and avx512 levels alike): 32 bytes at a time, unsigned codes
  * times signed x with vpmaddubsw (pairs summed to int16), then vpmaddwd
- * (to int32; by 1, or by q6_K's per-16 scales). AVX-512 instructions would
+ * (to int32; by 1, or by q6_K's per-16 scales). Signed codes (q8_0, and
+ * q4_0's code - 8) go in as |w| with x carrying w's sign (vpsignb), as
+ * llama.cpp does; offsets (q4_K's mins, q6_K's -32) are taken once per
+ * block from the sum of x's codes. Two accumulator chains (even and odd
+ * blocks) keep the float adds' latency off the critical path. AVX-512 instructions would
  * double the width but not the rate on Zen 4, and VNNI is not part of
  * the avx512 level. Portable: the same sums in plain C.
  */
@@ -79,32 +83,74 @@ static inline __m256i load32(const void *p) { return _mm256_loadu_si256((const _
  * One row per format. acc[r] = sum of the row's weights times x[r].
  * ---------------------------------------------------------------------------- */
 
+/* ----------------------------------------------------------------------------
+ * q8_0 and q4_0 on x86: blocks of 32 signed codes and one f16 scale
+ * ---------------------------------------------------------------------------- */
+#if FD_QX86
+typedef __m256i (*codes_fn)(const uint8_t *blk); /* the 32 signed codes of one block */
+
+static inline __m256i codes_q8_0(const uint8_t *blk) { return load32(blk + 2); }
+
+static inline __m256i codes_q4_0(const uint8_t *blk) { /* nibbles: code i low of qs[i], i + 16 high; minus 8 */
+    const __m128i qs = _mm_loadu_si128((const __m128i *)(blk + 2));
+    const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), _mm256_set1_epi8(15));
+    return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
+}
+
+/* acc: [nr]; row: nb blocks of `bytes` (f16 d, then codes). Signed codes go
+ * in as |w| with x carrying w's sign. avx512: two blocks per 512-bit vector
+ * (half the instructions; one scale per 256-bit half), a last odd block at
+ * 256 bits; avx2: one block per vector, two accumulator chains. */
+static inline __attribute__((always_inline)) void dot_signed(float *acc, const uint8_t *row, const fd_qx *x,
+                                                             int64_t nr, int64_t bytes, codes_fn codes) {
+    const int64_t nb = x->n_in / 32;
+    __m256 a0[FD_QROWS], a1[FD_QROWS];
+    for (int64_t r = 0; r < nr; r++) a0[r] = a1[r] = _mm256_setzero_ps();
+    int64_t b = 0;
+#if defined(FD_LEVEL_avx512)
+    __m512 a[FD_QROWS];
+    for (int64_t r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();
+    for (; b + 2 <= nb; b += 2) {
+        const uint8_t *b0 = row + b * bytes, *b1 = b0 + bytes;
+        const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(codes(b0)), codes(b1), 1);
+        const __m512i aw = _mm512_abs_epi8(w);
+        const __mmask64 neg = _mm512_movepi8_mask(w);
+        const float d0 = fd_f16_to_f32(b0), d1 = fd_f16_to_f32(b1);
+        for (int64_t r = 0; r < nr; r++) {
+            const __m512i xv = _mm512_loadu_si512(x->q + r * x->n_in + 32 * b);
+            const __m512i xs = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv); /* w's sign */
+            const __m512 p = _mm512_cvtepi32_ps(_mm512_madd_epi16(_mm512_maddubs_epi16(aw, xs), _mm512_set1_epi16(1)));
+            const __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(d0 * x->d[r * nb + b]),
+                                                 _mm256_set1_ps(d1 * x->d[r * nb + b + 1]), 1);
+            a[r] = _mm512_fmadd_ps(sc, p, a[r]);
+        }
+    }
+#endif
+    for (; b < nb; b++) {
+        const uint8_t *blk = row + b * bytes;
+        const __m256i w = codes(blk), aw = _mm256_abs_epi8(w);
+        const float dw = fd_f16_to_f32(blk);
+        __m256 *c = b & 1 ? a1 : a0;
+        for (int64_t r = 0; r < nr; r++) {
+            const __m256i xs = _mm256_sign_epi8(load32(x->q + r * x->n_in + 32 * b), w); /* w's sign */
+            const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(aw, xs));
+            c[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d[r * nb + b]), p, c[r]);
+        }
+    }
+    for (int64_t r = 0; r < nr; r++) {
+        acc[r] = hsum8(_mm256_add_ps(a0[r], a1[r]));
+#if defined(FD_LEVEL_avx512)
+        acc[r] += _mm512_reduce_add_ps(a[r]);
+#endif
+    }
+}
+#endif
+
 /* q8_0 blocks: 34 bytes, f16 d, int8 code[32]; w = d * code */
 static inline __attribute__((always_inline)) void dot_q8_0(float *acc, const uint8_t *row, const fd_qx *x, int64_t nr) {
     const int64_t nb = x->n_in / 32;
 #if FD_QX86
-    __m256 a0[FD_QROWS], a1[FD_QROWS]; /* two chains: even and odd blocks */
-    for (int64_t r = 0; r < nr; r++) a0[r] = a1[r] = _mm256_setzero_ps();
-#define Q8_BLOCK(b, c)                                                                             \
-    do {                                                                                           \
-        const uint8_t *blk = row + (b) * 34;                                                       \
-        const float dw = fd_f16_to_f32(blk);                                                       \
-        const __m256i w = load32(blk + 2), aw = _mm256_abs_epi8(w);                                \
-        for (int64_t r = 0; r < nr; r++) {                                                         \
-            __m256i xs = _mm256_sign_epi8(load32(x->q + r * x->n_in + 32 * (b)), w); /* w's sign */ \
-            __m256 p = _mm256_cvtepi32_ps(dot_u8s8(aw, xs));                                       \
-            c[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d[r * nb + (b)]), p, c[r]);              \
-        }                                                                                          \
-    } while (0)
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        Q8_BLOCK(b, a0);
-        Q8_BLOCK(b + 1, a1);
-    }
-    if (b < nb) Q8_BLOCK(b, a0);
-#undef Q8_BLOCK
-    for (int64_t r = 0; r < nr; r++) a0[r] = _mm256_add_ps(a0[r], a1[r]);
-    for (int64_t r = 0; r < nr; r++) acc[r] = hsum8(a0[r]);
+    dot_signed(acc, row, x, nr, 34, codes_q8_0);
 #else
     for (int64_t r = 0; r < nr; r++) {
         float sum = 0.0f;
@@ -123,31 +169,8 @@ static inline __attribute__((always_inline)) void dot_q8_0(float *acc, const uin
 /* q4_0 blocks: 18 bytes, f16 d, qs[16] (code i low nibble of qs[i], i + 16 high); w = d * (code - 8) */
 static inline __attribute__((always_inline)) void dot_q4_0(float *acc, const uint8_t *row, const fd_qx *x, int64_t nr) {
     const int64_t nb = x->n_in / 32;
-    float corr[FD_QROWS] = {0}; /* the -8 of every code: -8 dw d sum(q), block by block */
 #if FD_QX86
-    __m256 a0[FD_QROWS], a1[FD_QROWS]; /* two chains: even and odd blocks */
-    for (int64_t r = 0; r < nr; r++) a0[r] = a1[r] = _mm256_setzero_ps();
-#define Q4_BLOCK(b, c)                                                                                      \
-    do {                                                                                                    \
-        const uint8_t *blk = row + (b) * 18;                                                                \
-        const float dw = fd_f16_to_f32(blk);                                                                \
-        const __m128i qs = _mm_loadu_si128((const __m128i *)(blk + 2));                                     \
-        const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), _mm256_set1_epi8(15)); \
-        for (int64_t r = 0; r < nr; r++) {                                                                  \
-            __m256 p = _mm256_cvtepi32_ps(dot_u8s8(w, load32(x->q + r * x->n_in + 32 * (b))));              \
-            c[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d[r * nb + (b)]), p, c[r]);                       \
-            corr[r] += dw * x->ds[r * nb + (b)];                                                            \
-        }                                                                                                   \
-    } while (0)
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        Q4_BLOCK(b, a0);
-        Q4_BLOCK(b + 1, a1);
-    }
-    if (b < nb) Q4_BLOCK(b, a0);
-#undef Q4_BLOCK
-    for (int64_t r = 0; r < nr; r++) a0[r] = _mm256_add_ps(a0[r], a1[r]);
-    for (int64_t r = 0; r < nr; r++) acc[r] = hsum8(a0[r]) - 8.0f * corr[r];
+    dot_signed(acc, row, x, nr, 18, codes_q4_0);
 #else
     for (int64_t r = 0; r < nr; r++) {
         float sum = 0.0f;
@@ -159,7 +182,7 @@ static inline __attribute__((always_inline)) void dot_q4_0(float *acc, const uin
                 p += ((blk[2 + i] & 15) - 8) * xq[i] + ((blk[2 + i] >> 4) - 8) * xq[16 + i];
             sum += fd_f16_to_f32(blk) * x->d[r * nb + b] * (float)p;
         }
-        acc[r] = sum + corr[r];
+        acc[r] = sum;
     }
 #endif
 }
@@ -168,16 +191,17 @@ static inline __attribute__((always_inline)) void dot_q4_0(float *acc, const uin
  * sub-block j (32 weights): w = d sc_j code - dmin m_j */
 static inline __attribute__((always_inline)) void dot_q4_K(float *acc, const uint8_t *row, const fd_qx *x, int64_t nr) {
     const int64_t nb = x->n_in / 32;
-    float corr[FD_QROWS] = {0};
+    float corr[2][FD_QROWS] = {{0}};
 #if FD_QX86
-    __m256 a[FD_QROWS];
-    for (int64_t r = 0; r < nr; r++) a[r] = _mm256_setzero_ps();
+    __m256 a[2][FD_QROWS]; /* two chains: even and odd 32-weight blocks */
+    for (int64_t r = 0; r < nr; r++) a[0][r] = a[1][r] = _mm256_setzero_ps();
 #else
-    float a[FD_QROWS] = {0};
+    float a[2][FD_QROWS] = {{0}};
 #endif
     for (int64_t sb = 0; sb < nb / 8; sb++) {
         const uint8_t *blk = row + sb * 144, *s = blk + 4, *qs = blk + 16;
         const float d = fd_f16_to_f32(blk), dmin = fd_f16_to_f32(blk + 2);
+#pragma GCC unroll 8 /* so that the chain, j & 1, is known */
         for (int j = 0; j < 8; j++) {
             const int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
             const int mn = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | (s[j] >> 6) << 4;
@@ -192,20 +216,20 @@ static inline __attribute__((always_inline)) void dot_q4_K(float *acc, const uin
                 const int8_t *xq = x->q + r * x->n_in + 32 * b;
 #if FD_QX86
                 __m256 p = _mm256_cvtepi32_ps(dot_u8s8(w, load32(xq)));
-                a[r] = _mm256_fmadd_ps(_mm256_set1_ps(ds * dx), p, a[r]);
+                a[j & 1][r] = _mm256_fmadd_ps(_mm256_set1_ps(ds * dx), p, a[j & 1][r]);
 #else
                 int32_t p = 0;
                 for (int i = 0; i < 32; i++) p += ((qs[32 * (j / 2) + i] >> (4 * (j & 1))) & 15) * xq[i];
-                a[r] += ds * dx * (float)p;
+                a[j & 1][r] += ds * dx * (float)p;
 #endif
-                corr[r] -= dm * x->ds[r * nb + b];
+                corr[j & 1][r] -= dm * x->ds[r * nb + b];
             }
         }
     }
 #if FD_QX86
-    for (int64_t r = 0; r < nr; r++) acc[r] = hsum8(a[r]) + corr[r];
+    for (int64_t r = 0; r < nr; r++) acc[r] = hsum8(_mm256_add_ps(a[0][r], a[1][r])) + corr[0][r] + corr[1][r];
 #else
-    for (int64_t r = 0; r < nr; r++) acc[r] = a[r] + corr[r];
+    for (int64_t r = 0; r < nr; r++) acc[r] = a[0][r] + a[1][r] + corr[0][r] + corr[1][r];
 #endif
 }
 
@@ -215,17 +239,18 @@ static inline __attribute__((always_inline)) void dot_q4_K(float *acc, const uin
  * ql[64 h + 32 (s % 2) ..], high 2 bits at bit 2 s of qh[32 h ..]. */
 static inline __attribute__((always_inline)) void dot_q6_K(float *acc, const uint8_t *row, const fd_qx *x, int64_t nr) {
     const int64_t nb = x->n_in / 32;
-    float corr[FD_QROWS] = {0};
+    float corr[2][FD_QROWS] = {{0}};
 #if FD_QX86
-    __m256 a[FD_QROWS];
-    for (int64_t r = 0; r < nr; r++) a[r] = _mm256_setzero_ps();
+    __m256 a[2][FD_QROWS]; /* two chains: even and odd 32-weight blocks */
+    for (int64_t r = 0; r < nr; r++) a[0][r] = a[1][r] = _mm256_setzero_ps();
 #else
-    float a[FD_QROWS] = {0};
+    float a[2][FD_QROWS] = {{0}};
 #endif
     for (int64_t sb = 0; sb < nb / 8; sb++) {
         const uint8_t *blk = row + sb * 210, *ql = blk, *qh = blk + 128;
         const int8_t *sc = (const int8_t *)(blk + 192);
         const float d = fd_f16_to_f32(blk + 208);
+#pragma GCC unroll 8 /* so that the chain, q & 1, is known */
         for (int q = 0; q < 8; q++) {
             const int h = q / 4, s = q % 4, j = 8 * h + 2 * s; /* sub-blocks j, j + 1 */
             const int64_t b = 8 * sb + q;
@@ -244,7 +269,7 @@ static inline __attribute__((always_inline)) void dot_q6_K(float *acc, const uin
 #if FD_QX86
                 __m256i p16 = _mm256_maddubs_epi16(w, load32(xq));
                 __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, scv));
-                a[r] = _mm256_fmadd_ps(_mm256_set1_ps(ddx), p, a[r]);
+                a[q & 1][r] = _mm256_fmadd_ps(_mm256_set1_ps(ddx), p, a[q & 1][r]);
 #else
                 int32_t p = 0;
                 for (int i = 0; i < 32; i++) {
@@ -252,16 +277,16 @@ static inline __attribute__((always_inline)) void dot_q6_K(float *acc, const uin
                     int hi = (qh[32 * h + i] >> (2 * s)) & 3;
                     p += sc[j + i / 16] * (lo | hi << 4) * xq[i];
                 }
-                a[r] += ddx * (float)p;
+                a[q & 1][r] += ddx * (float)p;
 #endif
-                corr[r] -= ddx * (float)(32 * (sc[j] * xs[0] + sc[j + 1] * xs[1]));
+                corr[q & 1][r] -= ddx * (float)(32 * (sc[j] * xs[0] + sc[j + 1] * xs[1]));
             }
         }
     }
 #if FD_QX86
-    for (int64_t r = 0; r < nr; r++) acc[r] = hsum8(a[r]) + corr[r];
+    for (int64_t r = 0; r < nr; r++) acc[r] = hsum8(_mm256_add_ps(a[0][r], a[1][r])) + corr[0][r] + corr[1][r];
 #else
-    for (int64_t r = 0; r < nr; r++) acc[r] = a[r] + corr[r];
+    for (int64_t r = 0; r < nr; r++) acc[r] = a[0][r] + a[1][r] + corr[0][r] + corr[1][r];
 #endif
 }
 

@@ -183,7 +183,7 @@ def measure(fns: dict, rounds: int, new_tokens: int, bandwidth=None) -> tuple[di
 
 
 def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, progress=None,
-        weights=()) -> list[dict]:
+        weights=(), backends=("c", "numpy")) -> list[dict]:
     """Every (mode, contender) of a model and thread count takes turns in one
     rotation, so greedy and sampling, fastdecode and transformers, and the
     bandwidth probe all see the same machine."""
@@ -195,7 +195,7 @@ def run(models, thread_counts, rounds: int, new_tokens: int, cache_dir=None, pro
         for n in thread_counts:
             with harness.threads(n):
                 fns = {(mode_name, contender): fn for mode_name, mode in MODES.items()
-                       for contender, fn in contenders(loaded, mode, prompt).items()}
+                       for contender, fn in contenders(loaded, mode, prompt, backends).items()}
                 times, gbps = measure(fns, rounds, new_tokens, bandwidth=lambda: probe_gbps(probe, repeats=3))
                 for (mode_name, contender), t in times.items():
                     per_token = (t["total_s"] - t["prefill_s"]) / (new_tokens - 1)
@@ -299,7 +299,9 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=",".join(WEIGHTS),
                         help=f"weight formats run greedy besides float32, comma-separated, or 'none' "
                              f"(default {','.join(WEIGHTS)})")
+    parser.add_argument("--backends", default="c,numpy", help="fastdecode backends to time (default c,numpy)")
     args = parser.parse_args(argv)
+    backends = tuple(b.strip() for b in args.backends.split(","))
     weights = () if args.weights.strip().lower() == "none" else tuple(w.strip() for w in args.weights.split(","))
     models = [m.strip() for m in args.models.split(",")]
     unknown = [m for m in models if m not in MODELS]
@@ -313,7 +315,8 @@ def main(argv=None) -> int:
         print(f"  {row['model']} {row['mode']} {row['threads']}T {row['contender']}: "
               f"{row['tokens_per_s']:.1f} tokens/s", file=sys.stderr, flush=True)
 
-    rows = run(models, harness.resolve_threads(args.threads), rounds, new_tokens, args.cache, progress, weights)
+    rows = run(models, harness.resolve_threads(args.threads), rounds, new_tokens, args.cache, progress, weights,
+               backends)
     print(table(rows))
     print()
     for line in targets(rows):

@@ -117,7 +117,24 @@ def quantize_weights(weights, spec):
         notes.append("embed: tied to the head, one table in the head's format (a lookup dequantizes rows)")
     else:
         embed = _quantized(weights.embed, want["embed"], "embed", notes)
-    return dataclasses.replace(weights, layers=layers, head=head, embed=embed, notes=notes)
+    weights = dataclasses.replace(weights, layers=layers, head=head, embed=embed, notes=notes)
+    _release_freed_memory()
+    return weights
+
+
+def _release_freed_memory() -> None:
+    """Quantizing leaves the float32 matrices' and NumPy temporaries' freed
+    memory in glibc's heap (small blocks, fragmented), counted in RSS until
+    reused; malloc_trim returns it to the OS (GPT-2 in q4_0: 92 -> 71 MiB
+    over a bare process, 0.78 -> 0.60 bytes per weight). A no-op elsewhere."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def summary(weights) -> str:
