@@ -93,7 +93,14 @@ def test_block_formats_equal_the_dequantized_reference(kind, weights):
         model = fastdecode.load(path)
     layer = model.weights.layers[0]
     assert all(isinstance(m, QuantizedTensor) and m.format == weights for m in (layer.qkv, layer.out, layer.down))
-    assert_close(logits(model, ids), mc.hf_logits(hf_from_gguf(path, kind), ids), f"{kind} {weights}", 1e-3)
+    # the same blocks as the directory quantized at load (gguf.quants, bit-identical): the same logits, bit for bit
+    same = fastdecode.load(mc.checkpoint(kind)[0], weights=weights)
+    for a, b in ((same.weights.layers[1].qkv, model.weights.layers[1].qkv), (same.weights.head, model.weights.head)):
+        assert a.format == b.format and a.shape == b.shape
+        np.testing.assert_array_equal(a.data, b.data)
+    np.testing.assert_array_equal(logits(model, ids), logits(same, ids))
+    # and transformers on the dequantized weights, within the 8-bit activations of the block dot products
+    assert_close(logits(model, ids), mc.hf_logits(hf_from_gguf(path, kind), ids), f"{kind} {weights}", 0.05)
 
 
 def test_q4_k_m_writes_q4_k_and_q6_k_and_reads_them_back():
@@ -106,7 +113,7 @@ def test_q4_k_m_writes_q4_k_and_q6_k_and_reads_them_back():
     model = fastdecode.load(path)
     assert isinstance(model.weights.layers[0].out, QuantizedTensor) and model.weights.layers[0].out.format == "q4_K"
     ids = mc.prompt_ids(PROMPT)
-    assert_close(logits(model, ids), mc.hf_logits(ref, ids), "q4_k_m", 1e-3)
+    assert_close(logits(model, ids), mc.hf_logits(ref, ids), "q4_k_m", 0.05)  # 8-bit activations, as llama.cpp
 
 
 def test_types_without_kernels_are_dequantized_with_one_warning(tmp_path):
@@ -118,7 +125,7 @@ def test_types_without_kernels_are_dequantized_with_one_warning(tmp_path):
         model = fastdecode.load(path)
     assert len(record) == 1
     ids = mc.prompt_ids(PROMPT)
-    assert_close(logits(model, ids), mc.hf_logits(hf_from_gguf(path, "llama-gqa-tied"), ids), "q5", 5e-3)
+    assert_close(logits(model, ids), mc.hf_logits(hf_from_gguf(path, "llama-gqa-tied"), ids), "q5", 1e-2)
 
 
 def test_llama_q_and_k_rows_are_permuted_in_the_file_and_qwen2_rows_are_not():

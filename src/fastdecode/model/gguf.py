@@ -8,16 +8,15 @@ not overlapping the next tensor), then reads:
 - hyper-parameters from the ``{arch}.*`` keys, ``arch`` being
   ``general.architecture``: ``llama`` (Mistral files declare it too),
   ``qwen2``, ``gpt2``; any other is a ValueError naming it;
-- tensors under llama.cpp's names (``blk.N.attn_q.weight``...), mapped to the
-  Hugging Face names :mod:`fastdecode.model.weights` arranges, so a GGUF and
-  a checkpoint directory go through one loader;
+- tensors under llama.cpp's names (``blk.N.attn_q.weight``...), arranged as
+  fastdecode's Weights by :mod:`.gguf_weights` (block formats kept);
 - the tokenizer from ``tokenizer.ggml.*`` (:mod:`.gguf_tokenizer`).
 
 Layout differences handled here:
 
 - llama's Q and K rows: llama.cpp's converter permutes them (each head's
   rotary pairs (i, i + D/2) become neighbours, for ggml's interleaved RoPE);
-  fastdecode rotates Hugging Face's way, so :func:`unpermute` puts them back
+  fastdecode rotates Hugging Face's way, so ``gguf_weights.unpermute`` puts them back
   at load (row moves only: block-quantized rows move as they are). Qwen2
   files are not permuted (llama.cpp runs them with NeoX RoPE).
 - GPT-2: GGUF stores every matrix ``[out, in]`` (ne = [in, out]), which is
@@ -27,13 +26,12 @@ Layout differences handled here:
   rotary pair); linear scaling as ``rope.scaling.type``/``factor``.
 
 A tensor whose GGML type has no fastdecode kernels (Q5_0, Q5_K, Q2_K, IQ*...)
-is dequantized at load with ``gguf.quants.dequantize``, with one warning
-naming the types.
+is dequantized at load with ``gguf.quants.dequantize`` (kept as f16), with
+one warning naming the types; integer types are refused by name.
 """
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
 import numpy as np
