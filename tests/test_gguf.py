@@ -116,6 +116,13 @@ def test_q4_k_m_writes_q4_k_and_q6_k_and_reads_them_back():
     assert_close(logits(model, ids), mc.hf_logits(ref, ids), "q4_k_m", 0.05)  # 8-bit activations, as llama.cpp
 
 
+def test_weights_at_load_quantize_only_a_float32_file():
+    model = fastdecode.load(gf.gguf_of("qwen2"), weights="q8_0")
+    assert model.weights.layers[0].up.format == "q8_0"
+    with pytest.raises(ValueError, match="not all F32"):
+        fastdecode.load(gf.gguf_of("qwen2", "q4_0"), weights="q8_0")
+
+
 def test_types_without_kernels_are_dequantized_with_one_warning(tmp_path):
     src = gf.gguf_of("llama-gqa-tied")
     retype = {"blk.0.attn_q.weight": gguf.GGMLQuantizationType.Q5_0,

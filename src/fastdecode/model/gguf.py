@@ -251,7 +251,7 @@ def load_gguf(path: str, weights: str | None = None):
                       "dequantized at load", stacklevel=3)
     if weights is not None:
         if not found.all_float:
-            raise ValueError(f"{path}: its tensors are already quantized; load it with weights=None (each tensor "
+            raise ValueError(f"{path}: its tensors are not all F32; load it with weights=None (each tensor "
                              f"keeps its format) rather than weights={weights!r}")
         model_weights = quantize.quantize_weights(model_weights, weights)
     tokenizer = None

@@ -88,7 +88,7 @@ class GGUFTensors:
             if t.tensor_type.name in UNREADABLE_TYPES:
                 raise GGUFError(f"{path}: tensor {t.name!r} has type {t.tensor_type.name}, which fastdecode does not "
                                 "read (a weight must be a float or a block-quantized type)")
-        self.all_float = all(t.tensor_type.name in ("F32", "F16", "BF16") for t in reader.tensors)
+        self.all_float = all(t.tensor_type.name == "F32" for t in reader.tensors)  # can be quantized at load
 
     def __contains__(self, name: str) -> bool:
         return name in self._t
