@@ -1,4 +1,4 @@
-"""The command line: ``fastdecode info | generate | bench``."""
+"""The command line: ``fastdecode info | generate | convert | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -113,6 +113,19 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    import os
+
+    import fastdecode
+
+    if not args.output.endswith(".gguf"):
+        raise ValueError(f"{args.output}: the output of convert is a .gguf file")
+    model = _load(args.model_dir)
+    model.save(args.output, weights=args.weights)
+    print(f"wrote {args.output} ({args.weights}, {os.path.getsize(args.output) / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
 def _rate(value) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -188,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text, streamed as it is made (default: the embedded model)")
     p.add_argument("prompt", nargs="?", help="the prompt (default: read from stdin)")
-    p.add_argument("-m", "--model", default="default", help="Hugging Face model directory (default: the embedded model)")
+    p.add_argument("-m", "--model", default="default", help="Hugging Face model directory or .gguf file (default: the embedded model)")
     p.add_argument("--weights", default=None, metavar="FMT",
                    help="weight format made at load: q8_0, q4_0, q4_k_m, q4_K, q6_K, bf16, f16 (default: as stored)")
     p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default 64)")
@@ -205,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "c", "numpy"], default=None, help="kernel backend (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("convert", help="write a Hugging Face model directory (or a GGUF) as a GGUF file for llama.cpp")
+    p.add_argument("model_dir", help="Hugging Face model directory, a .gguf file, or 'default'")
+    p.add_argument("output", help="the .gguf file to write")
+    from .model.gguf_write import WEIGHT_TYPES
+
+    p.add_argument("--weights", choices=WEIGHT_TYPES, default="f16",
+                   help="tensor type of the matrices, as llama.cpp's file types (default f16)")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("bench", help="benchmark fastdecode against NumPy, SciPy, PyTorch, transformers")
     from .benchmarks import harness

@@ -31,12 +31,22 @@ class Tokenizer:
         except Exception as exc:  # the tokenizers library raises a bare Exception on malformed files
             raise ValueError(f"{file}: not a readable tokenizer.json: {exc}") from None
         self.path = file
+        self.chat_template = None
         extra = read_json(os.path.join(directory, "tokenizer_config.json"))
         self.bos_token_id = self._token_id(extra.get("bos_token"))
         self.eos_token_id = self._token_id(extra.get("eos_token"))
         # tokenizer.json's post-processor usually adds bos itself; add_bos_token is for those that do not
         self._add_bos = bool(extra.get("add_bos_token", False)) and self.bos_token_id is not None
         self._special = None
+
+    @classmethod
+    def from_tokenizers(cls, tok, bos_token_id=None, eos_token_id=None, path=None, chat_template=None) -> "Tokenizer":
+        """Wrap a ``tokenizers.Tokenizer`` built elsewhere (a GGUF file's: its
+        post-processor already adds bos/eos as the file says)."""
+        self = cls.__new__(cls)
+        self._tok, self.path, self.chat_template = tok, path, chat_template
+        self.bos_token_id, self.eos_token_id, self._add_bos = bos_token_id, eos_token_id, False
+        return self
 
     def _token_id(self, token) -> int | None:
         if isinstance(token, dict):  # {"content": "<s>", ...}

@@ -64,13 +64,26 @@ class Model:
                 raise ValueError(f"counts must be {tokens.shape[0]} ints in [0, {tokens.shape[1]}]")
         return forward(self.weights, self.config, tokens, cache, counts, all_logits)
 
-    def save(self, directory: str) -> None:
-        """Write this model, weights in their formats, to ``directory``, so
-        ``fastdecode.load(directory)`` reads it back without quantizing again
-        (fastdecode.model.quantize.save says how)."""
+    def save(self, path, weights: str | None = None) -> None:
+        """Write the model. ``path`` ending in ``.gguf``: a GGUF file that
+        llama.cpp loads, matrices as they are (``weights=None``) or in
+        ``weights``: f32, f16, bf16, q8_0, q4_0, q4_k_m (see
+        :mod:`fastdecode.model.gguf_write`). Any other path: a directory
+        with the weights in their formats, so ``fastdecode.load(directory)``
+        reads it back without quantizing again (fastdecode.model.quantize.save
+        says how; ``weights`` must then be None)."""
+        path = os.fspath(path)
+        if path.endswith(".gguf"):
+            from .gguf_write import save_gguf
+
+            save_gguf(self, path, weights)
+            return
+        if weights is not None:
+            raise ValueError(f"weights={weights!r} applies to a .gguf file; a directory keeps the model's formats "
+                             "(choose them at load: fastdecode.load(path, weights=...))")
         from .quantize import save
 
-        save(self, os.fspath(directory))
+        save(self, path)
 
     # -- text ---------------------------------------------------------------
 
@@ -127,8 +140,9 @@ class Model:
 
 def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model:
     """A model from a Hugging Face checkpoint directory (config.json,
-    model.safetensors or shards, tokenizer.json), or ``"default"`` for the
-    model packaged with fastdecode.
+    model.safetensors or shards, tokenizer.json), a ``.gguf`` file (see
+    :mod:`fastdecode.model.gguf`), or ``"default"`` for the model packaged
+    with fastdecode.
 
     Fields missing from config.json take transformers' defaults for the
     architecture. Raises FileNotFoundError for a missing file, ConfigError
@@ -140,12 +154,15 @@ def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model
     ``weights``: the format of the matrices a decode step streams, made at
     load: ``"q8_0"``, ``"q4_0"``, ``"q4_k_m"`` (llama.cpp's recipe),
     ``"q4_K"``, ``"q6_K"``, ``"bf16"``, ``"f16"``, or None (as stored, in
-    float32). See fastdecode.model.quantize and ``model.weights.summary()``.
+    float32; a GGUF's block-quantized tensors in their own formats). See
+    fastdecode.model.quantize and ``model.weights.summary()``.
     A directory written by :meth:`Model.save` loads in its saved formats;
     asking it for another raises ValueError."""
     from . import quantize
 
     spec = quantize.normalize_spec(weights)
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False; got {strict!r}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
@@ -154,12 +171,14 @@ def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model
             raise FileNotFoundError(f"the default model is not packaged in this build ({DEFAULT_MODEL_DIR} is "
                                     "missing); pass the path of a checkpoint directory instead")
         path = DEFAULT_MODEL_DIR
+    if os.path.isfile(path) and (path.endswith(".gguf") or _is_gguf(path)):
+        from .gguf import load_gguf
+
+        return load_gguf(path, spec)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory (fastdecode.load takes a checkpoint directory "
                                 "with config.json and model.safetensors)")
     config = ModelConfig.from_file(os.path.join(path, "config.json"))
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be True or False; got {strict!r}")
     saved = quantize.saved_info(path)
     if saved is not None:
         as_saved = next((n.split("=", 1)[1].split()[0] for n in saved.get("notes", []) if n.startswith("weights=")),
@@ -194,6 +213,12 @@ def _sampling_defaults(defaults: dict) -> dict:
     if not isinstance(defaults.get("do_sample", False), bool):
         raise ConfigError(f"do_sample must be true or false; got {defaults['do_sample']!r}")
     return defaults
+
+
+def _is_gguf(path: str) -> bool:
+    from .gguf import is_gguf
+
+    return is_gguf(path)
 
 
 def _eos_ids(from_generation_config, config: ModelConfig, tokenizer) -> tuple:

@@ -247,6 +247,8 @@ def rope_frequencies(config: ModelConfig) -> np.ndarray:  # -> [head_dim // 2] f
     d = config.head_dim
     inv_freq = 1.0 / config.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
     rope = config.rope or {}
+    if rope.get("rope_type") == "freq_factors":  # GGUF's rope_freqs.weight: one divisor per pair (Llama 3)
+        return inv_freq / np.asarray(rope["factors"], np.float64)
     if rope.get("rope_type") == "linear":
         return inv_freq / float(rope["factor"])
     if rope.get("rope_type") == "llama3":
