@@ -44,7 +44,8 @@ static void read_part(void *ctx, int t, int nt) {
 }
 
 double FD_FN(fd_read_sum_f32)(const float *x, int64_t n) {
-    read_job j = {x, n, fd_num_threads < FD_MAX_PARTS ? fd_num_threads : FD_MAX_PARTS};
+    int nt = fd_threads();
+    read_job j = {.x = x, .n = n, .parts = nt < FD_MAX_PARTS ? nt : FD_MAX_PARTS};
     fd_parallel(read_part, &j, j.parts);
     double total = 0.0;
     for (int part = 0; part < j.parts; part++) total += j.part_sum[part];

@@ -8,17 +8,20 @@
 #define FD_BUILD_FLAGS "unknown"
 #endif
 
-int fd_level = -1;
+atomic_int fd_level = -1;
+
+int fd_get_level(void) { return atomic_load(&fd_level); }
 
 int fd_cpu_max_level(void) {
 #if FD_HAVE_X86_LEVELS && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    /* __builtin_cpu_supports also checks that the OS saves the wide registers */
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    /* __builtin_cpu_supports also checks that the OS saves the wide registers;
+     * both x86 levels are built with -mf16c (quant.c's float16 scales) */
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
         return FD_LEVEL_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (avx2)
         return FD_LEVEL_AVX2;
 #endif
     return FD_LEVEL_PORTABLE;
@@ -27,8 +30,9 @@ int fd_cpu_max_level(void) {
 int fd_set_level(int level) {
     int best = fd_cpu_max_level();
     if (level < FD_LEVEL_PORTABLE) level = FD_LEVEL_PORTABLE;
-    fd_level = level > best ? best : level;
-    return fd_level;
+    level = level > best ? best : level;
+    atomic_store(&fd_level, level);
+    return level;
 }
 
 const char *fd_build_flags(void) { return FD_BUILD_FLAGS; }

@@ -1,9 +1,19 @@
 /* fastdecode.h: the C API of fastdecode's kernels.
  *
  * Conventions (llama2.c / llm.c style): plain functions over flat, C-ordered
- * float arrays, output pointer first, shapes in comments. Every function
- * trusts its arguments: fastdecode.ops validates shapes, dtypes, ranges and
- * contiguity once, in Python, before any of these runs.
+ * float arrays, output pointer first, shapes in comments.
+ *
+ * THE TRUST RULE. C trusts its caller for exactly this: each pointer is the
+ * start of a C-contiguous buffer of the element type and the shape its
+ * comment gives in terms of the size arguments (NULL only where the comment
+ * allows it, or where that shape is empty), and distinct buffers do not
+ * overlap unless the comment says so ("may be in place"). The Cython
+ * wrappers in src/fastdecode/_native.pyx guarantee it for every call,
+ * whoever calls them. Nothing else is trusted: values inside the buffers
+ * (token ids, offsets, lengths, sampler settings, NaN and infinities) can be
+ * anything, and no value makes a kernel read or write outside its buffers.
+ * Checking what values mean for the user (a top_k below 0, an id past the
+ * vocabulary) is fastdecode.ops' job, once, in Python.
  *
  * Each kernel exists once per SIMD level (suffix _portable, _avx2, _avx512);
  * the unsuffixed name dispatches on fd_level, chosen at run time in cpu.c.
@@ -11,6 +21,8 @@
 #ifndef FASTDECODE_H
 #define FASTDECODE_H
 
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define FD_LEVEL_PORTABLE 0
@@ -25,14 +37,18 @@
     ret name##_avx512 params;
 
 /* ---- cpu.c: feature detection, level choice ---------------------------- */
-extern int fd_level;       /* the level in use */
+extern atomic_int fd_level;     /* the level in use (-1 before fd_set_level) */
+int fd_get_level(void);
 int fd_cpu_max_level(void);     /* best level this CPU and OS support */
 int fd_set_level(int level);    /* clamps to fd_cpu_max_level(); returns level in use */
 const char *fd_build_flags(void);
 
 /* ---- pool.c: the worker threads ---------------------------------------- */
-extern int fd_num_threads; /* threads every parallel kernel may use, the caller's included */
-int fd_set_num_threads(int n);  /* n < 1 means 1; returns the count in use */
+#define FD_MAX_THREADS 256     /* the caller and at most 255 workers */
+extern atomic_int fd_num_threads; /* threads every parallel kernel may use, the caller's included */
+static inline int fd_threads(void) { return atomic_load_explicit(&fd_num_threads, memory_order_relaxed); }
+/* n clamped to [1, FD_MAX_THREADS] (1 without threads); returns the count in use */
+int fd_set_num_threads(int n);
 /* A job's share t of nt (0 <= t < nt); share 0 runs on the caller. */
 typedef void (*fd_task)(void *ctx, int t, int nt);
 /* Runs fn(ctx, t, nt') for t < nt' on the caller and the pool's workers and
@@ -54,6 +70,9 @@ void fd_barrier_wait(fd_barrier *b, int nt);
 void fd_set_spin_ns(long long ns); /* how long idle workers poll before sleeping */
 long long fd_get_spin_ns(void);
 int fd_threads_supported(void);
+/* Jobs taken by workers since the process started: a job of nt threads
+ * wakes nt - 1 workers and no others (tests check it). */
+long long fd_pool_worker_jobs(void);
 
 /* A job cut into a fixed number of parts (at most FD_MAX_PARTS) gives the
  * same result whatever team runs it: share t of nt takes parts t, t + nt,
@@ -75,16 +94,33 @@ FD_LEVELS(void, fd_softmax_f32, (float *out, const float *x, int64_t rows, int64
 FD_LEVELS(void, fd_exp_f32, (float *out, const float *x, int64_t n))
 
 /* ---- sampling.c -------------------------------------------------------- */
-/* One row's sampler settings, each at its neutral value when off; Python
- * fills a [rows, 6] float64 array with this layout. */
-typedef struct {
-    double temperature; /* > 0; 0 = greedy (the argmax, lowest id on a tie) */
-    double top_k;       /* a whole number; 0 or >= n = off */
-    double top_p;       /* (0, 1]; 1 = off */
-    double min_p;       /* [0, 1]; 0 = off */
-    double penalty;     /* repetition penalty > 0; 1 = off */
-    double u;           /* [0, 1): the draw's uniform number */
-} fd_sample_params;
+/* One row's sampler settings, each a double at its neutral value when off.
+ * The one definition of the layout: Python fills a [rows, FD_SAMPLE_N_PARAMS]
+ * float64 array whose columns are these fields in this order (_native.pyx
+ * reads the names from here as SAMPLE_PARAM_FIELDS). */
+#define FD_SAMPLE_PARAM_FIELDS(X)                                             \
+    X(temperature) /* > 0; 0 = greedy (the argmax, lowest id on a tie) */     \
+    X(top_k)       /* a whole number; 0 or >= n = off */                      \
+    X(top_p)       /* (0, 1]; 1 = off */                                      \
+    X(min_p)       /* [0, 1]; 0 = off */                                      \
+    X(penalty)     /* repetition penalty > 0; 1 = off */                      \
+    X(u)           /* [0, 1): the draw's uniform number */
+
+#define FD_SAMPLE_PARAM_DOUBLE(name) double name;
+typedef struct { FD_SAMPLE_PARAM_FIELDS(FD_SAMPLE_PARAM_DOUBLE) } fd_sample_params;
+#define FD_SAMPLE_N_PARAMS ((int)(sizeof(fd_sample_params) / sizeof(double)))
+
+/* Field i's name and byte offset (0 <= i < FD_SAMPLE_N_PARAMS); 0 past the end. */
+static inline int fd_sample_param_field(int i, const char **name, size_t *offset) {
+#define FD_SAMPLE_PARAM_NAME(name) #name,
+#define FD_SAMPLE_PARAM_OFFSET(name) offsetof(fd_sample_params, name),
+    static const char *const names[] = {FD_SAMPLE_PARAM_FIELDS(FD_SAMPLE_PARAM_NAME)};
+    static const size_t offsets[] = {FD_SAMPLE_PARAM_FIELDS(FD_SAMPLE_PARAM_OFFSET)};
+    if (i < 0 || i >= FD_SAMPLE_N_PARAMS) return 0;
+    *name = names[i];
+    *offset = offsets[i];
+    return 1;
+}
 
 /* What a row that cannot be sampled gets instead of a token id (status): */
 #define FD_ROW_NAN (-1)    /* a NaN in the row */

@@ -5,8 +5,7 @@
  * (torch's Linear layout): each output is the dot product of one contiguous
  * weight row with x, and each thread takes one contiguous block of rows, so
  * every thread reads a single sequential stream (the bandwidth probe's
- * pattern; a BLAS gemv on this shape reads ~20-30% slower on the machines
- * we measured). Up to FD_LINEAR_ROWS rows of x share one pass over W; more
+ * pattern, faster than a BLAS gemv here: docs/tuning.md). Up to FD_LINEAR_ROWS rows of x share one pass over W; more
  * rows (a prefill) are compute-bound, and the C backend hands them to
  * NumPy's matmul (BLAS sgemm) instead.
  *
@@ -19,11 +18,9 @@
 #include "simd.h"
 
 #define FD_LINEAR_ROWS 8
-/* Below this many weight elements one thread does it all. A sleeping worker
- * (pool.c) takes 20-100 us to wake, in which one thread streams ~4 MiB. A
- * polling one (generate()'s decode steps) answers almost at once, so then
- * the bar is lower: 0.5 MiB, a choice (not tuned) that puts all of GPT-2's
- * projections (2.25 MiB and up) on every thread. */
+/* Below this many weight elements one thread does it all: waking sleeping
+ * workers costs more than they save; polling ones (generate()'s decode
+ * steps) answer at once, so the bar is lower (docs/tuning.md). */
 #define FD_LINEAR_PAR_MIN (1 << 20)
 #define FD_LINEAR_PAR_MIN_SPIN (1 << 17)
 
@@ -121,7 +118,7 @@ void FD_FN(fd_linear_f32)(float *out, const float *x, const float *w, const floa
                           int64_t n_in, int64_t n_out) {
     linear_job job = {out, x, w, bias, rows, n_in, n_out};
     int64_t par_min = fd_get_spin_ns() > 0 ? FD_LINEAR_PAR_MIN_SPIN : FD_LINEAR_PAR_MIN;
-    int nt = n_out * n_in >= par_min ? fd_num_threads : 1;
+    int nt = n_out * n_in >= par_min ? fd_threads() : 1;
     if (nt > n_out) nt = (int)n_out;
     fd_parallel_reading(linear_part, &job, nt, w);
 }

@@ -71,7 +71,7 @@ static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, int threads,
 
 #if FD_ENTRY_POINTS
 int64_t fd_model_scratch_floats(const fd_model *m, int64_t rows) {
-    return carve(NULL, m, rows, fd_num_threads > 0 ? fd_num_threads : 1, NULL);
+    return carve(NULL, m, rows, fd_threads(), NULL);
 }
 #endif
 
@@ -301,8 +301,9 @@ int64_t FD_FN(fd_model_step_f32)(float *logits, int64_t *ids, const fd_model *m,
                                  const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
                                  const int64_t *prev_offsets) {
     if (B <= 0 || T <= 0) return 0;
-    step_job j = {m, tokens, counts, start, B, T, B * T, max_len, k, v, logits};
-    int nt = fd_num_threads > 0 ? fd_num_threads : 1; /* as many shares as threads, whatever the sizes */
+    step_job j = {.m = m, .tokens = tokens, .counts = counts, .start = start, .B = B, .T = T, .N = B * T,
+                  .max_len = max_len, .kc = k, .vc = v, .logits = logits};
+    int nt = fd_threads(); /* as many shares as threads, whatever the sizes */
     while (nt > 1 && carve(NULL, m, j.N, nt, NULL) > scratch_floats) nt--; /* threads raised since it was sized */
     if (carve(NULL, m, j.N, nt, NULL) > scratch_floats) return -1;
     carve(&j.s, m, j.N, nt, scratch);

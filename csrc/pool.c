@@ -4,11 +4,10 @@
  * GPT-2 token: ~50 projections), and between two calls the caller runs
  * Python and NumPy code. What an idle worker does in that gap decides what
  * the next call costs:
- *   - sleeping (futex), it needs 20-100 us to wake (more in a VM whose idle
- *     vCPU has halted), a third of a small projection's time;
- *   - polling, it answers at once, but holds a core: when the caller's gap
- *     is a NumPy matmul, OpenBLAS's threads need that core (a 0.08 ms
- *     matmul + kernel step took 8 ms under GNU OpenMP's default polling).
+ *   - sleeping (futex), it takes long to wake, a large share of a small
+ *     projection's time;
+ *   - polling, it answers at once, but holds a core that the caller's gap
+ *     may need (a NumPy matmul's OpenBLAS threads). Figures: docs/tuning.md.
  * Only the caller knows which gap it has, so the choice is the caller's: an
  * idle worker polls for spin_ns (fastdecode.set_worker_spin(), which
  * generate() raises for its decode steps, where no other threads run), then
@@ -29,25 +28,21 @@
 
 #include <stdlib.h>
 
-int fd_num_threads = 1;
+atomic_int fd_num_threads = 1;
 
 #if FD_HAVE_PTHREADS
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <time.h>
 
-#define FD_POOL_MAX 256    /* workers; more threads than this run as this many */
-#define FD_ORDER_MAX 4096  /* weights in a decode step's order */
+#define FD_POOL_MAX (FD_MAX_THREADS - 1) /* workers */
+#define FD_ORDER_MAX 4096                 /* weights in a decode step's order */
 
 static struct {
     pthread_mutex_t busy;  /* held by the caller whose job is posted, and to change the order */
-    pthread_mutex_t lock;  /* with wake: where idle workers sleep */
-    pthread_cond_t wake;
     atomic_ullong epoch;   /* bumped when a job is posted */
     atomic_int unfinished; /* workers yet to finish the posted job */
-    atomic_int sleepers;   /* workers in (or entering) pthread_cond_wait */
     atomic_int warming;    /* workers reading ahead in `next` */
     atomic_int stop_warming;
     fd_task fn;            /* the posted job: fn(ctx, t, nt) for t = 1 .. nt - 1 */
@@ -55,15 +50,26 @@ static struct {
     int nt;
     const char *next;      /* the weight the caller reads next, or NULL */
     int64_t next_bytes;
-    int started;           /* workers 1 .. started are running */
+    int started;           /* workers 1 .. started are running; read with busy held */
     /* the weights of a decode step in the order it reads them */
     const void *order[FD_ORDER_MAX];
     int64_t order_bytes[FD_ORDER_MAX];
     int order_len, order_at;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+} pool = {.busy = PTHREAD_MUTEX_INITIALIZER};
 
-static atomic_llong spin_ns; /* how long an idle worker polls before sleeping */
-static unsigned long long start_epoch[FD_POOL_MAX + 1];
+/* One per worker, so a job wakes only the workers it uses: worker w runs
+ * the job whose epoch the caller stored in slot[w].epoch. */
+typedef struct {
+    _Alignas(64) atomic_ullong epoch; /* the last job posted to this worker */
+    atomic_int sleeping;              /* in (or entering) pthread_cond_wait */
+    unsigned long long start;         /* the epoch when the worker was started */
+    pthread_mutex_t lock;             /* with wake: where this worker sleeps */
+    pthread_cond_t wake;
+} worker_slot;
+
+static worker_slot slot[FD_POOL_MAX + 1]; /* [1 .. FD_POOL_MAX] */
+static atomic_llong spin_ns;              /* how long an idle worker polls before sleeping */
+static atomic_llong worker_jobs;          /* jobs taken by workers, for fd_pool_worker_jobs */
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -83,27 +89,27 @@ static long long now_ns(void) {
  * Workers
  * ---------------------------------------------------------------------------- */
 
-/* The epoch of the next job after `seen`: polls, then sleeps. */
-static unsigned long long wait_for_job(unsigned long long seen) {
+/* The epoch of the next job posted to slot s after `seen`: polls, then sleeps. */
+static unsigned long long wait_for_job(worker_slot *s, unsigned long long seen) {
     long long budget = atomic_load_explicit(&spin_ns, memory_order_relaxed);
     if (budget > 0) {
         long long t0 = now_ns();
         for (unsigned i = 1;; i++) {
-            unsigned long long e = atomic_load_explicit(&pool.epoch, memory_order_acquire);
+            unsigned long long e = atomic_load_explicit(&s->epoch, memory_order_acquire);
             if (e != seen) return e;
             cpu_relax();
             if ((i & 63) == 0 && now_ns() - t0 > budget) break;
         }
     }
-    /* sleepers before epoch here, epoch before sleepers in fd_parallel (both
-     * sequentially consistent): either the poster sees a sleeper and wakes
-     * it, or this thread sees the new epoch and does not sleep */
-    pthread_mutex_lock(&pool.lock);
-    atomic_fetch_add(&pool.sleepers, 1);
+    /* sleeping before epoch here, epoch before sleeping in fd_parallel (both
+     * sequentially consistent): either the poster sees this worker sleeping
+     * and wakes it, or this worker sees the new epoch and does not sleep */
+    pthread_mutex_lock(&s->lock);
+    atomic_store(&s->sleeping, 1);
     unsigned long long e;
-    while ((e = atomic_load(&pool.epoch)) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
-    atomic_fetch_sub(&pool.sleepers, 1);
-    pthread_mutex_unlock(&pool.lock);
+    while ((e = atomic_load(&s->epoch)) == seen) pthread_cond_wait(&s->wake, &s->lock);
+    atomic_store(&s->sleeping, 0);
+    pthread_mutex_unlock(&s->lock);
     return e;
 }
 
@@ -129,19 +135,21 @@ static void warm(const char *p, int64_t n, int me, int workers, int nparts, unsi
 
 static void *worker(void *arg) {
     const int me = (int)(intptr_t)arg;
-    unsigned long long seen = start_epoch[me];
+    worker_slot *s = &slot[me];
+    unsigned long long seen = s->start; /* its first job may be posted before it runs */
     for (;;) {
-        seen = wait_for_job(seen);
-        /* the job's fields were written before the epoch was bumped, and the
+        seen = wait_for_job(s, seen);
+        atomic_fetch_add_explicit(&worker_jobs, 1, memory_order_relaxed);
+        /* the job's fields were written before this slot's epoch, and the
          * next job waits for this one's unfinished count to reach zero */
-        const int nt = pool.nt, workers = pool.started;
+        const int nt = pool.nt;
         const char *next = pool.next;
         const int64_t next_bytes = pool.next_bytes;
-        if (me < nt) pool.fn(pool.ctx, me, nt);
+        pool.fn(pool.ctx, me, nt); /* a job is posted only to workers 1 .. nt - 1 */
         if (next) atomic_fetch_add(&pool.warming, 1); /* before the job counts as done */
         atomic_fetch_sub_explicit(&pool.unfinished, 1, memory_order_release);
         if (next) {
-            warm(next, next_bytes, me, workers, nt, seen);
+            warm(next, next_bytes, me, nt - 1, nt, seen);
             atomic_fetch_sub(&pool.warming, 1);
         }
     }
@@ -151,12 +159,8 @@ static void *worker(void *arg) {
 /* A child of fork() has none of the parent's workers: start again. */
 static void after_fork_child(void) {
     pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
-    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
     pool.busy = m;
-    pool.lock = m;
-    pool.wake = c;
     atomic_store(&pool.unfinished, 0);
-    atomic_store(&pool.sleepers, 0);
     atomic_store(&pool.warming, 0);
     pool.started = 0;
 }
@@ -179,7 +183,12 @@ static int ensure_workers(int n) {
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     while (pool.started < n) {
         int me = pool.started + 1;
-        start_epoch[me] = atomic_load(&pool.epoch);
+        worker_slot *w = &slot[me];
+        w->start = atomic_load(&pool.epoch);
+        atomic_store(&w->epoch, w->start);
+        atomic_store(&w->sleeping, 0);
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_cond_init(&w->wake, NULL);
         pthread_t th;
         if (pthread_create(&th, &attr, worker, (void *)(intptr_t)me) != 0) break;
         pool.started = me;
@@ -208,6 +217,7 @@ static const void *next_in_order(const void *w, int64_t *bytes) {
 }
 
 void fd_parallel_reading(fd_task fn, void *ctx, int nt, const void *reading) {
+    if (nt > FD_MAX_THREADS) nt = FD_MAX_THREADS;
     if (nt <= 1 || pthread_mutex_trylock(&pool.busy) != 0) {
         fn(ctx, 0, 1);
         return;
@@ -222,13 +232,15 @@ void fd_parallel_reading(fd_task fn, void *ctx, int nt, const void *reading) {
     pool.fn = fn, pool.ctx = ctx, pool.nt = nt;
     pool.next_bytes = 0;
     pool.next = next_in_order(reading, &pool.next_bytes);
-    atomic_store(&pool.unfinished, workers);
-    atomic_fetch_add(&pool.epoch, 1);
-    if (atomic_load(&pool.sleepers) > 0) {
-        pthread_mutex_lock(&pool.lock);
-        pthread_cond_broadcast(&pool.wake);
-        pthread_mutex_unlock(&pool.lock);
-    }
+    atomic_store(&pool.unfinished, nt - 1);
+    unsigned long long e = atomic_fetch_add(&pool.epoch, 1) + 1;
+    for (int w = 1; w < nt; w++) atomic_store(&slot[w].epoch, e); /* workers nt .. started stay idle */
+    for (int w = 1; w < nt; w++)
+        if (atomic_load(&slot[w].sleeping)) {
+            pthread_mutex_lock(&slot[w].lock);
+            pthread_cond_signal(&slot[w].wake);
+            pthread_mutex_unlock(&slot[w].lock);
+        }
     fn(ctx, 0, nt);
     /* a worker that was asleep takes a while: poll briefly, then let it have the core */
     for (unsigned i = 1; atomic_load_explicit(&pool.unfinished, memory_order_acquire) > 0; i++) {
@@ -275,6 +287,7 @@ void fd_barrier_wait(fd_barrier *b, int nt) {
 void fd_set_spin_ns(long long ns) { atomic_store(&spin_ns, ns < 0 ? 0 : ns); }
 long long fd_get_spin_ns(void) { return atomic_load(&spin_ns); }
 int fd_threads_supported(void) { return 1; }
+long long fd_pool_worker_jobs(void) { return atomic_load(&worker_jobs); }
 
 #else /* no threads: every job runs on the caller */
 
@@ -290,10 +303,13 @@ void fd_barrier_wait(fd_barrier *b, int nt) { (void)b, (void)nt; }
 void fd_set_spin_ns(long long ns) { (void)ns; }
 long long fd_get_spin_ns(void) { return 0; }
 int fd_threads_supported(void) { return 0; }
+long long fd_pool_worker_jobs(void) { return 0; }
 
 #endif
 
 int fd_set_num_threads(int n) {
-    fd_num_threads = n < 1 ? 1 : n;
-    return fd_num_threads;
+    int most = fd_threads_supported() ? FD_MAX_THREADS : 1;
+    n = n < 1 ? 1 : n > most ? most : n;
+    atomic_store(&fd_num_threads, n);
+    return n;
 }

@@ -1,9 +1,10 @@
 /* quant.c: weights in GGUF's block formats (q8_0, q4_0, q4_K, q6_K, bf16,
  * f16): decoding to float32, and out = x W^T + bias with W in blocks.
  *
- * Dimensions: rows = rows of x (a decode step: 1-8), n_in = weights per
- * row of W (a multiple of the format's block), n_out = rows of W; a row of
- * W is n_in / block blocks (fd_quant_row_bytes), rows one after another.
+ * Dimensions: rows = rows of x (decode steps, short prompts: up to 64,
+ * taken 8 per pass over W), n_in = weights per row of W (a multiple of the
+ * format's block), n_out = rows of W; a row of W is n_in / block blocks
+ * (fd_quant_row_bytes), rows one after another.
  * The layouts are GGUF's (src/fastdecode/formats.py draws them).
  *
  * Decoding does exactly the float operations of the gguf package's

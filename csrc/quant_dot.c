@@ -83,33 +83,75 @@ static inline __m256i load32(const void *p) { return _mm256_loadu_si256((const _
  * One row per format. acc[r] = sum of the row's weights times x[r].
  * ---------------------------------------------------------------------------- */
 
+/* ----------------------------------------------------------------------------
+ * q8_0 and q4_0 on x86: blocks of 32 signed codes and one f16 scale
+ * ---------------------------------------------------------------------------- */
+#if FD_QX86
+typedef __m256i (*codes_fn)(const uint8_t *blk); /* the 32 signed codes of one block */
+
+static inline __m256i codes_q8_0(const uint8_t *blk) { return load32(blk + 2); }
+
+static inline __m256i codes_q4_0(const uint8_t *blk) { /* nibbles: code i low of qs[i], i + 16 high; minus 8 */
+    const __m128i qs = _mm_loadu_si128((const __m128i *)(blk + 2));
+    const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), _mm256_set1_epi8(15));
+    return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
+}
+
+/* acc: [nr]; row: nb blocks of `bytes` (f16 d, then codes). Signed codes go
+ * in as |w| with x carrying w's sign. avx512: two blocks per 512-bit vector
+ * (half the instructions; one scale per 256-bit half), a last odd block at
+ * 256 bits; avx2: one block per vector, two accumulator chains. */
+static inline __attribute__((always_inline)) void dot_signed(float *acc, const uint8_t *row, const fd_qx *x,
+                                                             int64_t nr, int64_t bytes, codes_fn codes) {
+    const int64_t nb = x->n_in / 32;
+    __m256 a0[FD_QROWS], a1[FD_QROWS];
+    for (int64_t r = 0; r < nr; r++) a0[r] = a1[r] = _mm256_setzero_ps();
+    int64_t b = 0;
+#if defined(FD_LEVEL_avx512)
+    __m512 a[FD_QROWS];
+    for (int64_t r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();
+    for (; b + 2 <= nb; b += 2) {
+        const uint8_t *b0 = row + b * bytes, *b1 = b0 + bytes;
+        const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(codes(b0)), codes(b1), 1);
+        const __m512i aw = _mm512_abs_epi8(w);
+        const __mmask64 neg = _mm512_movepi8_mask(w);
+        const float d0 = fd_f16_to_f32(b0), d1 = fd_f16_to_f32(b1);
+        for (int64_t r = 0; r < nr; r++) {
+            const __m512i xv = _mm512_loadu_si512(x->q + r * x->n_in + 32 * b);
+            const __m512i xs = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv); /* w's sign */
+            const __m512 p = _mm512_cvtepi32_ps(_mm512_madd_epi16(_mm512_maddubs_epi16(aw, xs), _mm512_set1_epi16(1)));
+            const __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(d0 * x->d[r * nb + b]),
+                                                 _mm256_set1_ps(d1 * x->d[r * nb + b + 1]), 1);
+            a[r] = _mm512_fmadd_ps(sc, p, a[r]);
+        }
+    }
+#endif
+    for (; b < nb; b++) {
+        const uint8_t *blk = row + b * bytes;
+        const __m256i w = codes(blk), aw = _mm256_abs_epi8(w);
+        const float dw = fd_f16_to_f32(blk);
+        __m256 *c = b & 1 ? a1 : a0;
+        for (int64_t r = 0; r < nr; r++) {
+            const __m256i xs = _mm256_sign_epi8(load32(x->q + r * x->n_in + 32 * b), w); /* w's sign */
+            const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(aw, xs));
+            c[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d[r * nb + b]), p, c[r]);
+        }
+    }
+    for (int64_t r = 0; r < nr; r++) {
+        acc[r] = hsum8(_mm256_add_ps(a0[r], a1[r]));
+#if defined(FD_LEVEL_avx512)
+        acc[r] += _mm512_reduce_add_ps(a[r]);
+#endif
+    }
+}
+#endif
+
 /* q8_0 blocks: 34 bytes, f16 d, int8 code[32]; w = d * code */
 static inline __attribute__((always_inline)) void dot_q8_0(float *acc, const uint8_t *row, const fd_qx *x, int64_t nr) {
-    const int64_t nb = x->n_in / 32;
 #if FD_QX86
-    __m256 a0[FD_QROWS], a1[FD_QROWS]; /* two chains: even and odd blocks */
-    for (int64_t r = 0; r < nr; r++) a0[r] = a1[r] = _mm256_setzero_ps();
-#define Q8_BLOCK(b, c)                                                                             \
-    do {                                                                                           \
-        const uint8_t *blk = row + (b) * 34;                                                       \
-        const float dw = fd_f16_to_f32(blk);                                                       \
-        const __m256i w = load32(blk + 2), aw = _mm256_abs_epi8(w);                                \
-        for (int64_t r = 0; r < nr; r++) {                                                         \
-            __m256i xs = _mm256_sign_epi8(load32(x->q + r * x->n_in + 32 * (b)), w); /* w's sign */ \
-            __m256 p = _mm256_cvtepi32_ps(dot_u8s8(aw, xs));                                       \
-            c[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d[r * nb + (b)]), p, c[r]);              \
-        }                                                                                          \
-    } while (0)
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        Q8_BLOCK(b, a0);
-        Q8_BLOCK(b + 1, a1);
-    }
-    if (b < nb) Q8_BLOCK(b, a0);
-#undef Q8_BLOCK
-    for (int64_t r = 0; r < nr; r++) a0[r] = _mm256_add_ps(a0[r], a1[r]);
-    for (int64_t r = 0; r < nr; r++) acc[r] = hsum8(a0[r]);
+    dot_signed(acc, row, x, nr, 34, codes_q8_0);
 #else
+    const int64_t nb = x->n_in / 32;
     for (int64_t r = 0; r < nr; r++) {
         float sum = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
@@ -126,33 +168,10 @@ static inline __attribute__((always_inline)) void dot_q8_0(float *acc, const uin
 
 /* q4_0 blocks: 18 bytes, f16 d, qs[16] (code i low nibble of qs[i], i + 16 high); w = d * (code - 8) */
 static inline __attribute__((always_inline)) void dot_q4_0(float *acc, const uint8_t *row, const fd_qx *x, int64_t nr) {
-    const int64_t nb = x->n_in / 32;
 #if FD_QX86
-    __m256 a0[FD_QROWS], a1[FD_QROWS]; /* two chains: even and odd blocks */
-    for (int64_t r = 0; r < nr; r++) a0[r] = a1[r] = _mm256_setzero_ps();
-#define Q4_BLOCK(b, c)                                                                                      \
-    do {                                                                                                    \
-        const uint8_t *blk = row + (b) * 18;                                                                \
-        const float dw = fd_f16_to_f32(blk);                                                                \
-        const __m128i qs = _mm_loadu_si128((const __m128i *)(blk + 2));                                     \
-        const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), _mm256_set1_epi8(15)); \
-        const __m256i w = _mm256_sub_epi8(nib, _mm256_set1_epi8(8)), aw = _mm256_abs_epi8(w);             \
-        for (int64_t r = 0; r < nr; r++) {                                                                  \
-            __m256i xs = _mm256_sign_epi8(load32(x->q + r * x->n_in + 32 * (b)), w); /* w's sign */          \
-            __m256 p = _mm256_cvtepi32_ps(dot_u8s8(aw, xs));                                                \
-            c[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d[r * nb + (b)]), p, c[r]);                       \
-        }                                                                                                   \
-    } while (0)
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        Q4_BLOCK(b, a0);
-        Q4_BLOCK(b + 1, a1);
-    }
-    if (b < nb) Q4_BLOCK(b, a0);
-#undef Q4_BLOCK
-    for (int64_t r = 0; r < nr; r++) a0[r] = _mm256_add_ps(a0[r], a1[r]);
-    for (int64_t r = 0; r < nr; r++) acc[r] = hsum8(a0[r]);
+    dot_signed(acc, row, x, nr, 18, codes_q4_0);
 #else
+    const int64_t nb = x->n_in / 32;
     for (int64_t r = 0; r < nr; r++) {
         float sum = 0.0f;
         for (int64_t b = 0; b < nb; b++) {

@@ -22,7 +22,7 @@
  *   5. draw: inverse CDF in token-id order over the kept tokens, with the
  *      caller's u in [0, 1): the first token whose cumulative mass exceeds
  *      u * total.
- * Selections over many entries start with histogram rounds (buckets of
+ * Selections (select.c) over many entries start with histogram rounds (buckets of
  * equal width in z, a branch-free pass each) and finish with a three-way
  * quickselect over one bucket.
  * Tokens are ranked by logit (descending), then id (ascending): the same
@@ -35,16 +35,18 @@
  */
 #include "fastdecode.h"
 #include "simd.h"
+#include "select.h"
 
-#include <math.h>
+#if FD_HAVE_PTHREADS
 #include <pthread.h>
+#endif
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define FD_GROUP (64 * FD_VLEN)   /* elements per top-k group block */
 #define FD_CDF_BLOCK (4 * FD_VLEN) /* entries per block of the draw's walk */
-#define FD_SELECT_SMALL 16        /* below this, selection sorts by insertion */
 #define FD_SAMPLE_PAR_MIN (1 << 15) /* elements in all rows worth a parallel region */
 
 /* ----------------------------------------------------------------------------
@@ -71,11 +73,30 @@ typedef struct {
     float data[];
 } scratch_block;
 
+#if FD_HAVE_PTHREADS
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 static int scratch_key_ok;
 
 static void scratch_key_create(void) { scratch_key_ok = pthread_key_create(&scratch_key, free) == 0; }
+
+/* This thread's block (freed when the thread exits); 0 when there is none. */
+static int scratch_block_get(scratch_block **b) {
+    pthread_once(&scratch_once, scratch_key_create);
+    if (!scratch_key_ok) return 0;
+    *b = pthread_getspecific(scratch_key);
+    return 1;
+}
+static void scratch_block_set(scratch_block *b) { pthread_setspecific(scratch_key, b); }
+#else /* no pthreads: a block per thread all the same (the kernels run with
+       * the GIL released), not freed when a thread exits */
+static _Thread_local scratch_block *scratch_only;
+static int scratch_block_get(scratch_block **b) {
+    *b = scratch_only;
+    return 1;
+}
+static void scratch_block_set(scratch_block *b) { scratch_only = b; }
+#endif
 
 static int64_t group_capacity(int64_t n) { return n / 64 + 2 * FD_VLEN + 2; }
 
@@ -83,14 +104,13 @@ static int64_t group_capacity(int64_t n) { return n / 64 + 2 * FD_VLEN + 2; }
 static int scratch_get(scratch *s, int64_t n) {
     int64_t len = n + FD_VLEN; /* room for vf_compress's whole-vector stores */
     size_t need = (size_t)len * 7 + (size_t)group_capacity(n);
-    pthread_once(&scratch_once, scratch_key_create);
-    if (!scratch_key_ok) return 0;
-    scratch_block *b = pthread_getspecific(scratch_key);
+    scratch_block *b;
+    if (!scratch_block_get(&b)) return 0;
     if (!b || b->floats < need) {
         free(b);
         b = malloc(sizeof(scratch_block) + need * sizeof(float));
         if (b) b->floats = need;
-        pthread_setspecific(scratch_key, b);
+        scratch_block_set(b);
         if (!b) return 0;
     }
     float *f = b->data;
@@ -195,7 +215,7 @@ static int64_t first_equal(const float *z, int64_t n, float m) {
 
 /* z: [n] (a copy of x), x: [n]; ids: [nids]. Each seen id once, from the
  * original logit, so repeated ids change nothing more. Ids outside [0, n)
- * are skipped: ops rejects them, and C does not trust its caller. */
+ * are skipped (values are never trusted: fastdecode.h). */
 static void penalize(float *z, const float *x, int64_t n, const int64_t *ids, int64_t nids, float pen) {
     for (int64_t j = 0; j < nids; j++) {
         int64_t t = ids[j];
@@ -313,204 +333,18 @@ static int64_t keep_ge(int32_t *id, float *cz, float *ce, int64_t nc, float shif
 }
 
 /* ----------------------------------------------------------------------------
- * Selection (quickselect, three-way, descending): no sort of the row
+ * Selection (select.c): the k-th largest logit, the boundary of a mass
  * ---------------------------------------------------------------------------- */
 
-/* Pivot: median of three entries at pseudo-random places, so no input
- * order makes the selection quadratic in practice. */
-static float pick_pivot(const float *a, int64_t lo, int64_t hi, uint64_t *seed) {
-    uint64_t span = (uint64_t)(hi - lo);
-    float v[3];
-    for (int j = 0; j < 3; j++) {
-        *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
-        v[j] = a[lo + (int64_t)((*seed >> 33) % span)];
-    }
-    if (v[0] > v[1]) { float t = v[0]; v[0] = v[1]; v[1] = t; }
-    if (v[1] > v[2]) v[1] = v[2];
-    return v[0] > v[1] ? v[0] : v[1];
-}
-
-#define FD_HIST_BINS 2048 /* most buckets in a histogram round; one per 8 entries below that */
-#ifndef FD_HIST_MIN
-#define FD_HIST_MIN 256 /* selections over more entries start with histogram rounds */
-#endif
-
-/* z, e: [n] (permuted; e NULL: every weight 1), n > FD_HIST_MIN; bin:
- * [n + FD_VLEN] scratch. One round of histogram selection: buckets of equal width in z (bucket 0 the
- * largest), the mass of each, the first bucket where the mass from the top
- * reaches target; its entries move to the front. Returns their count (n:
- * no progress) and adds the mass of the buckets above to *acc. Every
- * bucket index comes from the same vector code (the tail padded), so an
- * entry's bucket is the same in both passes that need it. */
-static int64_t histogram_round(float *z, float *e, int64_t n, double target, double *acc, int32_t *bin) {
-    vf vhi = vf_set1(-INFINITY), vlo = vf_set1(INFINITY);
-    int64_t i = 0;
-    for (; i + FD_VLEN <= n; i += FD_VLEN) {
-        vf v = vf_load(z + i);
-        vhi = vf_max(vhi, v);
-        vlo = vf_min(vlo, v);
-    }
-    float hi = vf_reduce_max(vhi), lo = -vf_reduce_max(vf_sub(vf_set1(0.0f), vlo));
-    for (; i < n; i++) {
-        hi = z[i] > hi ? z[i] : hi;
-        lo = z[i] < lo ? z[i] : lo;
-    }
-    double range = (double)hi - (double)lo;
-    if (!(range > 0) || range > 1e30) return n;
-    int bins = n / 8 < FD_HIST_BINS ? (int)(n / 8) : FD_HIST_BINS;
-    vf hv = vf_set1(hi), sv = vf_set1((float)(bins / range)), top = vf_set1((float)(bins - 1));
-    for (i = 0; i < n; i += FD_VLEN) {
-        float pad[FD_VLEN];
-        const float *src = z + i;
-        if (i + FD_VLEN > n) {
-            for (int j = 0; j < FD_VLEN; j++) pad[j] = i + j < n ? z[i + j] : hi;
-            src = pad;
-        }
-        vi_store(bin + i, vf_to_int(vf_min(vf_mul(vf_sub(hv, vf_load(src)), sv), top)));
-    }
-    double mass[FD_HIST_BINS];
-    memset(mass, 0, (size_t)bins * sizeof(double));
-    if (e)
-        for (i = 0; i < n; i++) mass[bin[i]] += e[i];
-    else
-        for (i = 0; i < n; i++) mass[bin[i]] += 1.0;
-    int b = 0, last = 0;
-    double a = *acc;
-    for (; b < bins; b++) {
-        if (mass[b] > 0) last = b;
-        if (a + mass[b] >= target) break;
-        a += mass[b];
-    }
-    if (b == bins) { /* rounding kept the total below target: the last bucket */
-        b = last;
-        a -= mass[b];
-    }
-    *acc = a;
-    int64_t c = 0;
-    for (i = 0; i < n; i++)
-        if (bin[i] == b) {
-            float v = z[i];
-            z[i] = z[c], z[c] = v;
-            if (e) {
-                float w = e[i];
-                e[i] = e[c], e[c] = w;
-            }
-            c++;
-        }
-    return c;
-}
-
-/* a: [n] (permuted), 1 <= k <= n; bin: [n + FD_VLEN] scratch. The k-th
- * largest entry: histogram rounds (unit weights) while n is large, then a
- * three-way quickselect. */
+/* a: [n] (permuted), 1 <= k <= n; bin: [n + FD_VLEN] scratch. The k-th largest entry. */
 static float kth_largest(float *a, int64_t n, int64_t k, int32_t *bin) {
-    double above = 0.0; /* entries ranked above a[0, n) */
-    while (n > FD_HIST_MIN) {
-        int64_t c = histogram_round(a, NULL, n, (double)k, &above, bin);
-        if (c == n) break;
-        n = c;
-    }
-    int64_t lo = 0, hi = n, want = k - 1 - (int64_t)above;
-    uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
-    while (hi - lo > FD_SELECT_SMALL) {
-        float pv = pick_pivot(a, lo, hi, &seed);
-        int64_t gt = lo, i = lo, lt = hi; /* [lo,gt) > pv, [gt,lt) == pv, [lt,hi) < pv */
-        while (i < lt) {
-            float v = a[i];
-            if (v > pv) {
-                a[i++] = a[gt];
-                a[gt++] = v;
-            } else if (v < pv) {
-                a[i] = a[--lt];
-                a[lt] = v;
-            } else {
-                i++;
-            }
-        }
-        if (want < gt) hi = gt;
-        else if (want < lt) return pv;
-        else lo = lt;
-    }
-    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort, descending */
-        float v = a[i];
-        int64_t j = i;
-        for (; j > lo && a[j - 1] < v; j--) a[j] = a[j - 1];
-        a[j] = v;
-    }
-    return a[want];
+    double above;
+    return FD_FN(fd_select)(a, NULL, n, (double)k, &above, bin, 0x9E3779B97F4A7C15ull);
 }
 
-/* z, e: [n] (permuted together), target > 0. The boundary logit zb of a
- * weighted selection, ranked by z descending: mass(z > zb) < target <=
- * mass(z >= zb); *above = mass(z > zb); bin: [n + FD_VLEN] scratch. When rounding leaves the whole
- * mass below target, the smallest logit (every token stays). Large inputs
- * go through histogram rounds first (a few branch-free passes each), then
- * a three-way quickselect weighted by mass finishes. */
+/* z, e: [n] (permuted together), target > 0: fd_select's boundary logit. */
 static float weighted_select(float *z, float *e, int64_t n, double target, double *above, int32_t *bin) {
-    double acc = 0.0; /* mass of everything ranked above [lo, hi); stays < target */
-    while (n > FD_HIST_MIN) {
-        int64_t c = histogram_round(z, e, n, target, &acc, bin);
-        if (c == n) break;
-        n = c;
-    }
-    int64_t lo = 0, hi = n;
-    uint64_t seed = 0xD1B54A32D192ED03ull ^ (uint64_t)n;
-    while (hi - lo > FD_SELECT_SMALL) {
-        float pv = pick_pivot(z, lo, hi, &seed);
-        int64_t gt = lo, i = lo, lt = hi;
-        double mg = 0.0, me = 0.0;
-        while (i < lt) {
-            float v = z[i], w = e[i];
-            if (v > pv) {
-                z[i] = z[gt], e[i] = e[gt];
-                z[gt] = v, e[gt] = w;
-                gt++, i++;
-                mg += w;
-            } else if (v < pv) {
-                lt--;
-                z[i] = z[lt], e[i] = e[lt];
-                z[lt] = v, e[lt] = w;
-            } else {
-                i++;
-                me += w;
-            }
-        }
-        if (acc + mg >= target) {
-            hi = gt;
-        } else if (acc + mg + me >= target) {
-            *above = acc + mg;
-            return pv;
-        } else {
-            acc += mg + me;
-            if (lt == hi) { /* everything counted, target not reached */
-                *above = acc - me;
-                return pv;
-            }
-            lo = lt;
-        }
-    }
-    for (int64_t i = lo + 1; i < hi; i++) { /* insertion sort by z, descending */
-        float v = z[i], w = e[i];
-        int64_t j = i;
-        for (; j > lo && z[j - 1] < v; j--) z[j] = z[j - 1], e[j] = e[j - 1];
-        z[j] = v, e[j] = w;
-    }
-    float last = z[lo];
-    double last_above = acc;
-    for (int64_t i = lo; i < hi;) { /* walk groups of equal logits */
-        double m = 0.0;
-        int64_t j = i;
-        for (; j < hi && z[j] == z[i]; j++) m += e[j];
-        if (acc + m >= target) {
-            *above = acc;
-            return z[i];
-        }
-        last = z[i], last_above = acc;
-        acc += m;
-        i = j;
-    }
-    *above = last_above;
-    return last;
+    return FD_FN(fd_select)(z, e, n, target, above, bin, 0xD1B54A32D192ED03ull);
 }
 
 /* ----------------------------------------------------------------------------
@@ -581,9 +415,21 @@ static void write_candidates(float *out, int64_t n, int probs, const int32_t *id
     for (int64_t i = 0; i < nc; i++) out[id[i]] = probs ? (float)(ce[i] / w) : cz[i];
 }
 
-/* x: [n]; prev: [nprev]. Returns 0 or an FD_ROW_ code. */
-static int run_row(row_result r, const float *x, int64_t n, const fd_sample_params *p, const int64_t *prev,
-                   int64_t nprev, scratch *s) {
+/* A row after the scan: z: [n] its (penalized, scaled) logits, m = max(z),
+ * group: [ng] the scan's group maxima; and the candidates kept so far, in
+ * s->id / cz / ce (id order), with their mass. */
+typedef struct {
+    const float *z;
+    int64_t n, ng;
+    float m;
+    int64_t nc;  /* candidates, once `some` */
+    int some;    /* 0: no filter has run, every token is in */
+    double mass; /* sum of the candidates' exp(z - m), or the whole row's */
+} row_state;
+
+/* Penalty, temperature, scan. Returns 0 or an FD_ROW_ code. */
+static int scan_settings(row_state *st, const float *x, int64_t n, const fd_sample_params *p, const int64_t *prev,
+                         int64_t nprev, scratch *s) {
     int greedy = p->temperature == 0.0;
     float t = (float)p->temperature, pen = (float)p->penalty;
     int div = !greedy && t != 1.0f;
@@ -597,76 +443,105 @@ static int run_row(row_result r, const float *x, int64_t n, const fd_sample_para
         z = dst = s->z;
     }
     int nan;
-    int64_t ng;
-    float m = scan_row(dst, src, n, t, div, s->group, &ng, &nan);
+    row_state r = {.z = z, .n = n};
+    r.m = scan_row(dst, src, n, t, div, s->group, &r.ng, &nan);
+    *st = r;
     if (nan) return FD_ROW_NAN;
-    if (m == INFINITY) return FD_ROW_POSINF;
-    if (m == -INFINITY) return FD_ROW_NEGINF;
+    if (r.m == INFINITY) return FD_ROW_POSINF;
+    if (r.m == -INFINITY) return FD_ROW_NEGINF;
+    return 0;
+}
 
-    if (greedy) {
-        int64_t i = first_equal(z, n, m);
-        if (r.pick) *r.pick = i;
-        if (r.out) {
-            float one = 1.0f;
-            write_candidates(r.out, n, r.probs, (int32_t[]){(int32_t)i}, &m, &one, 1);
-        }
-        return 0;
+/* Top-k (1 <= k < n): the k largest, ties at the k-th kept in id order. */
+static void filter_top_k(row_state *r, int64_t k, scratch *s) {
+    float lo = -INFINITY;
+    if (k * 4 <= r->ng) { /* the k-th largest group max: a lower bound with few tokens above */
+        memcpy(s->sz, s->group, (size_t)r->ng * sizeof(float));
+        lo = kth_largest(s->sz, r->ng, k, s->bin);
     }
-    double kd = p->top_k;
-    int64_t k = kd >= 1.0 && kd < (double)n ? (int64_t)kd : 0;
-    int top_p = p->top_p > 0.0 && p->top_p < 1.0;
-    float dmin = p->min_p > 0.0 ? float_at_least(log(p->min_p < 1.0 ? p->min_p : 1.0)) : -INFINITY;
+    int64_t nc = collect(s->id, s->cz, r->z, r->n, 0.0f, lo);
+    memcpy(s->sz, s->cz, (size_t)nc * sizeof(float));
+    float kth = kth_largest(s->sz, nc, k, s->bin);
+    r->nc = keep_ge(s->id, s->cz, NULL, nc, 0.0f, kth);
+    r->mass = exp_masked(s->ce, s->cz, r->nc, r->m, -INFINITY);
+    r->some = 1;
+}
 
-    int64_t nc = -1; /* candidates in s->id/cz/ce, or -1: the whole row */
-    double mass = 0.0;
-    if (k) {
-        float lo = -INFINITY;
-        if (k * 4 <= ng) { /* the k-th largest group max: a lower bound with few tokens above */
-            memcpy(s->sz, s->group, (size_t)ng * sizeof(float));
-            lo = kth_largest(s->sz, ng, k, s->bin);
-        }
-        nc = collect(s->id, s->cz, z, n, 0.0f, lo);
-        memcpy(s->sz, s->cz, (size_t)nc * sizeof(float));
-        float kth = kth_largest(s->sz, nc, k, s->bin);
-        nc = keep_ge(s->id, s->cz, NULL, nc, 0.0f, kth);
-        mass = exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+/* Top-p (0 < p < 1) over the candidates, or over the whole row when none. */
+static void filter_top_p(row_state *r, double top_p, scratch *s) {
+    if (!r->some) {
+        r->mass = exp_masked(NULL, r->z, r->n, r->m, -INFINITY);
+        /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together,
+         * so the boundary lies above (the 1e-3 covers vf_exp's rounding) */
+        float lo = (float)(log((1.0 - top_p) * r->mass / (2.0 * (double)r->n)) - 1e-3);
+        float zg = top_p_group_cut(s->group, r->ng, r->m, top_p * r->mass, s->sz, s->se, s->bin);
+        lo = zg - r->m > lo ? zg - r->m : lo;
+        r->nc = collect(s->id, s->cz, r->z, r->n, r->m, lo);
+        exp_masked(s->ce, s->cz, r->nc, r->m, -INFINITY);
+        r->some = 1;
     }
-    if (top_p) {
-        if (nc < 0) {
-            mass = exp_masked(NULL, z, n, m, -INFINITY);
-            /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together,
-             * so the boundary lies above (the 1e-3 covers vf_exp's rounding) */
-            float lo = (float)(log((1.0 - p->top_p) * mass / (2.0 * (double)n)) - 1e-3);
-            float zg = top_p_group_cut(s->group, ng, m, p->top_p * mass, s->sz, s->se, s->bin);
-            lo = zg - m > lo ? zg - m : lo;
-            nc = collect(s->id, s->cz, z, n, m, lo);
-            exp_masked(s->ce, s->cz, nc, m, -INFINITY);
-        }
-        nc = top_p_cut(s->id, s->cz, s->ce, nc, p->top_p * mass, s->sz, s->se, s->bin);
-    } else if (nc < 0 && dmin > -INFINITY) { /* min-p alone: a plain threshold, no S needed */
-        nc = collect(s->id, s->cz, z, n, m, dmin);
-        exp_masked(s->ce, s->cz, nc, m, -INFINITY);
+    r->nc = top_p_cut(s->id, s->cz, s->ce, r->nc, top_p * r->mass, s->sz, s->se, s->bin);
+}
+
+/* Min-p (dmin = log(min_p) > -inf): z - m >= dmin; alone, a plain threshold that needs no S. */
+static void filter_min_p(row_state *r, float dmin, scratch *s) {
+    if (!r->some) {
+        r->nc = collect(s->id, s->cz, r->z, r->n, r->m, dmin);
+        exp_masked(s->ce, s->cz, r->nc, r->m, -INFINITY);
+        r->some = 1;
+        return;
     }
-    if (nc >= 0) {
-        if (dmin > -INFINITY) nc = keep_ge(s->id, s->cz, s->ce, nc, m, dmin);
-        if (r.out) write_candidates(r.out, n, r.probs, s->id, s->cz, s->ce, nc);
-        if (r.pick) *r.pick = s->id[cdf_pick(s->ce, nc, p->u)];
-        return 0;
+    r->nc = keep_ge(s->id, s->cz, s->ce, r->nc, r->m, dmin);
+}
+
+/* Greedy: the first max. */
+static void finish_greedy(row_result res, const row_state *r) {
+    int64_t i = first_equal(r->z, r->n, r->m);
+    if (res.pick) *res.pick = i;
+    if (res.out) {
+        float one = 1.0f, m = r->m;
+        write_candidates(res.out, r->n, res.probs, (int32_t[]){(int32_t)i}, &m, &one, 1);
     }
-    /* temperature alone: every token, one pass over the whole row */
-    if (r.out && !r.probs) {
-        memmove(r.out, z, (size_t)n * sizeof(float));
-        return 0;
+}
+
+/* No filter ran (temperature alone): every token, one pass over the whole row. */
+static void finish_whole_row(row_result res, const row_state *r, double u, scratch *s) {
+    const int64_t n = r->n;
+    if (res.out && !res.probs) {
+        memmove(res.out, r->z, (size_t)n * sizeof(float));
+        return;
     }
-    float *e = r.out ? r.out : s->cz;
-    double w = exp_masked(e, z, n, m, -INFINITY);
-    if (r.out) {
+    float *e = res.out ? res.out : s->cz;
+    double w = exp_masked(e, r->z, n, r->m, -INFINITY);
+    if (res.out) {
         vf sv = vf_set1((float)(1.0 / w));
         int64_t i = 0;
         for (; i + FD_VLEN <= n; i += FD_VLEN) vf_store(e + i, vf_mul(vf_load(e + i), sv));
         for (; i < n; i++) e[i] = (float)(e[i] / w);
     }
-    if (r.pick) *r.pick = cdf_pick(e, n, p->u);
+    if (res.pick) *res.pick = cdf_pick(e, n, u);
+}
+
+/* x: [n]; prev: [nprev]. Returns 0 or an FD_ROW_ code. Filters run in
+ * Hugging Face's order; each after the first works on the candidates. */
+static int run_row(row_result res, const float *x, int64_t n, const fd_sample_params *p, const int64_t *prev,
+                   int64_t nprev, scratch *s) {
+    row_state r;
+    int code = scan_settings(&r, x, n, p, prev, nprev, s);
+    if (code) return code;
+    if (p->temperature == 0.0) {
+        finish_greedy(res, &r);
+        return 0;
+    }
+    if (p->top_k >= 1.0 && p->top_k < (double)n) filter_top_k(&r, (int64_t)p->top_k, s);
+    if (p->top_p > 0.0 && p->top_p < 1.0) filter_top_p(&r, p->top_p, s);
+    if (p->min_p > 0.0) filter_min_p(&r, float_at_least(log(p->min_p < 1.0 ? p->min_p : 1.0)), s);
+    if (!r.some) {
+        finish_whole_row(res, &r, p->u, s);
+        return 0;
+    }
+    if (res.out) write_candidates(res.out, n, res.probs, s->id, s->cz, s->ce, r.nc);
+    if (res.pick) *res.pick = s->id[cdf_pick(s->ce, r.nc, p->u)];
     return 0;
 }
 
@@ -702,7 +577,7 @@ static void rows_part(void *ctx, int t, int nt) {
     for (int64_t r; (r = atomic_fetch_add(&j->next, 1)) < j->rows;) {
         const int64_t *prev = NULL;
         int64_t nprev = 0;
-        if (j->prev_ids && j->prev_offsets) { /* offsets clamped: C does not trust its caller */
+        if (j->prev_ids && j->prev_offsets) { /* offsets clamped: values are never trusted */
             int64_t a = j->prev_offsets[r] < 0 ? 0 : j->prev_offsets[r];
             int64_t b = j->prev_offsets[r + 1] < j->n_prev ? j->prev_offsets[r + 1] : j->n_prev;
             prev = j->prev_ids + a;
@@ -722,11 +597,13 @@ static void rows_part(void *ctx, int t, int nt) {
 static int64_t run_rows(int64_t *ids, int64_t *status, float *out, int probs, const float *x, int64_t rows,
                         int64_t n, const fd_sample_params *params, const int64_t *prev_ids, int64_t n_prev,
                         const int64_t *prev_offsets) {
-    rows_job j = {ids, status, out, probs, x, rows, n, params, prev_ids, prev_offsets, n_prev};
+    rows_job j = {.ids = ids, .status = status, .out = out, .probs = probs, .x = x, .rows = rows, .n = n,
+                  .params = params, .prev_ids = prev_ids, .prev_offsets = prev_offsets, .n_prev = n_prev};
     atomic_init(&j.next, 0);
     atomic_init(&j.bad, 0);
     atomic_init(&j.nomem, 0);
-    int nt = fd_num_threads < rows ? fd_num_threads : (int)rows;
+    int nt = fd_threads();
+    nt = nt < rows ? nt : (int)rows;
     fd_parallel(rows_part, &j, nt < 1 || rows * n < FD_SAMPLE_PAR_MIN ? 1 : nt);
     return atomic_load(&j.nomem) ? -1 : atomic_load(&j.bad);
 }

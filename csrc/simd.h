@@ -318,13 +318,13 @@ static inline float fd_expf(float x) {
     return x >= FD_EXP_LO ? p * scale : 0.0f;
 }
 
-extern int fd_level;
-
 /* Body of an unsuffixed entry point: call the copy for the level in use.
  * An expression, so non-void kernels can `return FD_DISPATCH(...)`. */
 #if FD_HAVE_X86_LEVELS
-#define FD_DISPATCH(name, args) \
-    (fd_level >= 2 ? name##_avx512 args : fd_level == 1 ? name##_avx2 args : name##_portable args)
+#define FD_DISPATCH(name, args) (fd_dispatch_level() >= 2   ? name##_avx512 args \
+                                 : fd_dispatch_level() == 1 ? name##_avx2 args   \
+                                                            : name##_portable args)
+static inline int fd_dispatch_level(void) { return atomic_load_explicit(&fd_level, memory_order_relaxed); }
 #else
 #define FD_DISPATCH(name, args) (name##_portable args)
 #endif

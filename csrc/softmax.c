@@ -11,12 +11,10 @@
 #include <math.h>
 #include <stdatomic.h>
 
-/* Idle workers sleep by default (pool.c says why), and waking one costs
- * 20-100 us (most in a VM), while one thread softmaxes about 3 elements
- * per ns. So rows are handed out dynamically (the caller's thread starts
- * at once and a late worker only takes what is left), and a single row is
- * split across threads, which makes every thread wait at two barriers,
- * only when it is long enough to repay that. */
+/* Waking an idle worker costs more than a short row: rows are handed out
+ * dynamically (the caller starts at once, a late worker takes what is
+ * left), and one row is split across threads (two barriers) only when long
+ * enough to repay that (docs/tuning.md). */
 #define FD_SOFTMAX_PAR_MIN (1 << 17)   /* elements in all rows */
 #define FD_SOFTMAX_SPLIT_MIN (1 << 20) /* elements in one row */
 
@@ -258,7 +256,8 @@ static void softmax_row_split(softmax_job *j, int nt) {
 
 /* out, x: [rows, n] */
 void FD_FN(fd_softmax_f32)(float *out, const float *x, int64_t rows, int64_t n, int take_log) {
-    int nt = fd_num_threads < FD_MAX_PARTS ? fd_num_threads : FD_MAX_PARTS;
+    int nt = fd_threads();
+    nt = nt < FD_MAX_PARTS ? nt : FD_MAX_PARTS;
     if (nt > 1 && rows < nt && n >= FD_SOFTMAX_SPLIT_MIN) {
         softmax_job j = {.n = n, .take_log = take_log, .parts = nt};
         for (int64_t r = 0; r < rows; r++) {

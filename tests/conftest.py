@@ -16,6 +16,9 @@ SIMD_LEVELS = (fd_backend.SIMD_LEVELS[: fd_backend.SIMD_LEVELS.index(fastdecode.
 RUN_SIMD = os.environ.get("FASTDECODE_SIMD")
 
 requires_c = pytest.mark.skipif(not HAVE_C, reason="the C backend is not built")
+# tests that compare SIMD levels with one another need two of them to compare
+requires_two_simd_levels = pytest.mark.skipif(
+    len(SIMD_LEVELS) < 2, reason="this CPU (or build) runs one SIMD level only: no other level to compare with")
 
 
 @pytest.fixture(params=["numpy", "c"])

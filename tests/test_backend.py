@@ -197,3 +197,16 @@ def test_thread_and_spin_environment_variables_apply_at_import():
     r = run_python("import fastdecode as fd; print(fd.get_worker_spin())", FASTDECODE_WORKER_SPIN_US="-5")
     assert r.returncode == 0 and r.stdout.strip() == "0.0"
     assert "FASTDECODE_WORKER_SPIN_US" in r.stderr  # a warning, not a failed import
+
+
+@requires_c
+def test_sampler_parameter_layout_is_defined_once():
+    """The params array's columns: C's fd_sample_params (fastdecode.h's
+    FD_SAMPLE_PARAM_FIELDS) and Python's SAMPLE_PARAMS name the same fields in
+    the same order."""
+    from fastdecode import _native
+
+    assert _native.SAMPLE_PARAM_FIELDS == ("temperature", "top_k", "top_p", "min_p", "penalty", "u")
+    from fastdecode import _sampling_args
+
+    assert _sampling_args.SAMPLE_PARAMS == _native.SAMPLE_PARAM_FIELDS

@@ -23,6 +23,7 @@ def test_info_text():
 
 
 def test_bench_quick_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot draws with matplotlib (the bench extra)")
     out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
     r = fastdecode("bench", "--quick", "--kernels", "softmax", "--threads", "1", "--rounds", "2",
                    "--json", str(out_json), "--plot", str(out_png))

@@ -34,7 +34,7 @@ from fastdecode.model.transformer import ContextOverflowError, KVCache, forward
 sys.path.insert(0, os.path.dirname(__file__))
 import model_checkpoints as mc  # noqa: E402
 from test_reliability import test_generate_does_not_leak as generate_does_not_leak  # noqa: E402
-from test_reliability import test_shared_model_across_threads as shared_model_across_threads  # noqa: E402
+from test_reliability import _generate_from_8_threads as generate_from_8_threads  # noqa: E402
 
 pytestmark = requires_c
 KINDS = list(mc.KINDS)  # gpt2, llama (GQA tied; llama3 scaling, 1 KV head, untied), qwen2, mistral
@@ -42,7 +42,7 @@ TOL = 1e-4
 
 
 def load(kind):
-    return fd.load(mc.checkpoint(kind)[0])
+    return fd.load(mc.checkpoint(kind))
 
 
 def close(got, want, what):
@@ -269,7 +269,7 @@ def test_eight_threads_sharing_one_model_get_their_serial_results():
     before = fd.get_num_threads()
     fd.set_num_threads(2)
     try:
-        shared_model_across_threads()
+        generate_from_8_threads(load("llama-gqa-tied"))
     finally:
         fd.set_num_threads(before)
 
@@ -313,7 +313,7 @@ def test_native_wrapper_checks_every_buffer():
     for bad in [dict(scratch=aligned[:10]), dict(scratch=scratch[1:need + 1] if scratch.ctypes.data % 64 == 0
                                                  else scratch[:need]),
                 dict(v=cache.v[:, :, :, :4].copy()), dict(k=np.zeros((1, 1, 1, 8, 4), np.float32)),
-                dict(lengths=np.zeros(2, np.int64)), dict(rows=0)]:
+                dict(lengths=np.zeros(2, np.int64)), dict(rows=0), dict(v=cache.k)]:  # last: v is k
         kw = dict(dict(k=cache.k, v=cache.v, lengths=cache.lengths, scratch=aligned, rows=1), **bad)
         with pytest.raises(ValueError):
             _native.StepState(nat, kw["k"], kw["v"], kw["lengths"], kw["scratch"], kw["rows"])
@@ -327,7 +327,12 @@ def test_native_wrapper_checks_every_buffer():
            dict(tokens=np.array([[1, 2]]), counts=np.array([2])), dict(counts=np.array([2])),
            dict(tokens=np.array([[1], [2]])), dict(ids=one, params=np.zeros((2, 6))), dict(logits=None, ids=one),
            dict(ids=one, prev_ids=np.array([cfg.vocab_size]), prev_offsets=np.array([0, 1])),
-           dict(ids=one, prev_ids=np.array([1]), prev_offsets=np.array([0, 2]))]
+           dict(ids=one, prev_ids=np.array([1]), prev_offsets=np.array([0, 2])),
+           # outputs over inputs: ids over the tokens, logits over the count and over the KV cache
+           dict(ids=(shared := np.array([[1]])).reshape(1), tokens=shared),
+           dict(logits=(row := np.zeros((1, cfg.vocab_size), np.float32)),
+                counts=row.reshape(-1)[:2].view(np.int64)[:1]),
+           dict(logits=cache.k.reshape(-1)[:cfg.vocab_size].reshape(1, -1))]
     for kw in bad:
         with pytest.raises(ValueError):
             call(**kw)

@@ -135,6 +135,8 @@ def test_bad_tensors_and_arguments(rng):
         fd.quantize(np.full((1, 32), np.nan, np.float32), "q4_0")
     with pytest.raises(TypeError):
         fd.quantize(np.ones((1, 32), np.int32), "q4_0")
+    with pytest.raises(ValueError, match="float16's range"):
+        fd.quantize(np.full((1, 32), 1e5, np.float32), "f16")
     assert formats.format_info("Q4_K").name == "q4_K"
     x = np.ones((2, 64), np.float32)
     with pytest.raises(TypeError, match="float32"):
@@ -265,3 +267,22 @@ def test_nonfinite_x_gives_nan(backend, rng):
     x[0, 3] = np.inf
     y = fd.linear(x, qt)
     assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
+
+
+def test_format_benchmark_cases_build_and_run(monkeypatch):
+    from fastdecode.benchmarks import bandwidth, harness
+    from fastdecode.benchmarks import linear as bench
+
+    small_probe = bandwidth.read_probe
+    monkeypatch.setattr(bandwidth, "read_probe", lambda: small_probe(1 << 16))
+    monkeypatch.setattr(bench, "FORMAT_QUICK", [(256, 32)])  # torch int4 packs 16 rows at a time
+    monkeypatch.setattr(bench, "STREAM_BYTES", 4 * 256 * 32 * 2)
+    (case,) = bench.format_cases(quick=True)
+    names = {f"fastdecode-c {f}" for f in FORMATS} | {"fastdecode-c float32", "numpy float32"}
+    assert names <= set(case.contenders)
+    for name, fn in case.contenders.items():
+        assert tuple(np.asarray(fn()).shape) == (1, 32), name
+    rows = harness.run([case], [1], rounds=1, sample_s=0.0005)
+    lines = bench.notes(rows)
+    assert len(lines) == 1 and "fastdecode-c q4_0" in lines[0] and "GB/s" in lines[0]
+    assert set(rows[0]["params"]["read_gbps"]) >= names

@@ -122,7 +122,7 @@ def test_benchmark_cases_build_and_run(monkeypatch):
 
     monkeypatch.setattr(bench, "QUICK", [(2, 16, 24)])
     monkeypatch.setattr(bench, "STREAM_BYTES", 4 * 16 * 24 * 3)  # three copies, cycled
-    (case,) = bench.cases(quick=True)
+    (case,) = bench.float_cases(quick=True)
     results = {name: fn() for name, fn in case.contenders.items()}
     assert {"fastdecode-c", "numpy x@W.T", "numpy x@W[in,out]"} <= set(results)
     for name, got in results.items():

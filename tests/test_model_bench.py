@@ -5,10 +5,14 @@ import pytest
 from conftest import HAVE_C
 from fastdecode.benchmarks import decode
 
-pytest.importorskip("transformers", reason="the decode benchmark compares with transformers")
+
+@pytest.fixture
+def transformers():
+    """The decode benchmark's peer (it builds its models, too); the test skips without it."""
+    return pytest.importorskip("transformers", reason="the decode benchmark compares with transformers")
 
 
-def test_decode_benchmark_runs_on_tiny_models(tmp_path, monkeypatch):
+def test_decode_benchmark_runs_on_tiny_models(transformers, tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "MODELS", {
         "gpt2-tiny": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=2, vocab_size=32000)),
         "llama-tiny": ("LlamaConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -27,7 +31,7 @@ def test_decode_benchmark_runs_on_tiny_models(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.partial-*"))  # built aside, then moved into place
 
 
-def test_transformers_worker_failure_names_the_cause(tmp_path):
+def test_transformers_worker_failure_names_the_cause(transformers, tmp_path):
     with pytest.raises(RuntimeError, match="worker process failed.*(?s:.*)Error"):
         decode.PeerProcess(str(tmp_path / "no-such-checkpoint"))
 

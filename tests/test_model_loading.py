@@ -11,12 +11,12 @@ from safetensors.numpy import load_file, save_file
 import fastdecode
 from fastdecode import model as fd_model
 from fastdecode.model import ConfigError, WeightError
-from model_checkpoints import build, checkpoint, hf_logits, prompt_ids, torch
+from model_checkpoints import build, checkpoint, hf_logits, hf_model, prompt_ids, to_bfloat16_bits
 
 
 def copy_of(kind, tmp_path):
     target = tmp_path / kind
-    shutil.copytree(checkpoint(kind)[0], target)
+    shutil.copytree(checkpoint(kind), target)
     return target
 
 
@@ -82,9 +82,20 @@ def test_broken_checkpoint_is_a_clear_error(what, tmp_path):
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     directory = tmp_path_factory.mktemp("sharded")
-    _, hf = checkpoint("llama3-untied")
-    hf.save_pretrained(directory, max_shard_size="40KB")
-    shutil.copy(os.path.join(checkpoint("llama3-untied")[0], "tokenizer.json"), directory)
+    source = checkpoint("llama3-untied")
+    tensors = load_file(os.path.join(source, "model.safetensors"))
+    names = sorted(tensors)
+    parts = [names[i::4] for i in range(4)]  # 4 shards, as save_pretrained(max_shard_size=...) writes them
+    weight_map = {}
+    for i, part in enumerate(parts):
+        file = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+        save_file({n: tensors[n] for n in part}, str(directory / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    total = sum(t.nbytes for t in tensors.values())
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(os.path.join(source, name), directory)
     return directory
 
 
@@ -92,7 +103,7 @@ def test_sharded_checkpoint_loads_like_single_file(sharded):
     assert (sharded / "model.safetensors.index.json").exists()
     assert len(list(sharded.glob("model-*.safetensors"))) > 2
     ids = prompt_ids(9)
-    single = fastdecode.load(checkpoint("llama3-untied")[0])
+    single = fastdecode.load(checkpoint("llama3-untied"))
     np.testing.assert_array_equal(prompt_logits(fastdecode.load(sharded), ids), prompt_logits(single, ids))
 
 
@@ -107,7 +118,8 @@ def test_missing_shard_names_it(sharded, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_checkpoints_compute_in_float32(dtype):
-    directory, hf = checkpoint("llama-gqa-tied", dtype)  # hf: float32 holding the rounded weights
+    directory = checkpoint("llama-gqa-tied", dtype)
+    hf = hf_model(directory)  # float32 holding the rounded weights
     with open(os.path.join(directory, "config.json")) as f:
         assert json.load(f)["dtype"] == dtype
     model = fastdecode.load(directory)
@@ -118,10 +130,13 @@ def test_half_precision_checkpoints_compute_in_float32(dtype):
 
 
 def test_bfloat16_conversion_is_exact():
-    values = torch.tensor([0.0, -0.0, 1.0, -2.5, 3.0e38, 1e-40, float("inf"), -float("inf")], dtype=torch.bfloat16)
-    bits = values.view(torch.int16).numpy().view(np.uint16)
+    """bfloat16 is the top half of a float32: the conversion is exact, zeros'
+    signs, subnormals and infinities included."""
+    values = np.array([0.0, -0.0, 1.0, -2.5, 3.0e38, 1e-40, np.inf, -np.inf], np.float32)
+    bits = np.concatenate([to_bfloat16_bits(values[:-2]), [0x7F80, 0xFF80]]).astype(np.uint16)
     got = fd_model.weights.bf16_to_f32(bits)
-    np.testing.assert_array_equal(got, values.to(torch.float32).numpy())
+    np.testing.assert_array_equal(got, (bits.astype(np.uint32) << 16).view(np.float32))
+    np.testing.assert_array_equal(got[:4], values[:4])  # exactly representable
     assert got.dtype == np.float32
 
 
@@ -129,7 +144,7 @@ def test_default_model_lookup(tmp_path, monkeypatch):
     monkeypatch.setattr(fd_model, "DEFAULT_MODEL_DIR", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="default model"):
         fastdecode.load("default")
-    monkeypatch.setattr(fd_model, "DEFAULT_MODEL_DIR", checkpoint("gpt2")[0])
+    monkeypatch.setattr(fd_model, "DEFAULT_MODEL_DIR", checkpoint("gpt2"))
     assert fastdecode.load("default").config.architecture == "GPT2LMHeadModel"
 
 

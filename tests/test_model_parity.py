@@ -9,7 +9,7 @@ import fastdecode
 from fastdecode.model import transformer
 from fastdecode.reference import norm as ref_norm
 from conftest import requires_c
-from model_checkpoints import KINDS, build, checkpoint, hf_logits, prompt_ids, torch
+from model_checkpoints import KINDS, build, checkpoint, hf_logits, hf_model, prompt_ids, torch_and_transformers
 
 PROMPT = 13
 DECODE = [7, 42, 101, 3, 250, 9]  # fed one at a time through the cache
@@ -29,7 +29,8 @@ def kind(request):
 
 
 def test_prompt_then_cached_decode_matches_transformers(kind, backend):
-    directory, hf = checkpoint(kind)
+    directory = checkpoint(kind)
+    hf = hf_model(directory)
     model = fastdecode.load(directory)
     ids = prompt_ids(PROMPT)
     want = hf_logits(hf, ids + DECODE)  # [T, V]
@@ -43,7 +44,7 @@ def test_prompt_then_cached_decode_matches_transformers(kind, backend):
 
 
 def test_gpt2_attention_scaled_by_inverse_layer_index(tmp_path):
-    hf = build("gpt2", str(tmp_path), scale_attn_by_inverse_layer_idx=True)
+    hf = hf_model(build("gpt2", str(tmp_path), scale_attn_by_inverse_layer_idx=True))
     model = fastdecode.load(tmp_path)
     assert model.config.scale_by_inverse_layer
     ids = prompt_ids(PROMPT)
@@ -52,10 +53,9 @@ def test_gpt2_attention_scaled_by_inverse_layer_index(tmp_path):
 
 
 def test_chunked_prefill_equals_one_prefill(backend):
-    directory, hf = checkpoint("llama-gqa-tied")
-    model = fastdecode.load(directory)
+    model = fastdecode.load(checkpoint("llama-gqa-tied"))
     ids = prompt_ids(PROMPT)
-    want = hf_logits(hf, ids)
+    want = model.forward(np.array([ids]), model.new_cache(1, 32), all_logits=True)[0]
     cache = model.new_cache(1, 32)
     model.forward(np.array([ids[:5]]), cache)
     got = model.forward(np.array([ids[5:]]), cache, all_logits=True)[0]
@@ -63,11 +63,13 @@ def test_chunked_prefill_equals_one_prefill(backend):
 
 
 def test_greedy_generation_equals_transformers_generate(kind):
-    directory, hf = checkpoint(kind)
+    directory = checkpoint(kind)
+    hf = hf_model(directory)
     model = fastdecode.load(directory)
     ids = prompt_ids(PROMPT, seed=1)
     got = model.generate(ids, max_new_tokens=32, ignore_eos=True)
     hf.generation_config.eos_token_id = None  # both run the full 32 tokens
+    torch, _ = torch_and_transformers()
     with torch.no_grad():
         want = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, pad_token_id=0)[0, PROMPT:]
     assert got.token_ids == want.tolist()
@@ -76,7 +78,7 @@ def test_greedy_generation_equals_transformers_generate(kind):
 
 @requires_c
 def test_greedy_tokens_equal_under_both_backends():
-    model = fastdecode.load(checkpoint("llama3-untied")[0])
+    model = fastdecode.load(checkpoint("llama3-untied"))
     runs = {}
     for name in ("numpy", "c"):
         with fastdecode.use_backend(name):
@@ -87,7 +89,7 @@ def test_greedy_tokens_equal_under_both_backends():
 def test_float32_end_to_end(monkeypatch):
     """Every array the forward pass hands to a kernel or returns is float32
     (a float64 scalar anywhere would promote the stream)."""
-    model = fastdecode.load(checkpoint("gpt2")[0])
+    model = fastdecode.load(checkpoint("gpt2"))
     seen = []
     real = fastdecode.ops.attention
 

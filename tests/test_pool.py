@@ -192,3 +192,37 @@ def test_read_ahead_in_the_weight_order(threads):
                 np.testing.assert_array_equal(fd.linear(xs[w.shape[1]], w), expected)
     assert fd_backend._order_owner is None
     assert fd_backend._native.get_spin_ns() == 300_000
+
+
+def test_thread_count_is_clamped_and_oversubscription_warns(threads):
+    native = fd_backend._native
+    with pytest.warns(RuntimeWarning, match="threads on .* cores"):
+        got = threads(1000)
+    assert got == native.MAX_THREADS == 256 and fd.get_num_threads() == 256
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within the cores: no warning
+        assert threads(cores) == cores
+
+
+@pytest.mark.parametrize("spin_us", [0, 300])
+def test_a_job_wakes_only_the_workers_it_uses(threads, spin_us):
+    """A 2-row sampling call after set_num_threads(8) runs on 2 threads: it
+    hands one job to one worker, not to each of the 7 started ones."""
+    native = fd_backend._native
+    a = big_inputs()
+    threads(8)
+    fd.set_worker_spin(spin_us)
+    logits = a["logits"][:2].repeat(4, axis=1)  # 2 rows x 32768: above the sampler's parallel threshold
+    with fd.use_backend("c"):
+        before = native.pool_worker_jobs()
+        fd.softmax(a["logits"])  # 40 rows on 8 threads: starts 7 workers
+        assert native.pool_worker_jobs() - before == 7
+        before = native.pool_worker_jobs()
+        want = fd.sample(logits, temperature=0.9, top_k=40, rng=1)
+        assert native.pool_worker_jobs() - before == 1
+    threads(1)
+    with fd.use_backend("c"):
+        np.testing.assert_array_equal(fd.sample(logits, temperature=0.9, top_k=40, rng=1), want)

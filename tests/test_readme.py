@@ -1,6 +1,7 @@
-"""The README is the front door: every Python block in it runs, in order,
-in one namespace, and every `$ fastdecode ...` line of its console blocks
-runs and exits 0 (network-free: the embedded model ships in the package)."""
+"""The README is the front door: every Python block in it runs on its own,
+in a fresh namespace (a reader copies one block, not the page), and every
+`$ fastdecode ...` line of its console blocks runs and exits 0
+(network-free: the embedded model ships in the package)."""
 import os
 import pathlib
 import re
@@ -18,13 +19,20 @@ def blocks(lang):
     return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_python_blocks_run(tmp_path, monkeypatch):
-    code = blocks("python")
-    assert code, "the README has no Python example"
+def test_the_readme_has_python_examples():
+    assert len(blocks("python")) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python")) if README.exists() else 0))
+def test_python_block_runs_on_its_own(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": "__readme__"}
-    for i, block in enumerate(code):
-        exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+    block = blocks("python")[index]
+    exec(compile(block, f"README.md python block {index + 1}", "exec"), {"__name__": "__readme__"})
+
+
+def test_the_readme_is_a_front_door():
+    """Studies and run logs live in docs/ (issue 19): the README stays short."""
+    assert len(README.read_text().splitlines()) <= 300
 
 
 def console_commands():
@@ -45,6 +53,8 @@ def test_console_commands_run(command, tmp_path):
     if command == "(none)":
         pytest.skip("the README has no console example")
     argv = shlex.split(command)
+    if "--plot" in argv:
+        pytest.importorskip("matplotlib", reason="--plot draws with matplotlib (the bench extra)")
     # `fastdecode` is the installed script; run the same entry point with this interpreter
     r = subprocess.run([sys.executable, "-m", "fastdecode", *argv[1:]], capture_output=True, text=True,
                        cwd=tmp_path, timeout=600, env={**os.environ, "PYTHONIOENCODING": "utf-8"})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastdecode
-from model_checkpoints import checkpoint
+from model_checkpoints import build, checkpoint
 from test_model_loading import copy_of, edit_config
 from test_threads_leaks import rss_bytes
 
@@ -58,7 +58,7 @@ def test_corrupt_checkpoint_is_a_clear_error(what, kind, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc")
 def test_generate_does_not_leak():
-    model = fastdecode.load(checkpoint("llama-gqa-tied")[0])
+    model = fastdecode.load(checkpoint("llama-gqa-tied"))
     for _ in range(50):  # warm-up
         model.generate("Hello", max_new_tokens=4, do_sample=True, top_k=5, rng=1)
     gc.collect()
@@ -74,10 +74,23 @@ def test_generate_does_not_leak():
 # One model, many threads
 # ---------------------------------------------------------------------------
 
-def test_shared_model_across_threads():
+def test_shared_model_across_threads(tmp_path):
     """generate() keeps its state (KV cache, positions) per call, so one model
-    object serves concurrent threads; each gets its serial answer."""
-    model = fastdecode.load(checkpoint("llama-gqa-tied")[0])
+    object serves concurrent threads; each gets its serial answer. The layers
+    are wide enough (a 1024 x 2816 MLP: 2.9M multiply-adds per row, above
+    linear.c's FD_LINEAR_PAR_MIN of 2^20) that every MLP matmul runs on the
+    pool, with 4 threads, so the 8 callers contend for the same workers."""
+    model = fastdecode.load(build("llama-gqa-tied", str(tmp_path / "wide"), hidden_size=1024,
+                                  intermediate_size=2816, num_attention_heads=8, num_key_value_heads=2))
+    before = fastdecode.get_num_threads()
+    fastdecode.set_num_threads(4)
+    try:
+        _generate_from_8_threads(model)
+    finally:
+        fastdecode.set_num_threads(before)
+
+
+def _generate_from_8_threads(model):
     prompts = ["Hello world", "The quick brown fox", "def main():", "Déjà vu"]
     serial = {p: model.generate(p, max_new_tokens=12, do_sample=True, top_p=0.9, rng=3).token_ids
               for p in prompts}
@@ -106,7 +119,7 @@ def test_shared_model_across_threads():
 
 def test_weights_are_read_only():
     """Shared reads are safe because nothing can write to the weights."""
-    model = fastdecode.load(checkpoint("gpt2")[0])
+    model = fastdecode.load(checkpoint("gpt2"))
     arrays = [a for a in vars(model.weights).values() if isinstance(a, np.ndarray)]
     layers = getattr(model.weights, "layers", [])
     for layer in layers:

@@ -116,22 +116,22 @@ def rounding_explains(logits, seed, kw, c_ids, numpy_ids):
     """Whether, in every row where the C backend's id differs from NumPy's,
     NumPy's own sampler picks the C id for some u, temperature, top-p and
     min-p within rounding of the given ones."""
+    from fastdecode import _sampling_args as sampling_args
     from fastdecode import backend as fd_backend
-    from fastdecode import ops as fd_ops
 
-    x, _, params, sampled, prev_ids, prev_offsets = fd_ops._prepare(
+    x, _, params, sampled, prev_ids, prev_offsets = sampling_args.prepare(
         logits, kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), kw.get("min_p"),
         kw.get("repetition_penalty"), kw.get("prev_tokens"), None)
     if not sampled:
         return False  # greedy rows draw nothing: no rounding excuse
     rows = x.shape[0]
     gen = np.random.default_rng(seed)  # the u that fd.sample drew
-    params[:, fd_ops._U] = gen.random() if rows == 1 else gen.random(rows)
+    u, t, top_p, min_p = (sampling_args.SAMPLE_PARAMS.index(f) for f in ("u", "temperature", "top_p", "min_p"))
+    params[:, u] = gen.random() if rows == 1 else gen.random(rows)
     with fd.use_backend("numpy"):
         numpy_kernels = fd_backend.active()
     unexplained = set(np.flatnonzero(c_ids != numpy_ids).tolist())
     ids = np.empty(rows, np.int64)
-    u, t, top_p, min_p = fd_ops._U, fd_ops._TEMPERATURE, fd_ops._TOP_P, fd_ops._MIN_P  # columns of params
     for du, dt, dp, dm in itertools.product((-1.0, 0.0, 1.0), repeat=4):
         p = params.copy()
         p[:, u] = np.clip(p[:, u] + du * TIE_U, 0.0, np.nextafter(1.0, 0.0))

@@ -167,7 +167,7 @@ cdef class StepState:
     def __init__(self, CompiledModel model not None, float[:, :, :, :, ::1] k not None,
                  float[:, :, :, :, ::1] v not None, int64_t[::1] lengths not None, float[::1] scratch not None,
                  int64_t rows):
-        cdef int i
+        cdef int i, j
         for i in range(5):
             if k.shape[i] != v.shape[i]:
                 raise ValueError("StepState: k and v caches differ in shape")
@@ -178,6 +178,15 @@ cdef class StepState:
         if rows < k.shape[1] or scratch.shape[0] < fd_model_scratch_floats(&model.m, rows) or \
                 (<size_t>&scratch[0]) % 64:
             raise ValueError("StepState: scratch too small for `rows` (>= B) or not 64-byte aligned")
+        # what the step writes (k, v, lengths, scratch) shares no byte with another of them
+        cdef size_t kv_bytes = k.shape[0] * k.shape[1] * k.shape[2] * k.shape[3] * k.shape[4] * sizeof(float)
+        cdef list held = [("k", <size_t>&k[0, 0, 0, 0, 0], kv_bytes), ("v", <size_t>&v[0, 0, 0, 0, 0], kv_bytes),
+                          ("lengths", <size_t>&lengths[0], lengths.shape[0] * sizeof(int64_t)),
+                          ("scratch", <size_t>&scratch[0], scratch.shape[0] * sizeof(float))]
+        for i in range(4):
+            for j in range(i + 1, 4):
+                _apart("StepState", held[i][0], <const void *><size_t>held[i][1], held[i][2], held[j][0],
+                       <const void *><size_t>held[j][1], held[j][2], False)
         self.model, self.k, self.v, self.lengths, self.scratch, self.rows = model, k, v, lengths, scratch, rows
 
     def step(self, float[:, ::1] logits, int64_t[::1] ids, const int64_t[:, ::1] tokens, const int64_t[::1] counts,
@@ -234,6 +243,7 @@ cdef class StepState:
                     raise ValueError(f"StepState.step: prev_ids must lie in [0, {m.vocab})")
             pids = &prev_ids[0] if n_prev else NULL
             poff = &prev_offsets[0]
+        self._outputs_apart(logits, ids, tokens, counts, params, prev_ids, prev_offsets)
         with nogil:
             bad = fd_model_step_f32(lp, idp, m, &tokens[0, 0], &counts[0], B, T, &self.k[0, 0, 0, 0, 0],
                                     &self.v[0, 0, 0, 0, 0], max_len, &self.lengths[0], &self.scratch[0],
@@ -244,3 +254,32 @@ cdef class StepState:
         for r in range(B):
             self.lengths[r] += counts[r]
         return bad
+
+    cdef int _outputs_apart(self, float[:, ::1] logits, int64_t[::1] ids, const int64_t[:, ::1] tokens,
+                            const int64_t[::1] counts, const double[:, ::1] params, const int64_t[::1] prev_ids,
+                            const int64_t[::1] prev_offsets) except -1:
+        """Everything the step writes (logits, ids, the cache, lengths,
+        scratch) shares no byte with what it reads or with each other."""
+        cdef size_t kv_bytes = self.k.shape[0] * self.k.shape[1] * self.k.shape[2] * self.k.shape[3] * \
+            self.k.shape[4] * sizeof(float)
+        cdef list written = [("logits", <size_t>_f2(logits), _f2n(logits)),
+                             ("ids", <size_t>_i1(ids), _i1n(ids)),
+                             ("k", <size_t>&self.k[0, 0, 0, 0, 0], kv_bytes),
+                             ("v", <size_t>&self.v[0, 0, 0, 0, 0], kv_bytes),
+                             ("lengths", <size_t>_i1(self.lengths), _i1n(self.lengths)),
+                             ("scratch", <size_t>_f1(self.scratch), _f1n(self.scratch))]
+        cdef list read = [("tokens", <size_t>&tokens[0, 0], tokens.shape[0] * tokens.shape[1] * sizeof(int64_t)),
+                          ("counts", <size_t>_i1(counts), _i1n(counts)),
+                          ("params", <size_t>_d2(params), _d2n(params)),
+                          ("prev_ids", <size_t>_i1(prev_ids), _i1n(prev_ids)),
+                          ("prev_offsets", <size_t>_i1(prev_offsets), _i1n(prev_offsets))]
+        cdef int a, b
+        for a in range(2):  # the cache, lengths and scratch were checked apart when the state was made
+            for b in range(a + 1, len(written)):
+                _apart("StepState.step", written[a][0], <const void *><size_t>written[a][1], written[a][2],
+                       written[b][0], <const void *><size_t>written[b][1], written[b][2], False)
+        for a in range(len(written)):
+            for b in range(len(read)):
+                _apart("StepState.step", written[a][0], <const void *><size_t>written[a][1], written[a][2],
+                       read[b][0], <const void *><size_t>read[b][1], read[b][2], False)
+        return 0

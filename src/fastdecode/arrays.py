@@ -1,17 +1,14 @@
 """Array allocation for the kernels' hot inputs.
 
 NumPy places large arrays 16 bytes past a 64-byte boundary, so every 64-byte
-vector load of a row then spans two cache lines. The attention kernel reads
-a 64-byte-aligned KV cache 15-20% faster than one NumPy allocated (decode,
-cold cache, AVX-512): allocate long-lived caches with :func:`empty_aligned`.
+vector load of a row then spans two cache lines, which slows the attention
+kernel measurably (docs/tuning.md): allocate long-lived caches with
+:func:`empty_aligned`.
 
 Large arrays also go on transparent huge pages where Linux offers them
 (``madvise(MADV_HUGEPAGE)``): a decode step streams hundreds of MiB through a
-few sequential read streams, and 2 MiB pages spare the TLB a miss every 4 KiB.
-Measured on Zen 4 (2 vCPUs of a shared VM), alternating in one process
-(bench/huge_pages.py): ``generate()`` of a GPT-2 and a Llama of 125M
-parameters at 1 and 2 threads 0.98-1.09x as fast, median 1.02x over 15
-comparisons; the attention kernel on a cold KV cache 1.005-1.025x. Only
+few sequential read streams, and 2 MiB pages spare the TLB a miss every 4 KiB
+(measured with bench/huge_pages.py: docs/tuning.md). Only
 whole 2 MiB ranges inside the array are advised, so no memory is spent on
 padding.
 ``FASTDECODE_HUGE_PAGES=0`` turns this off.

@@ -189,7 +189,7 @@ def set_worker_spin(microseconds: float) -> None:
     """How long an idle worker thread polls for the next kernel call before
     it sleeps, in microseconds (0, the default: sleep at once).
 
-    Worth it (2-7% per GPT-2 token at 2 threads) in a decode loop whose only
+    Worth it (docs/tuning.md) in a decode loop whose only
     threaded work is fastdecode's; harmful where the gaps between
     fastdecode calls run other threaded code (a NumPy matmul on the same
     cores). ``generate()`` and ``stream()`` poll for their own decode steps

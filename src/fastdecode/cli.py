@@ -1,4 +1,4 @@
-"""The command line: ``fastdecode info | generate | bench``."""
+"""The command line: ``fastdecode info | generate | convert | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -29,7 +29,7 @@ def _cmd_info(args) -> int:
             "weight_formats": {f.name: f"{f.block_bytes} bytes per {f.block} weights" for f in FORMATS.values()},
             "weights_choices": list(SPECS)}
     if args.model is not None:  # a model's formats, as loaded with --weights
-        model = fastdecode.load(args.model, weights=args.weights)
+        model = _load(args.model, args.weights)
         info["model"] = model.path
         info["weights"] = args.weights or "as stored"
         info["weights_summary"] = model.weights.summary().splitlines()
@@ -69,26 +69,31 @@ def _cmd_generate(args) -> int:
             pass
         else:
             threadpool_limits(args.threads)
-    model = fastdecode.load(args.model, weights=args.weights)
+    model = _load(args.model, args.weights)
     settings = dict(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy and args.temperature > 0,
                     temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
                     min_p=args.min_p or None, repetition_penalty=args.repetition_penalty,
                     stop=args.stop or None, rng=args.seed)
+    tokens = model.stream(prompt, **settings)  # checks every setting and the context first: errors come before output
     out = sys.stdout
-    tokens = model.stream(prompt, **settings)
     if not args.json:
         out.write(prompt)  # as llama.cpp does: the continuation reads on from the prompt
-    pieces = []
-    while True:
-        try:
-            token = next(tokens)
-        except StopIteration as done:
-            result = done.value
-            break
-        pieces.append(token.text)
+        out.flush()
+    try:
+        while True:
+            try:
+                token = next(tokens)
+            except StopIteration as done:
+                result = done.value
+                break
+            if not args.json:
+                out.write(token.text)
+                out.flush()
+    except KeyboardInterrupt:
         if not args.json:
-            out.write(token.text)
+            out.write("\n")  # the shell's prompt starts on a line of its own
             out.flush()
+        raise
     t = result.timing
     if args.json:
         print(json.dumps({
@@ -97,26 +102,63 @@ def _cmd_generate(args) -> int:
             "generated_tokens": t.generated_tokens, "prompt_tokens_per_s": t.prompt_tokens_per_s,
             "generated_tokens_per_s": t.generated_tokens_per_s, "backend": fastdecode.get_backend(),
             "weights": args.weights or "as stored",
-        }))
+        }, allow_nan=False))  # an undefined rate is null (Timing gives None), never NaN, which is not JSON
     else:
         out.write("\n")
-    print(f"prompt: {t.prompt_tokens} tokens, {t.prompt_tokens_per_s:.1f} tokens/s | "
-          f"generated: {t.generated_tokens} tokens, {t.generated_tokens_per_s:.1f} tokens/s | "
+        out.flush()
+    print(f"prompt: {t.prompt_tokens} tokens, {_rate(t.prompt_tokens_per_s)} tokens/s | "
+          f"generated: {t.generated_tokens} tokens, {_rate(t.generated_tokens_per_s)} tokens/s | "
           f"backend {fastdecode.get_backend()}, weights {args.weights or 'as stored'}, {result.finish_reason}",
           file=sys.stderr)
     return 0
 
 
+def _cmd_convert(args) -> int:
+    import os
+
+    import fastdecode
+
+    if not args.output.endswith(".gguf"):
+        raise ValueError(f"{args.output}: the output of convert is a .gguf file")
+    model = _load(args.model_dir)
+    model.save(args.output, weights=args.weights)
+    print(f"wrote {args.output} ({args.weights}, {os.path.getsize(args.output) / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def _rate(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _load(path: str, weights=None):
+    """fastdecode.load, whose every failure is one line (the model named): a
+    malformed file can raise from the libraries that read it."""
+    import fastdecode
+
+    try:
+        return fastdecode.load(path, weights=weights)
+    except (ValueError, TypeError, OSError):
+        raise
+    except Exception as exc:  # safetensors' and tokenizers' own error types
+        raise ValueError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
     return value
 
 
 def _ranged(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
     def parse(text: str) -> float:
-        value = float(text)
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
         if value != value or value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
             raise argparse.ArgumentTypeError(
                 f"must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}; got {text}")
@@ -146,7 +188,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="fastdecode", description="Fast transformer decoding on the CPU.")
+    parser.add_argument("--version", action="version", version=f"fastdecode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("info", help="version, backends, SIMD level, threads")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -156,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text, streamed as it is made (default: the embedded model)")
     p.add_argument("prompt", nargs="?", help="the prompt (default: read from stdin)")
-    p.add_argument("-m", "--model", default="default", help="Hugging Face model directory (default: the embedded model)")
+    p.add_argument("-m", "--model", default="default", help="Hugging Face model directory or .gguf file (default: the embedded model)")
     p.add_argument("--weights", default=None, metavar="FMT",
                    help="weight format made at load: q8_0, q4_0, q4_k_m, q4_K, q6_K, bf16, f16 (default: as stored)")
     p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default 64)")
@@ -174,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=_cmd_generate)
 
+    p = sub.add_parser("convert", help="write a Hugging Face model directory (or a GGUF) as a GGUF file for llama.cpp")
+    p.add_argument("model_dir", help="Hugging Face model directory, a .gguf file, or 'default'")
+    p.add_argument("output", help="the .gguf file to write")
+    from .model.gguf_write import WEIGHT_TYPES
+
+    p.add_argument("--weights", choices=WEIGHT_TYPES, default="f16",
+                   help="tensor type of the matrices, as llama.cpp's file types (default f16)")
+    p.set_defaults(func=_cmd_convert)
+
     p = sub.add_parser("bench", help="benchmark fastdecode against NumPy, SciPy, PyTorch, transformers")
     from .benchmarks import harness
 
@@ -184,12 +238,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 done (or stdout closed early, as by ``| head``), 2 an
+    error (one line on stderr), 130 interrupted (Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return status
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        _drop_stdout()
+        return 0
     except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"fastdecode: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _drop_stdout():
+    """Point stdout at /dev/null, so the interpreter's last flush of what is
+    still buffered for the closed pipe raises nothing (Python's docs, signal module)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -153,7 +153,8 @@ def quantize(w, fmt: str) -> QuantizedTensor:
 
     ``in`` must be a multiple of the format's block (32 for q8_0/q4_0, 256
     for q4_K/q6_K) or ValueError. Non-finite weights are refused
-    (ValueError): a block's scale would turn them into garbage silently."""
+    (ValueError): a block's scale would turn them into garbage silently;
+    so are weights beyond float16's range for f16."""
     info = format_info(fmt)
     w = np.asarray(w)
     if w.dtype.kind != "f":
@@ -166,7 +167,11 @@ def quantize(w, fmt: str) -> QuantizedTensor:
     if not np.isfinite(w).all():
         raise ValueError("w has non-finite values (NaN or inf); no block format can hold them")
     if info.name == "f16":
-        data = w.astype(np.float16).view(np.uint8)
+        with np.errstate(over="ignore"):
+            h = w.astype(np.float16)
+        if not np.isfinite(h).all():
+            raise ValueError("w has values beyond float16's range (65504); use bf16")
+        data = h.view(np.uint8)
     elif info.name in ("q4_K", "q6_K"):
         from .reference import quant
 
@@ -190,9 +195,9 @@ def dequantize(qt: QuantizedTensor) -> np.ndarray:
         out = np.empty(qt.shape, np.float32)
         backend._native.dequantize_rows(out, qt.data, qt.info.code)
         return out
-    import gguf.quants
+    from .reference import quant
 
-    return np.asarray(gguf.quants.dequantize(qt.data, qt.info.gguf_type), np.float32).reshape(qt.shape)
+    return quant.dequantize(qt)
 
 
 def from_gguf(qtype, shape, data) -> QuantizedTensor:
@@ -219,9 +224,10 @@ def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
     float32 ``[out]`` or None; returns float32 ``[..., out]``. Validates
     everything the kernels read, then runs the active backend's
     ``linear_quant``."""
-    from . import backend, ops
+    from . import backend
+    from ._validate import apart, check_out, copy_in, float_array, kernel_target
 
-    x = ops.float_array(x, "x", 1)
+    x = float_array(x, "x", 1)
     if x.dtype != np.float32:
         raise TypeError(f"x must be float32 for a {weight.format} weight (its products are float32); got {x.dtype}")
     n_out, n_in = weight.shape
@@ -231,20 +237,23 @@ def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
             or weight.data.dtype != np.uint8:  # someone replaced .data after construction
         raise ValueError(f"weight.data no longer holds the blocks of a {weight.format} tensor of shape {weight.shape}")
     if bias is not None:
-        bias = ops.float_array(bias, "bias", 1, 1)
+        bias = float_array(bias, "bias", 1, 1)
         if bias.dtype != np.float32:
             raise TypeError(f"bias must be float32; got {bias.dtype}")
         if bias.shape != (n_out,):
             raise ValueError(f"bias must have shape ({n_out},) (weight's rows); got {bias.shape}")
         bias = np.ascontiguousarray(bias)
     shape = x.shape[:-1] + (n_out,)
-    result = np.empty(shape, np.float32) if out is None else ops.check_out(out, shape, np.float32)
+    result = np.empty(shape, np.float32) if out is None else check_out(out, shape, np.float32)
     if result.size == 0:
         return result
     if n_in == 0:
         result[...] = 0 if bias is None else bias
         return result
     x2 = np.ascontiguousarray(x).reshape(result.size // n_out, n_in)  # [N, in]
-    target = ops.kernel_target(result, (x2.shape[0], n_out), x2, weight.data, bias)
+    x2, bias = apart(result, x2, bias)  # written while they are read (NumPy's overlap rule)
+    if np.may_share_memory(result, weight.data):
+        weight = QuantizedTensor(weight.format, weight.shape, weight.data.copy())
+    target = kernel_target(result, (x2.shape[0], n_out))
     backend.active().linear_quant(target, x2, weight, bias)
-    return ops.copy_in(result, target)
+    return copy_in(result, target)

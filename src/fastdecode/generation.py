@@ -9,13 +9,21 @@ Stopping: the checkpoint's eos token(s) always end a sequence (unless
 ``ignore_eos=True``); ``stop`` adds strings and/or token ids. A stop token
 is kept in ``token_ids`` (as transformers does) but not in ``text``; a stop
 string ends ``text`` just before it, while ``token_ids`` keeps every token
-made, up to the one that completed the string.
+made, up to the one that completed the string. A stop string also matches
+the text of a special token (which ``text`` never shows), as transformers'
+``stop_strings`` does.
+
+Checking: :func:`steps` checks the whole request (prompt, every setting,
+used or not, the context length) before any work, so ``stream()`` raises at
+the call. Between tokens a stream holds nothing of the worker pool's: the
+weight read-ahead order is lent for each step only.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,12 +53,23 @@ class GenerationConfig:
     logits_processors: Sequence[Callable] = ()  # fn(token_ids [B, n] int64 (-1 = padding), logits [B, V]) -> logits
 
     def merged(self, defaults: dict) -> "GenerationConfig":
-        """These settings, with None fields taken from `defaults` (generation_config.json)."""
+        """These settings, with None fields taken from `defaults` (generation_config.json).
+        An explicit ``temperature=0`` with ``do_sample`` unset means greedy, whatever
+        the defaults say (the README's rule: do what the caller asked)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if fields["do_sample"] is None and fields["temperature"] is not None and _is_zero(fields["temperature"]):
+            fields["do_sample"] = False
         for key in ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
             if fields[key] is None and defaults.get(key) is not None:
                 fields[key] = defaults[key]
         return GenerationConfig(**fields)
+
+
+def _is_zero(value) -> bool:
+    try:
+        return np.ndim(value) == 0 and float(value) == 0
+    except (TypeError, ValueError):
+        return False  # not a number: validate() names it
 
 
 @dataclasses.dataclass
@@ -62,14 +81,16 @@ class Timing:
     rows: int = 1  # sequences in the batch
 
     @property
-    def prompt_tokens_per_s(self) -> float:
-        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else float("inf")
+    def prompt_tokens_per_s(self) -> float | None:
+        """Prompt tokens per second of prefill; None when undefined (no time measured)."""
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else None
 
     @property
-    def generated_tokens_per_s(self) -> float:
-        """Tokens made per second of decoding (the first token, made by the prefill, is not counted)."""
+    def generated_tokens_per_s(self) -> float | None:
+        """Tokens made per second of decoding (the first token, made by the prefill, is not counted);
+        None when undefined (one token per row: no decode step ran)."""
         steps = self.generated_tokens - self.rows
-        return steps / self.decode_s if self.decode_s > 0 and steps > 0 else float("nan")
+        return steps / self.decode_s if self.decode_s > 0 and steps > 0 else None
 
     @property
     def total_s(self) -> float:
@@ -107,6 +128,24 @@ def next_tokens(logits, gen: GenerationConfig, rng, seen) -> np.ndarray:  # logi
                   do_sample=bool(gen.do_sample), rng=rng)
 
 
+def _processed(processors, history, logits) -> np.ndarray:  # [B, n] int64, [B, V] float32 -> [B, V] float32
+    """Each processor gets an array of its own (it may keep it or write to
+    it); what it returns must be float logits of the same shape."""
+    for proc in processors:
+        got = proc(history, logits.copy())
+        arr = np.asarray(got) if got is not None else None
+        if arr is None or arr.shape != logits.shape or arr.dtype.kind != "f":
+            what = "None" if arr is None else f"{arr.dtype} {arr.shape}"
+            raise ValueError(f"logits processor {_name(proc)} returned {what}; it must return float logits "
+                             f"of the shape it was given, {logits.shape}")
+        logits = arr.astype(np.float32, copy=False)
+    return logits
+
+
+def _name(obj) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__qualname__
+
+
 # ---------------------------------------------------------------------------
 # Per-sequence bookkeeping: text, stop tokens, stop strings
 # ---------------------------------------------------------------------------
@@ -117,8 +156,12 @@ class _Sequence:
         self.token_ids: list[int] = []
         self.eos_ids, self.stop_ids, self.stop_strings = eos_ids, stop_ids, stop_strings
         self.text_stream = tokenizer.stream(context=prompt_ids) if tokenizer is not None else None
+        # special tokens leave no text, but a stop string matches their text too (transformers' stop_strings)
+        self.special_text = tokenizer.special_tokens if tokenizer is not None and stop_strings else {}
         self.text = ""  # all text so far (stop string excluded once found)
         self.shown = 0  # characters of text handed out as pieces
+        self._full = ""  # text with special tokens' text in place: what stop strings are matched against
+        self._hidden: list[tuple] = []  # (start, end) in _full of special tokens' text, which text never shows
         self.finish_reason: str | None = None
         self.stopped_by = None
 
@@ -129,36 +172,48 @@ class _Sequence:
             self.finish_reason, self.stopped_by = "eos" if token in self.eos_ids else "stop", token
             last = True
         elif self.text_stream is not None:
-            self.text += self.text_stream.push(token)
-            self._find_stop_string()
+            self._extend(self.text_stream.push(token), self.special_text.get(token, ""))
         if self.finish_reason is None and last:
             self.finish_reason = "length"
         stopped_by_string = isinstance(self.stopped_by, str)  # then the text after it is dropped anyway
         if self.finish_reason is not None and not stopped_by_string and self.text_stream is not None:
-            self.text += self.text_stream.finish()  # a character left incomplete shows as U+FFFD, as decode gives it
-            self._find_stop_string()
+            self._extend(self.text_stream.finish())  # a character left incomplete shows as U+FFFD, as decode gives it
         end = len(self.text) if self.finish_reason else len(self.text) - self._pending_stop()
         piece = self.text[self.shown:end]
         self.shown = max(self.shown, end)
         return piece
 
-    def _find_stop_string(self):
-        # a stop string can only end in the newest text: search from where it could start
-        start = max(0, self.shown - max((len(s) for s in self.stop_strings), default=0))
-        hits = [(i, s) for s in self.stop_strings if (i := self.text.find(s, start)) >= 0]
+    def _extend(self, piece: str, special: str = ""):
+        """Add a text piece, then a special token's text (matched, never shown); end the
+        text at a stop string that the newest text completes."""
+        before = len(self._full)
+        self.text += piece
+        self._full += piece
+        if special:
+            self._hidden.append((len(self._full), len(self._full) + len(special)))
+            self._full += special
+        if not self.stop_strings:
+            return
+        # earlier text was searched when it came: a new hit ends in the new text
+        start = max(0, before - max(len(s) for s in self.stop_strings) + 1)
+        hits = [(i, s) for s in self.stop_strings if (i := self._full.find(s, start)) >= 0]
         if hits:
             i, s = min(hits)
-            self.text, self.finish_reason, self.stopped_by = self.text[:i], "stop", s
+            self.text, self.finish_reason, self.stopped_by = self.text[:self._visible(i)], "stop", s
+
+    def _visible(self, i: int) -> int:
+        """How many characters of text precede position i of _full."""
+        return i - sum(min(end, i) - start for start, end in self._hidden if start < i)
 
     def _pending_stop(self) -> int:
         """Characters at the end of the text that could begin a stop string (held back)."""
         best = 0
         for s in self.stop_strings:
-            for n in range(min(len(s) - 1, len(self.text)), best, -1):
-                if self.text.endswith(s[:n]):
+            for n in range(min(len(s) - 1, len(self._full)), best, -1):
+                if self._full.endswith(s[:n]):
                     best = n
                     break
-        return best
+        return len(self.text) - self._visible(len(self._full) - best)
 
     def result(self, timing: Timing) -> GenerationResult:
         return GenerationResult(list(self.token_ids), self.text, list(self.prompt_ids), self.finish_reason,
@@ -166,28 +221,43 @@ class _Sequence:
 
 
 # ---------------------------------------------------------------------------
-# The loop
+# Checking the request (all of it, before any work)
 # ---------------------------------------------------------------------------
 
 def is_batch(prompt) -> bool:
     """A list of prompts (texts or id lists), rather than one prompt?"""
+    _check_prompt_type(prompt, "prompt")
     return not isinstance(prompt, str) and len(prompt) > 0 and (isinstance(prompt[0], str) or np.ndim(prompt[0]) > 0)
+
+
+def _check_prompt_type(prompt, name):
+    if isinstance(prompt, (str, np.ndarray)) or (isinstance(prompt, Sequence) and not isinstance(prompt, bytes)):
+        return
+    raise TypeError(f"{name} must be a str, a sequence of token ids, or a list of either (a batch); "
+                    f"got {type(prompt).__name__}")
 
 
 def _prompts(model, prompt) -> tuple[list, bool]:
     """(list of id lists, batched?) from a str, ids, or a list of either."""
-    def ids_of(p):
+    def ids_of(p, name):
         if isinstance(p, str):
             if model.tokenizer is None:
                 raise ValueError("this model has no tokenizer.json: pass token ids, not text")
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"{name} holds a lone surrogate {p[exc.start]!r} at index {exc.start}, "
+                                 "which is not text (it has no UTF-8 encoding)") from None
             return model.tokenizer.encode(p)
+        _check_prompt_type(p, name)
         ids = np.asarray(p)
         if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
-            raise TypeError(f"a prompt must be a str or a 1-D sequence of token ids; got {ids.dtype} {ids.shape}")
+            raise TypeError(f"{name} must be a str or a 1-D sequence of token ids; got {ids.dtype} {ids.shape}")
         return [int(i) for i in ids]
 
     batched = is_batch(prompt)
-    prompts = [ids_of(p) for p in (prompt if batched else [prompt])]
+    prompts = [ids_of(p, f"prompt[{i}]" if batched else "prompt")
+               for i, p in enumerate(prompt if batched else [prompt])]
     v = model.config.vocab_size
     for ids in prompts:
         if not ids:
@@ -220,10 +290,43 @@ def _stops(model, gen: GenerationConfig) -> tuple[set, set, list]:
     return eos, ids - eos, strings
 
 
-def _check(gen: GenerationConfig):
+def _flag(value, name: str, allow_none: bool = False):
+    if (value is None and allow_none) or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise TypeError(f"{name} must be True or False{' or None' if allow_none else ''}; got {value!r}")
+
+
+def validate(gen: GenerationConfig, rows: int = 1) -> GenerationConfig:
+    """Every setting checked, used or not (a greedy run still refuses
+    ``top_p=7``), by the same rules as :func:`fastdecode.sample`. Returns the
+    settings with flags as bools. Raises TypeError/ValueError naming the setting."""
     n = gen.max_new_tokens
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"max_new_tokens must be a positive int; got {n!r}")
+    do_sample = _flag(gen.do_sample, "do_sample", allow_none=True)
+    ignore_eos = _flag(gen.ignore_eos, "ignore_eos")
+    processors = gen.logits_processors
+    if callable(processors) or not all(callable(p) for p in processors):
+        raise TypeError("logits_processors must be a sequence of callables fn(token_ids, logits) -> logits")
+    t = 1.0 if gen.temperature is None else gen.temperature
+    if do_sample and _is_zero(t):
+        raise ValueError("temperature must be > 0 when do_sample=True; for greedy decoding use "
+                         "do_sample=False or temperature=0 (with do_sample unset)")
+    # fastdecode.process_logits checks each value as fastdecode.sample would (messages name the setting)
+    ops.process_logits(np.zeros((rows, 1), np.float32), temperature=t, top_k=gen.top_k, top_p=gen.top_p,
+                       min_p=gen.min_p, repetition_penalty=gen.repetition_penalty, prev_tokens=[[0]] * rows)
+    return dataclasses.replace(gen, do_sample=do_sample, ignore_eos=ignore_eos, max_new_tokens=int(n),
+                               logits_processors=tuple(processors))
+
+
+def _generator(rng) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"rng must be None, a non-negative int seed or a numpy.random.Generator; "
+                        f"got {rng!r} ({exc})") from None
 
 
 def _history(prompts, seqs) -> np.ndarray:  # -> [B, n] int64, left-padded with -1
@@ -235,14 +338,20 @@ def _history(prompts, seqs) -> np.ndarray:  # -> [B, n] int64, left-padded with 
     return out
 
 
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
 def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
-    """The decode loop. Yields (sequences, pieces) after each token, then
-    returns the results (StopIteration.value)."""
-    _check(gen)
-    gen = gen.merged(model.generation_defaults)
+    """Check the whole request now, then return the decode loop: a generator
+    that yields (sequences, pieces) after each token and returns the results
+    (StopIteration.value)."""
+    if not isinstance(gen, GenerationConfig):
+        raise TypeError(f"config must be a fastdecode.GenerationConfig; got {type(gen).__name__}")
     prompts, batched = _prompts(model, prompt)
+    gen = validate(gen.merged(model.generation_defaults), len(prompts))
     stops = _stops(model, gen)
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    rng = _generator(rng)
     lengths = np.array([len(p) for p in prompts], np.int64)
     need = int(lengths.max()) + gen.max_new_tokens - 1  # the last token is never fed back
     if need > model.config.max_positions:
@@ -250,6 +359,10 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
             f"prompt ({int(lengths.max())} tokens) + max_new_tokens ({gen.max_new_tokens}) needs {need} positions; "
             f"the model takes at most {model.config.max_positions}")
     seqs = [_Sequence(p, model.tokenizer, *stops) for p in prompts]
+    return _loop(model, prompts, batched, lengths, need, seqs, gen, rng)
+
+
+def _loop(model, prompts, batched, lengths, need, seqs, gen, rng):
     cache = KVCache(model.config, len(prompts), need)
     tokens = np.zeros((len(prompts), int(lengths.max())), np.int64)
     for i, p in enumerate(prompts):
@@ -257,9 +370,7 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
 
     def choose(logits):
         if gen.logits_processors:
-            history = _history(prompts, seqs)
-            for proc in gen.logits_processors:
-                logits = np.asarray(proc(history, logits), dtype=np.float32)
+            logits = _processed(gen.logits_processors, _history(prompts, seqs), logits)
         seen = [p + s.token_ids for p, s in zip(prompts, seqs)] if gen.repetition_penalty not in (None, 1.0) \
             else None
         return next_tokens(logits, gen, rng, seen)
@@ -288,19 +399,20 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
 
     chosen = advance(tokens, lengths)
     prefill_s, decode_s = time.perf_counter() - t0, 0.0
-    with backend.weight_order(model.weights.decode_order()):  # workers read ahead between projections
-        for step in range(gen.max_new_tokens):
-            t0 = time.perf_counter()
-            last = step == gen.max_new_tokens - 1
-            pieces = [s.add(int(t), last) if s.finish_reason is None else None for s, t in zip(seqs, chosen)]
-            decode_s += time.perf_counter() - t0
-            yield seqs, pieces
-            if all(s.finish_reason is not None for s in seqs):
-                break
-            t0 = time.perf_counter()
-            with backend.decode_spin():  # idle workers poll between this step's kernels
-                chosen = advance(chosen[:, None])
-            decode_s += time.perf_counter() - t0
+    for step in range(gen.max_new_tokens):
+        t0 = time.perf_counter()
+        last = step == gen.max_new_tokens - 1
+        pieces = [s.add(int(t), last) if s.finish_reason is None else None for s, t in zip(seqs, chosen)]
+        decode_s += time.perf_counter() - t0
+        yield seqs, pieces  # holds nothing of the pool's: a suspended stream lends the next loop its read-ahead
+        if all(s.finish_reason is not None for s in seqs):
+            break
+        t0 = time.perf_counter()
+        # workers read ahead between projections and poll between kernels while a step runs; generate()
+        # holds the order for the whole loop, so this re-lends it only after a stream's caller had it
+        with backend.weight_order(model.weights.decode_order()), backend.decode_spin():
+            chosen = advance(chosen[:, None])
+        decode_s += time.perf_counter() - t0
     timing = Timing(int(lengths.sum()), prefill_s, sum(len(s.token_ids) for s in seqs), decode_s, len(seqs))
     results = [s.result(timing) for s in seqs]
     return results if batched else results[0]
@@ -308,18 +420,26 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
 
 def generate(model, prompt, gen: GenerationConfig, rng=None):
     loop = steps(model, prompt, gen, rng)
-    while True:
-        try:
-            next(loop)
-        except StopIteration as done:
-            return done.value
+    try:
+        next(loop)  # the prefill, and the first token
+        with backend.weight_order(model.weights.decode_order()):  # nothing runs between steps: hold it throughout
+            while True:
+                next(loop)
+    except StopIteration as done:
+        return done.value
 
 
 def stream(model, prompt, gen: GenerationConfig, rng=None) -> Iterator[StreamToken]:
-    """Yields StreamToken(id, text piece) per token of one prompt; returns the GenerationResult."""
+    """Checks the request at once (raising here, before any token), then
+    returns a generator of StreamToken(id, text piece) per token of one
+    prompt, which returns the GenerationResult. While suspended it holds
+    the model and its cache, nothing else: close() or dropping it frees them."""
     if is_batch(prompt):
         raise ValueError("stream() takes one prompt; use generate() for a batch")
-    loop = steps(model, prompt, gen, rng)
+    return _stream(steps(model, prompt, gen, rng))
+
+
+def _stream(loop) -> Iterator[StreamToken]:
     while True:
         try:
             seqs, pieces = next(loop)

@@ -31,16 +31,34 @@ class Tokenizer:
         except Exception as exc:  # the tokenizers library raises a bare Exception on malformed files
             raise ValueError(f"{file}: not a readable tokenizer.json: {exc}") from None
         self.path = file
+        self.chat_template = None
         extra = read_json(os.path.join(directory, "tokenizer_config.json"))
         self.bos_token_id = self._token_id(extra.get("bos_token"))
         self.eos_token_id = self._token_id(extra.get("eos_token"))
         # tokenizer.json's post-processor usually adds bos itself; add_bos_token is for those that do not
         self._add_bos = bool(extra.get("add_bos_token", False)) and self.bos_token_id is not None
+        self._special = None
+
+    @classmethod
+    def from_tokenizers(cls, tok, bos_token_id=None, eos_token_id=None, path=None, chat_template=None) -> "Tokenizer":
+        """Wrap a ``tokenizers.Tokenizer`` built elsewhere (a GGUF file's: its
+        post-processor already adds bos/eos as the file says)."""
+        self = cls.__new__(cls)
+        self._tok, self.path, self.chat_template = tok, path, chat_template
+        self.bos_token_id, self.eos_token_id, self._add_bos = bos_token_id, eos_token_id, False
+        return self
 
     def _token_id(self, token) -> int | None:
         if isinstance(token, dict):  # {"content": "<s>", ...}
             token = token.get("content")
         return None if token is None else self._tok.token_to_id(token)
+
+    @property
+    def special_tokens(self) -> dict:
+        """{id: text} of the special tokens, whose text decode skips (stop strings still match it)."""
+        if self._special is None:
+            self._special = {i: t.content for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        return self._special
 
     @property
     def vocab_size(self) -> int:
@@ -68,8 +86,12 @@ class TextStream:
 
     ``context`` (e.g. the prompt's ids) is text already shown: the pieces
     continue it, so a SentencePiece tokenizer's leading space on the first
-    new token is kept. Only a short window of recent ids is decoded at each
-    step, never the whole sequence.
+    new token is kept. Context that ends inside a character shows that
+    character as U+FFFD; the id that completes it streams the whole
+    character. So for any split, ``decode(context)`` less its trailing
+    U+FFFD placeholders, joined with the pieces, is ``decode(context + ids)``.
+    Only a short window of recent ids is decoded at each step, never the
+    whole sequence.
     """
 
     def __init__(self, tokenizer: Tokenizer, context=(), skip_special_tokens: bool = True):
@@ -80,16 +102,28 @@ class TextStream:
 
     def push(self, token_id: int) -> str:
         self.ids.append(int(token_id))
-        emitted = self._decode(self.ids[self._prefix:self._read])
-        text = self._decode(self.ids[self._prefix:])
-        if len(text) <= len(emitted) or text.endswith(REPLACEMENT) or not text.startswith(emitted):
-            return ""  # an incomplete character (or a piece that changes earlier text): wait for more
-        self._prefix, self._read = self._read, len(self.ids)
-        return text[len(emitted):]
+        return self._next(final=False)
 
     def finish(self) -> str:
         """The rest, incomplete characters included (as U+FFFD, as decode gives them)."""
+        return self._next(final=True)
+
+    def _next(self, final: bool) -> str:
         emitted = self._decode(self.ids[self._prefix:self._read])
         text = self._decode(self.ids[self._prefix:])
-        self._prefix = self._read = len(self.ids)
-        return text[len(emitted):] if text.startswith(emitted) else text
+        same = _common_prefix(emitted, text)
+        # shown text may differ from the new decode only where it showed placeholders for bytes of a
+        # character the context left incomplete; a piece that changes real text waits for more ids
+        settled = not emitted[same:].strip(REPLACEMENT)
+        if not final and (not settled or len(text) <= same or text.endswith(REPLACEMENT)):
+            return ""
+        self._prefix, self._read = (self._read, len(self.ids)) if not final else (len(self.ids), len(self.ids))
+        return text[same:]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -305,6 +305,18 @@ def targets(rows: list[dict]) -> list[str]:
 # Entry points: bench/decode.py, and `fastdecode bench --kernels decode`
 # ---------------------------------------------------------------------------
 
+def unavailable(cache_dir: str | None = None, models=("gpt2-124m",)) -> str | None:
+    """Why this benchmark cannot run here (None when it can): its checkpoints
+    are built with torch and transformers unless they are already cached."""
+    if all(os.path.isfile(os.path.join(cache_dir or default_cache_dir(), m, "model.safetensors")) for m in models):
+        return None
+    missing = [name for name in ("torch", "transformers") if optional_import(name) is None]
+    if missing:
+        return (f"the decode benchmark builds its checkpoints with torch and transformers, and "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed ({harness.EXTRA})")
+    return None
+
+
 def cases(quick: bool) -> list:
     """For the kernel harness: one generate() call per sample (GPT-2 shape; quick: 16 new tokens)."""
     prompt = np.random.default_rng(0).integers(0, 32000, PROMPT_TOKENS).astype(np.int64)
@@ -340,6 +352,9 @@ def main(argv=None) -> int:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    why = unavailable(args.cache, models)
+    if why:
+        parser.error(why)
     rounds = args.rounds or (1 if args.quick else 3)
     new_tokens = 32 if args.quick else NEW_TOKENS
     print(json.dumps(harness.machine()), file=sys.stderr)

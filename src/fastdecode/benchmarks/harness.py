@@ -126,14 +126,12 @@ def machine() -> dict:
 # milliseconds after each parallel region (libgomp's default): in one
 # process, they would hold the cores of whichever contender is timed after
 # torch. The kernel cases keep torch in this process (timed across processes,
-# the other process's polling threads took the core a 2-thread contender
-# needs, and torch's 2-thread SDPA swung between 0.26 and 4 ms per call), and
+# the other process's polling threads took the core a contender needs), and
 # `fastdecode bench` starts torch with OMP_WAIT_POLICY=passive (passive_torch)
 # unless the user chose a policy: its workers then sleep at once, as
 # fastdecode's do by default. (Pausing before each sample instead, so that
-# polling threads settle, made every contender pay for waking a halted vCPU:
-# fastdecode-c's 2-thread softmax [16, 50257] took 331-411 us instead of
-# 147-193.) The end-to-end benchmark (decode.py) runs transformers at its
+# polling threads settle, made every contender pay for waking a halted vCPU;
+# figures in docs/tuning.md.) The end-to-end benchmark (decode.py) runs transformers at its
 # own defaults in a Worker process, which lets its threads settle before it
 # answers; the two processes take turns.
 
@@ -302,6 +300,29 @@ def available_modules(names=KERNEL_MODULES) -> list:
     return mods
 
 
+EXTRA = "pip install 'fastdecode[bench]'"  # the extra that installs every optional benchmark dependency
+
+
+def ready_modules(args, modules: list) -> list:
+    """The modules whose dependencies are installed (a module may define
+    ``unavailable() -> reason or None``); the others are skipped with a note.
+    Raises ImportError, naming the extra, when ``--plot`` lacks matplotlib or
+    no module can run."""
+    if getattr(args, "plot", None) and optional_import("matplotlib") is None:
+        raise ImportError(f"--plot needs matplotlib: {EXTRA}")
+    ready, reasons = [], []
+    for module in modules:
+        why = getattr(module, "unavailable", lambda: None)()
+        if why:
+            reasons.append(why)
+            print(f"note: {why}; skipped", file=sys.stderr)
+        else:
+            ready.append(module)
+    if not ready:
+        raise ImportError("no benchmark can run: " + "; ".join(reasons))
+    return ready
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--threads", default="1,all", help="thread counts, e.g. '1,all' (default) or '2'")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and rounds (85 s for all kernels on 2 cores)")
@@ -314,6 +335,7 @@ def execute(args, modules: list) -> list[dict]:
     """Run the cases of `modules` as the parsed arguments say; print the table."""
     from tqdm import tqdm
 
+    modules = ready_modules(args, modules)  # every optional dependency checked before anything runs
     if passive_torch():
         print("note: torch runs with OMP_WAIT_POLICY=passive here, so that its idle threads sleep between "
               "calls as fastdecode's do (see fastdecode.benchmarks.harness)", file=sys.stderr)

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .config import ConfigError, ModelConfig, read_json
+from .config import ConfigError, ModelConfig, check_field, read_json
 from .transformer import ContextOverflowError, KVCache, forward
 from .weights import Checkpoint, WeightError, Weights, load_weights
 
@@ -71,13 +71,26 @@ class Model:
 
         return compiled(self)
 
-    def save(self, directory: str) -> None:
-        """Write this model, weights in their formats, to ``directory``, so
-        ``fastdecode.load(directory)`` reads it back without quantizing again
-        (fastdecode.model.quantize.save says how)."""
+    def save(self, path, weights: str | None = None) -> None:
+        """Write the model. ``path`` ending in ``.gguf``: a GGUF file that
+        llama.cpp loads, matrices as they are (``weights=None``) or in
+        ``weights``: f32, f16, bf16, q8_0, q4_0, q4_k_m (see
+        :mod:`fastdecode.model.gguf_write`). Any other path: a directory
+        with the weights in their formats, so ``fastdecode.load(directory)``
+        reads it back without quantizing again (fastdecode.model.quantize.save
+        says how; ``weights`` must then be None)."""
+        path = os.fspath(path)
+        if path.endswith(".gguf"):
+            from .gguf_write import save_gguf
+
+            save_gguf(self, path, weights)
+            return
+        if weights is not None:
+            raise ValueError(f"weights={weights!r} applies to a .gguf file; a directory keeps the model's formats "
+                             "(choose them at load: fastdecode.load(path, weights=...))")
         from .quantize import save
 
-        save(self, os.fspath(directory))
+        save(self, path)
 
     # -- text ---------------------------------------------------------------
 
@@ -121,6 +134,8 @@ class Model:
 
         from ..generation import GenerationConfig
 
+        if config is not None and not isinstance(config, GenerationConfig):
+            raise TypeError(f"config must be a fastdecode.GenerationConfig or None; got {type(config).__name__}")
         base = config if config is not None else GenerationConfig(max_new_tokens=max_new_tokens)
         names = {f.name for f in dataclasses.fields(GenerationConfig)}
         unknown = set(settings) - names
@@ -130,20 +145,31 @@ class Model:
         return dataclasses.replace(base, **settings)
 
 
-def load(path: str, weights: str | None = None) -> Model:
+def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model:
     """A model from a Hugging Face checkpoint directory (config.json,
-    model.safetensors or shards, tokenizer.json), or ``"default"`` for the
-    model packaged with fastdecode.
+    model.safetensors or shards, tokenizer.json), a ``.gguf`` file (see
+    :mod:`fastdecode.model.gguf`), or ``"default"`` for the model packaged
+    with fastdecode.
+
+    Fields missing from config.json take transformers' defaults for the
+    architecture. Raises FileNotFoundError for a missing file, ConfigError
+    (a ValueError) naming the file and field of a bad config value, and
+    WeightError (a ValueError) naming a tensor that is missing, misshapen,
+    or, with ``strict`` (the default, as torch's ``load_state_dict``), one
+    the config gives no place to; ``strict=False`` warns and ignores those.
 
     ``weights``: the format of the matrices a decode step streams, made at
     load: ``"q8_0"``, ``"q4_0"``, ``"q4_k_m"`` (llama.cpp's recipe),
     ``"q4_K"``, ``"q6_K"``, ``"bf16"``, ``"f16"``, or None (as stored, in
-    float32). See fastdecode.model.quantize and ``model.weights.summary()``.
+    float32; a GGUF's block-quantized tensors in their own formats). See
+    fastdecode.model.quantize and ``model.weights.summary()``.
     A directory written by :meth:`Model.save` loads in its saved formats;
     asking it for another raises ValueError."""
     from . import quantize
 
     spec = quantize.normalize_spec(weights)
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False; got {strict!r}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
@@ -152,6 +178,10 @@ def load(path: str, weights: str | None = None) -> Model:
             raise FileNotFoundError(f"the default model is not packaged in this build ({DEFAULT_MODEL_DIR} is "
                                     "missing); pass the path of a checkpoint directory instead")
         path = DEFAULT_MODEL_DIR
+    if os.path.isfile(path) and (path.endswith(".gguf") or _is_gguf(path)):
+        from .gguf import load_gguf
+
+        return load_gguf(path, spec)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory (fastdecode.load takes a checkpoint directory "
                                 "with config.json and model.safetensors)")
@@ -165,23 +195,43 @@ def load(path: str, weights: str | None = None) -> Model:
                              f"(or {as_saved!r}), or load the original checkpoint with weights={spec!r}")
         weights = quantize.load_saved(path, config, saved)
     else:
-        weights = quantize.quantize_weights(load_weights(config, Checkpoint(path)), spec)
+        weights = quantize.quantize_weights(load_weights(config, Checkpoint(path), strict), spec)
     tokenizer = None
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
         from ..tokenizer import Tokenizer
 
         tokenizer = Tokenizer(path)
-    gen_defaults = read_json(os.path.join(path, "generation_config.json"))
-    eos = _eos_ids(gen_defaults.get("eos_token_id"), config, tokenizer)
-    defaults = {k: gen_defaults[k] for k in _SAMPLING_KEYS if gen_defaults.get(k) is not None}
+    gen_file = os.path.join(path, "generation_config.json")
+    gen_defaults = read_json(gen_file)
+    try:
+        eos = _eos_ids(gen_defaults.get("eos_token_id"), config, tokenizer)
+        defaults = _sampling_defaults({k: gen_defaults[k] for k in _SAMPLING_KEYS if gen_defaults.get(k) is not None})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{gen_file}: {exc}") from None
     return Model(config, weights, tokenizer, defaults, eos, path)
+
+
+def _sampling_defaults(defaults: dict) -> dict:
+    """generation_config.json's sampling settings, checked by generate()'s rules (do_sample with
+    temperature 0, a combination some files hold, is left for generate() to refuse if used)."""
+    from ..generation import GenerationConfig, validate
+
+    validate(GenerationConfig(**dict(defaults, do_sample=None)))
+    if not isinstance(defaults.get("do_sample", False), bool):
+        raise ConfigError(f"do_sample must be true or false; got {defaults['do_sample']!r}")
+    return defaults
+
+
+def _is_gguf(path: str) -> bool:
+    from .gguf import is_gguf
+
+    return is_gguf(path)
 
 
 def _eos_ids(from_generation_config, config: ModelConfig, tokenizer) -> tuple:
     """eos ids: generation_config.json, else config.json, else tokenizer_config.json."""
     if from_generation_config is not None:
-        ids = from_generation_config if isinstance(from_generation_config, list) else [from_generation_config]
-        return tuple(int(i) for i in ids)
+        return check_field("eos_token_id", from_generation_config, "ids")
     if config.eos_token_ids:
         return config.eos_token_ids
     if tokenizer is not None and tokenizer.eos_token_id is not None:

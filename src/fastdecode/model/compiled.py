@@ -28,7 +28,7 @@ import threading
 
 import numpy as np
 
-from .. import ops
+from .. import _sampling_args as _args
 from ..arrays import empty_aligned
 from .config import ModelConfig, rope_frequencies
 from .transformer import ContextOverflowError, KVCache
@@ -182,19 +182,20 @@ class CompiledModel:
         penalty = None if repetition_penalty in (None, 1.0) else repetition_penalty
         params, prev = None, (None, None)
         if do_sample or penalty is not None or (do_sample is None and temperature not in (0, 0.0)):
-            params, penalized, sampled = ops._sampling_params(rows, temperature, top_k, top_p, min_p, penalty,
-                                                              do_sample)
+            params, penalized, sampled = _args.sampling_params(rows, temperature, top_k, top_p, min_p, penalty,
+                                                                do_sample)
             if penalized:
-                prev = ops._prev_tokens(prev_tokens, rows, self.config.vocab_size, False)
+                prev = _args.prev_tokens_layout(prev_tokens, rows, self.config.vocab_size, False)
             if sampled:
-                gen = ops._generator(rng)
+                gen = _args.generator(rng)
                 if rows == 1:
-                    params[0, ops._U] = gen.random()
+                    params[0, _args.U] = gen.random()
                 else:
-                    params[:, ops._U] = gen.random(rows)
+                    params[:, _args.U] = gen.random(rows)
         ids = np.empty(rows, np.int64)
         if self._run(tokens, counts, cache, logits, ids, params, prev):
-            ops._raise_bad_row(ids, logits, params if params is not None else np.zeros((rows, 6)), False)
+            neutral = np.zeros((rows, len(_args.SAMPLE_PARAMS)))
+            _args.raise_bad_row(ids, logits, params if params is not None else neutral, False)
         return ids
 
     def _out(self, out, rows):

@@ -86,9 +86,10 @@ def _quantized(w, fmt: str, name: str, notes: list):  # float32 [out, in] -> Qua
                      f"({formats.FORMATS[fmt].block}); kept as {got or 'float32'}")
     if got is None:
         return w
-    qt = formats.quantize(w, got)
-    if got == "f16" and not np.isfinite(formats.dequantize(qt)).all():
-        notes.append(f"{name}: has values beyond float16's range; kept as float32")
+    try:
+        qt = formats.quantize(w, got)
+    except ValueError as exc:  # f16 out of range, or non-finite weights: keep what the checkpoint has
+        notes.append(f"{name}: {exc}; kept as float32")
         return w
     data = empty_aligned(qt.data.shape, np.uint8)  # streamed: aligned, huge pages (weights.py's _streamed)
     data[...] = qt.data

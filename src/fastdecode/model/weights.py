@@ -49,11 +49,7 @@ class Checkpoint:
         index = os.path.join(directory, INDEX_FILE)
         single = os.path.join(directory, SINGLE_FILE)
         if os.path.isfile(index):
-            try:
-                with open(index, encoding="utf-8") as f:
-                    weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise WeightError(f"{index}: not a safetensors index (needs a 'weight_map'): {exc}") from None
+            weight_map = _weight_map(index)
             files = sorted(set(weight_map.values()))
         elif os.path.isfile(single):
             weight_map, files = None, [SINGLE_FILE]
@@ -62,6 +58,7 @@ class Checkpoint:
                                     "(fastdecode reads safetensors checkpoints)")
         self._handles = {}
         self._file_of: dict[str, str] = {}
+        self.read: set[str] = set()  # the names get() has read: the rest is unused
         for name in files:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
@@ -82,6 +79,22 @@ class Checkpoint:
     def names(self) -> set:
         return set(self._file_of)
 
+    def check_all_read(self, strict: bool = True, ignored: tuple = ()) -> None:
+        """A tensor the config gives no place to means the config and the file disagree (say
+        ``num_hidden_layers: 2`` beside 4 layers): WeightError naming them, or with ``strict=False``
+        a warning. Names ending in one of ``ignored`` (buffers some exporters save) pass."""
+        unused = sorted(n for n in self.names() - self.read if not n.endswith(ignored))
+        if not unused:
+            return
+        shown = ", ".join(repr(n) for n in unused[:8]) + (f" and {len(unused) - 8} more" if len(unused) > 8 else "")
+        message = (f"{self.directory}: {len(unused)} tensor(s) that config.json gives no place to: {shown}; "
+                   "does config.json describe this checkpoint?")
+        if strict:
+            raise WeightError(message + " (fastdecode.load(..., strict=False) loads it anyway, with a warning)")
+        import warnings
+
+        warnings.warn(message + " (ignored: strict=False)", UserWarning, stacklevel=4)
+
     def __contains__(self, name: str) -> bool:
         return name in self._file_of
 
@@ -94,6 +107,7 @@ class Checkpoint:
         if path is None:
             raise WeightError(f"{self.directory}: the checkpoint has no tensor {name!r}")
         got = self.shape(name)
+        self.read.add(name)
         if got != tuple(shape):
             raise WeightError(f"{path}: tensor {name!r} has shape {list(got)}; config.json implies {list(shape)}")
         dtype = self._handles[path].get_slice(name).get_dtype()
@@ -104,6 +118,18 @@ class Checkpoint:
         if dtype == "BF16":
             return bf16_to_f32(_raw_bf16(path, name, got))
         raise WeightError(f"{path}: tensor {name!r} has dtype {dtype}; fastdecode reads F32, F16 and BF16")
+
+
+def _weight_map(index: str) -> dict:  # -> {tensor name: shard file name}
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise WeightError(f"{index}: not a safetensors index (a JSON object with a 'weight_map'): {exc}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise WeightError(f"{index}: 'weight_map' must be an object of tensor name -> shard file name; "
+                          f"got {str(weight_map)[:80]}")
+    return weight_map
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:  # uint16 [...] -> float32 [...]
@@ -189,8 +215,15 @@ def _out_in(w):  # GPT-2 Conv1D's [in, out] -> [out, in]
     return _streamed(w.T)
 
 
-def load_weights(config: ModelConfig, ckpt: Checkpoint) -> Weights:
+# buffers, not weights: old GPT-2 exports save the causal mask, old Llama ones the rotary frequencies
+_BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+
+
+def load_weights(config: ModelConfig, ckpt: Checkpoint, strict: bool = True) -> Weights:
+    """The arranged weights. Raises WeightError naming a tensor that is missing, of the wrong shape or
+    dtype, or (``strict``) present but unused by the architecture config.json describes."""
     weights = _gpt2(config, ckpt) if config.family == "gpt2" else _llama(config, ckpt)
+    ckpt.check_all_read(strict, _BUFFERS)
     return _read_only(weights)
 
 

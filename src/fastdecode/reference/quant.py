@@ -13,7 +13,7 @@ The product (what both backends compute):
   calls BLAS, compute-efficient where integer dots of 8 rows per pass
   over W are not).
 
-Dequantization is the gguf package's (``fastdecode.formats.dequantize``).
+Dequantization is the gguf package's (:func:`dequantize`).
 
 q4_K and q6_K quantizers (gguf 0.19 implements only their dequantization).
 Simpler than llama.cpp's make_qkx2_quants / make_qx_quants (no search for
@@ -48,9 +48,15 @@ def quantize_x(x):  # x: [N, in] float32, in % 32 == 0 -> q [N, in] int8, d [N, 
     return q.reshape(x.shape), d
 
 
-def linear(x, w, b=None):  # x: [N, in] float32, w: QuantizedTensor [out, in], b: [out] | None -> [N, out] float32
-    from ..formats import dequantize
+def dequantize(w):  # w: QuantizedTensor [out, in] -> [out, in] float32, gguf.quants.dequantize's values
+    import gguf.quants
 
+    if w.data.size == 0:
+        return np.zeros(w.shape, np.float32)
+    return np.asarray(gguf.quants.dequantize(w.data, w.info.gguf_type), np.float32).reshape(w.shape)
+
+
+def linear(x, w, b=None):  # x: [N, in] float32, w: QuantizedTensor [out, in], b: [out] | None -> [N, out] float32
     if w.format in INT8_X_FORMATS and x.shape[0] <= INT8_X_MAX_ROWS:
         q, d = quantize_x(x)
         xs = (q.reshape(d.shape + (32,)) * d[..., None].astype(np.float64)).reshape(x.shape)  # exact in float64

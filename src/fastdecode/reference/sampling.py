@@ -109,11 +109,6 @@ def draw(probs, u):  # probs: [V] (any scale), u in [0, 1) -> token id
     return min(i, int(np.flatnonzero(probs)[-1]))
 
 
-def sample(x, u, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, penalty=1.0, prev=None):  # [V], u -> id
-    z = scaled_logits(x, temperature, penalty, prev)
-    return draw(shifted_exp(filtered_logits(z, temperature, top_k, top_p, min_p)), u)
-
-
 def row_problem(x, z):  # row x [V] and its scaled logits z [V] -> 0 or a negative code
     """What makes a row unsampleable: NaN (-1), +inf in the logits or made by
     the penalty or temperature (-2), nothing but -inf, given or made (-3)."""
@@ -124,3 +119,25 @@ def row_problem(x, z):  # row x [V] and its scaled logits z [V] -> 0 or a negati
     if np.isneginf(z).all():
         return -3
     return 0
+
+
+# ---------------------------------------------------------------------------
+# One row, start to end: what the NumPy backend runs for each row
+# ---------------------------------------------------------------------------
+
+def process(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, penalty=1.0, prev=None, probs=False):
+    """x: [V] -> (filtered logits [V], or probabilities [V] float64 with probs; 0),
+    or (None, code < 0) for a row that cannot be sampled (see row_problem)."""
+    z = scaled_logits(x, temperature, penalty, prev)
+    code = row_problem(x, z)
+    if code:
+        return None, code
+    f = filtered_logits(z, temperature, int(top_k), top_p, min_p)
+    return (probabilities(f) if probs else f), 0
+
+
+def sample(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, penalty=1.0, u=0.0, prev=None):  # [V] -> id
+    """The token for uniform u, or a negative code for a row that cannot be
+    sampled (the C kernel's convention)."""
+    f, code = process(x, temperature, top_k, top_p, min_p, penalty, prev)
+    return code if code else draw(shifted_exp(f), u)
