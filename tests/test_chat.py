@@ -75,7 +75,7 @@ def test_bad_messages_and_templates(model):
 
 
 def test_a_model_without_template_is_a_clear_error():
-    m = fastdecode.load(checkpoint("llama-gqa-tied")[0], prefix_cache_mb=0)
+    m = fastdecode.load(checkpoint("llama-gqa-tied"), prefix_cache_mb=0)
     with pytest.raises(ChatTemplateError, match="no chat template"):
         m.chat([{"role": "user", "content": "hi"}])
     out = m.chat([{"role": "user", "content": "hi"}], template=TEMPLATES["chatml"], max_new_tokens=3)

@@ -15,7 +15,7 @@ PROMPTS = [SYSTEM + prompt_ids(n, seed=s) for n, s in [(5, 2), (9, 3), (1, 4)]] 
 
 @pytest.fixture(scope="module")
 def cold():
-    return fastdecode.load(checkpoint("llama-gqa-tied")[0], prefix_cache_mb=0)
+    return fastdecode.load(checkpoint("llama-gqa-tied"), prefix_cache_mb=0)
 
 
 def kv_bytes(model, positions):
@@ -30,8 +30,8 @@ def same(a, b):
 @pytest.mark.usefixtures("backend")
 @pytest.mark.parametrize("kind", ["llama-gqa-tied", "gpt2"])
 def test_results_equal_a_cold_run(kind):
-    warm = fastdecode.load(checkpoint(kind)[0])
-    cold = fastdecode.load(checkpoint(kind)[0], prefix_cache_mb=0)
+    warm = fastdecode.load(checkpoint(kind))
+    cold = fastdecode.load(checkpoint(kind), prefix_cache_mb=0)
     assert cold.prefix_cache is None and warm.prefix_cache is not None
     reused = 0
     for settings in [dict(), dict(do_sample=True, top_p=0.9, rng=7), dict(repetition_penalty=1.2)]:
@@ -45,7 +45,7 @@ def test_results_equal_a_cold_run(kind):
 
 
 def test_what_is_reused(cold):
-    model = fastdecode.load(checkpoint("llama-gqa-tied")[0])
+    model = fastdecode.load(checkpoint("llama-gqa-tied"))
     first = model.generate(PROMPTS[0], max_new_tokens=6, ignore_eos=True)
     assert first.timing.cached_tokens == 0
     again = model.generate(PROMPTS[0], max_new_tokens=6, ignore_eos=True)
@@ -94,7 +94,7 @@ def test_a_longer_entry_replaces_its_prefix(cold):
 
 
 def test_threads_sharing_prefixes(cold):
-    model = fastdecode.load(checkpoint("llama-gqa-tied")[0], prefix_cache_mb=1)
+    model = fastdecode.load(checkpoint("llama-gqa-tied"), prefix_cache_mb=1)
     jobs = [(PROMPTS[i % 3] + prompt_ids(i % 4, seed=50 + i % 4), dict(rng=i) if i % 2 else {}) for i in range(24)]
     expected = [cold.generate(p, max_new_tokens=8, ignore_eos=True, do_sample=bool(s), **s).token_ids for p, s in jobs]
     got, errors = [None] * len(jobs), []
@@ -119,4 +119,4 @@ def test_threads_sharing_prefixes(cold):
 @pytest.mark.parametrize("bad", [-1, "big", float("nan"), True])
 def test_bad_size(bad):
     with pytest.raises(ValueError, match="prefix_cache_mb"):
-        fastdecode.load(checkpoint("llama-gqa-tied")[0], prefix_cache_mb=bad)
+        fastdecode.load(checkpoint("llama-gqa-tied"), prefix_cache_mb=bad)

@@ -48,7 +48,7 @@ def test_three_turns_equal_cold_runs(model, template):
 
 @pytest.mark.usefixtures("backend")
 def test_generate_turns_equal_generate_on_the_history():
-    model = fastdecode.load(checkpoint("gpt2")[0], prefix_cache_mb=0)
+    model = fastdecode.load(checkpoint("gpt2"), prefix_cache_mb=0)
     session = model.session()
     history = []
     for i, p in enumerate([prompt_ids(7, seed=1), prompt_ids(3, seed=2), "Hello world"]):
@@ -81,7 +81,7 @@ def test_save_and_restore(model, tmp_path):
     np.testing.assert_array_equal(b._ids, a._ids)
     x, y = a.chat(TURNS[2], max_new_tokens=6, ignore_eos=True), b.chat(TURNS[2], max_new_tokens=6, ignore_eos=True)
     assert x.token_ids == y.token_ids and y.timing.cached_tokens == x.timing.cached_tokens > 0
-    other = fastdecode.load(checkpoint("llama-gqa-tied")[0], prefix_cache_mb=0)  # same shapes, other weights
+    other = fastdecode.load(checkpoint("llama-gqa-tied"), prefix_cache_mb=0)  # same shapes, other weights
     with pytest.raises(ValueError, match="another model"):
         other.session(path)
     (tmp_path / "junk.npz").write_bytes(b"not a session")
