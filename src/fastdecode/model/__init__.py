@@ -27,6 +27,8 @@ _SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repeti
 class Model:
     """A loaded checkpoint: ``config``, float32 ``weights``, ``tokenizer`` (or None)."""
 
+    prefix_cache = None  # a fastdecode.prefix_cache.PrefixCache that generate() reuses prompt prefixes from
+
     def __init__(self, config: ModelConfig, weights: Weights, tokenizer=None, generation_defaults=None,
                  eos_token_ids=None, path: str | None = None):
         self.config = config
@@ -105,7 +107,11 @@ class Model:
         Settings (keywords, or a :class:`~fastdecode.generation.GenerationConfig`
         as ``config``): do_sample, temperature, top_k, top_p, min_p,
         repetition_penalty, stop (strings and/or token ids, added to the
-        checkpoint's eos), ignore_eos, logits_processors. ``rng``: a seed or a
+        checkpoint's eos), ignore_eos, logits_processors,
+        prompt_lookup_num_tokens and max_matching_ngram_size (prompt-lookup
+        decoding, :mod:`fastdecode.lookup`). One prompt reuses the cached
+        keys and values of a shared prefix from the model's prefix cache
+        (:mod:`fastdecode.prefix_cache`). ``rng``: a seed or a
         ``numpy.random.Generator``. Returns a GenerationResult (a list of them
         for a batch) with ``token_ids``, ``text``, ``finish_reason`` and
         ``timing``.
@@ -120,6 +126,37 @@ class Model:
         from .. import generation
 
         return generation.stream(self, prompt, self._settings(config, max_new_tokens, settings), rng)
+
+    # -- chat (fastdecode.chat, fastdecode.session) ----------------------------
+
+    def chat(self, messages, *, max_new_tokens: int = 256, rng=None, config=None, template: str | None = None,
+             **settings):
+        """Answer a conversation, ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``,
+        rendered with the checkpoint's chat template (or ``template``, Jinja2
+        text) under Hugging Face's conventions; stops at the template's
+        end-of-turn token. Settings as :meth:`generate`. Raises
+        ``fastdecode.chat.ChatTemplateError`` without a template."""
+        from .. import generation
+        from ..chat import prepare
+
+        ids, gen = prepare(self, messages, self._settings(config, max_new_tokens, settings), template)
+        return generation.generate(self, ids, gen, rng)
+
+    def stream_chat(self, messages, *, max_new_tokens: int = 256, rng=None, config=None, template: str | None = None,
+                    **settings):
+        """Like :meth:`chat`, yielding ``StreamToken(id, text)`` per token."""
+        from .. import generation
+        from ..chat import prepare
+
+        ids, gen = prepare(self, messages, self._settings(config, max_new_tokens, settings), template)
+        return generation.stream(self, ids, gen, rng)
+
+    def session(self, path=None, **options):
+        """A :class:`fastdecode.session.Session` (a conversation that keeps its
+        KV cache between turns), resumed from ``path`` when given."""
+        from ..session import Session
+
+        return Session(self, path, **options)
 
     @staticmethod
     def _settings(config, max_new_tokens, settings):
@@ -138,7 +175,8 @@ class Model:
         return dataclasses.replace(base, **settings)
 
 
-def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model:
+def load(path: str, weights: str | None = None, *, strict: bool = True,
+         prefix_cache_mb: float | None = None) -> Model:
     """A model from a Hugging Face checkpoint directory (config.json,
     model.safetensors or shards, tokenizer.json), a ``.gguf`` file (see
     :mod:`fastdecode.model.gguf`), or ``"default"`` for the model packaged
@@ -157,12 +195,18 @@ def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model
     float32; a GGUF's block-quantized tensors in their own formats). See
     fastdecode.model.quantize and ``model.weights.summary()``.
     A directory written by :meth:`Model.save` loads in its saved formats;
-    asking it for another raises ValueError."""
+    asking it for another raises ValueError.
+
+    ``prefix_cache_mb``: MB (2**20 bytes) of KV caches kept to reuse prompt
+    prefixes across generate() calls (default
+    ``fastdecode.prefix_cache.DEFAULT_MB``; 0 turns it off)."""
+    from ..prefix_cache import make as _prefix_cache
     from . import quantize
 
     spec = quantize.normalize_spec(weights)
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be True or False; got {strict!r}")
+    prefix_cache = _prefix_cache(prefix_cache_mb)  # the argument checked before any loading
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
@@ -174,7 +218,9 @@ def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model
     if os.path.isfile(path) and (path.endswith(".gguf") or _is_gguf(path)):
         from .gguf import load_gguf
 
-        return load_gguf(path, spec)
+        model = load_gguf(path, spec)
+        model.prefix_cache = prefix_cache(model.config)
+        return model
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory (fastdecode.load takes a checkpoint directory "
                                 "with config.json and model.safetensors)")
@@ -201,7 +247,9 @@ def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model
         defaults = _sampling_defaults({k: gen_defaults[k] for k in _SAMPLING_KEYS if gen_defaults.get(k) is not None})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{gen_file}: {exc}") from None
-    return Model(config, weights, tokenizer, defaults, eos, path)
+    model = Model(config, weights, tokenizer, defaults, eos, path)
+    model.prefix_cache = prefix_cache(config)
+    return model
 
 
 def _sampling_defaults(defaults: dict) -> dict:
