@@ -176,3 +176,13 @@ def test_bad_input_names_the_prompt(model):
         model.generate_many([{"prompt": "a", "max_new_tokens": 0}])
     with pytest.raises(TypeError, match="seed"):
         model.generate_many([{"prompt": "a", "seed": -1}])
+
+
+def test_a_freed_slot_fits_the_smallest_cache(model):
+    """A slot left empty when the input runs out keeps decoding a dummy; it must fit a cache sized to the rows."""
+    prompts = [{"prompt": [5], "max_new_tokens": 5}, {"prompt": [5, 6, 7], "max_new_tokens": 3},
+               {"prompt": [9], "max_new_tokens": 2}]
+    got = model.generate_many(prompts, max_batch=2, ignore_eos=True)
+    for p, g in zip(prompts, got):
+        assert g.token_ids == model.generate(p["prompt"], max_new_tokens=p["max_new_tokens"],
+                                             ignore_eos=True).token_ids

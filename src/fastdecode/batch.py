@@ -196,7 +196,6 @@ def run(model, requests: Iterable[Request], max_batch: int, prefill_chunk: int, 
                         waiting = None
                         break
                     cache = _grown(cache, model.config, max_batch, request.positions)
-                    cache.lengths[s] = 0
                     slots[s] = _Row(model, request)
                     order.append(s)
             if not order:
@@ -208,6 +207,7 @@ def run(model, requests: Iterable[Request], max_batch: int, prefill_chunk: int, 
             for s in done:
                 row, slots[s] = slots[s], None
                 order.remove(s)
+                cache.lengths[s] = 0  # an empty slot decodes a dummy at position 0 until refilled
                 yield Completion(row.request.index, row.result())
 
 
