@@ -234,6 +234,7 @@ def _progress(total, initial, enabled):
 # The scale-out callable (Ray Data map_batches, Dask map_partitions)
 # ---------------------------------------------------------------------------
 
+_OUTPUTS = ("generated_text", "token_ids", "prompt_tokens", "generated_tokens", "finish_reason", "error")
 _MODELS: dict = {}  # path -> Model, one per process (a Ray actor, a Dask worker)
 
 
@@ -283,14 +284,21 @@ class Predictor:
         return _MODELS[self.model_path]
 
     def __call__(self, table):
+        """table: dict of column -> array, a pandas DataFrame, or a list of dicts (rows)."""
         model = self._model()
+        if isinstance(table, (list, tuple)):  # a dask Bag partition: rows as dicts
+            names = list(dict.fromkeys(k for row in table for k in row))
+            columns = {name: [row.get(name) for row in table] for name in names}
+            out = self(columns)
+            return [{**row, **{k: _plain(out[k][i]) for k in _OUTPUTS}} for i, row in enumerate(table)]
         is_frame = not isinstance(table, dict)
         columns = {name: list(table[name]) for name in table} if not is_frame else \
             {name: table[name].tolist() for name in table.columns}
+        if self.column not in columns:
+            raise ValueError(f"no column {self.column!r} (the prompts); columns: {', '.join(map(str, columns))}")
         n = len(columns[self.column])
         records = [(i, *self._row(columns, i)) for i in range(n)]
-        out = {name: [None] * n for name in ("generated_text", "token_ids", "prompt_tokens", "generated_tokens",
-                                               "finish_reason", "error")}
+        out = {name: [None] * n for name in _OUTPUTS}
         bad = [(i, rid, item) for i, rid, item in records if isinstance(item, str)]
         for i, _, message in bad:
             out["error"][i] = message
@@ -313,7 +321,11 @@ class Predictor:
 
         result = dict(table)
         for name, values in out.items():
-            result[name] = np.array(values, dtype=object) if name in ("token_ids", "error") else np.array(values)
+            # objects: np.array would make equal-length token lists one 2-D array, and cut trailing NULs off text
+            column = np.empty(n, object)
+            column[:] = values
+            result[name] = column if None in values or name not in ("prompt_tokens", "generated_tokens") \
+                else np.array(values, np.int64)
         return result
 
     def _row(self, columns, i):
@@ -349,7 +361,7 @@ def _worker_cpus():
     if "ray" in sys.modules:
         import ray
 
-        if ray.is_initialized():
+        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
             if cpus:
                 return max(1, int(cpus))
@@ -357,7 +369,7 @@ def _worker_cpus():
         try:
             from distributed import get_worker
 
-            return get_worker().state.nthreads
+            return get_worker().nthreads
         except (ValueError, AttributeError):
             pass
     return None
