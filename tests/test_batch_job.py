@@ -129,3 +129,16 @@ def test_missing_ids_default_to_the_line_number(model_dir, tmp_path):
     assert sorted(got) == [1, 3]
     assert got[3]["generated_tokens"] == 3 and got[3]["prompt_tokens"] == 3
     assert got[1]["generated_tokens"] <= 5 and got[1]["finish_reason"] in ("length", "eos")
+
+
+def test_progress_bar_shows_rows_and_tokens_per_second(model_dir, tmp_path, capsys):
+    import fastdecode
+    from fastdecode.generation import GenerationConfig
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(src, [{"id": i, "prompt": prompt_ids(4, seed=i)} for i in range(5)])
+    stats = batch_io.run_job(fastdecode.load(model_dir), str(src), str(out), GenerationConfig(max_new_tokens=6),
+                             max_batch=2, progress=True)
+    err = capsys.readouterr().err
+    assert "5/5" in err and "tokens/s" in err
+    assert stats["written"] == 5 and stats["generated_tokens"] == sum(r["generated_tokens"] for r in read_output(out))

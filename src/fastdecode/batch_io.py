@@ -333,7 +333,7 @@ class Predictor:
         value = _plain(columns[self.column][i])
         try:
             if self.jsonl:
-                rid, item = parse_record(json.loads(value), i)
+                rid, item = parse_record(json.loads(value), value)  # no id: the line itself keys the row
                 return rid, item
             item = {"prompt": value}
             for name in columns:
