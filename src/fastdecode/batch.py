@@ -35,8 +35,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from . import backend, ops
-from .generation import (GenerationConfig, GenerationResult, Timing, _check, _prompts, _Sequence, _stops,
-                         next_tokens)
+from .generation import (GenerationConfig, GenerationResult, Timing, _processed, _prompts, _Sequence, _stops,
+                         next_tokens, validate)
 from .model.transformer import ContextOverflowError, KVCache, forward
 
 __all__ = ["Request", "Completion", "prepare", "row_seed", "generate_many", "model_step"]
@@ -104,9 +104,8 @@ def prepare(model, item, index: int, config: GenerationConfig, rng=None, key=Non
         item = item["prompt"]
     if isinstance(item, (list, tuple, np.ndarray)) and len(item) and not isinstance(item[0], (int, np.integer)):
         raise TypeError(f"a prompt is a str or a list of token ids; got a list of {type(item[0]).__name__}")
-    _check(config)
     (ids,), _ = _prompts(model, item)
-    config = config.merged(model.generation_defaults)
+    config = validate(config.merged(model.generation_defaults))
     request = Request(index, ids, config, seed)
     if request.positions > model.config.max_positions:
         raise ContextOverflowError(
@@ -139,8 +138,8 @@ class _Row:
 
     def choose(self, logits) -> int:  # logits: [1, V] -> the next id, as generation.steps() picks it
         c, history = self.config, self.request.prompt_ids + self.seq.token_ids
-        for proc in c.logits_processors:
-            logits = np.asarray(proc(np.array([history], np.int64), logits), dtype=np.float32)
+        if c.logits_processors:
+            logits = _processed(c.logits_processors, np.array([history], np.int64), logits)
         seen = [history] if c.repetition_penalty not in (None, 1.0) else None
         return int(next_tokens(logits, c, self.rng, seen)[0])
 
@@ -187,28 +186,28 @@ def run(model, requests: Iterable[Request], max_batch: int, prefill_chunk: int, 
     cache, order = None, []  # order: slots in admission order (prefill is first come, first served)
     logits = np.empty((max_batch, model.config.vocab_size), np.float32)
     tokens = np.zeros((max_batch, 1), np.int64)
-    with backend.weight_order(model.weights.decode_order()):
-        while True:
-            for s in range(max_batch):
-                if slots[s] is None and waiting is not None:
-                    request = next(waiting, None)
-                    if request is None:
-                        waiting = None
-                        break
-                    cache = _grown(cache, model.config, max_batch, request.positions)
-                    slots[s] = _Row(model, request)
-                    order.append(s)
-            if not order:
-                return
-            done = _prefill(slots, order, cache, logits, prefill_chunk, step)
-            decoding = [s for s in order if slots[s].fed == len(slots[s].request.prompt_ids) and s not in done]
-            if decoding:
-                done += _decode(slots, decoding, cache, logits, tokens, step)
-            for s in done:
-                row, slots[s] = slots[s], None
-                order.remove(s)
-                cache.lengths[s] = 0  # an empty slot decodes a dummy at position 0 until refilled
-                yield Completion(row.request.index, row.result())
+    reads = model.weights.decode_order()
+    while True:
+        for s in range(max_batch):
+            if slots[s] is None and waiting is not None:
+                request = next(waiting, None)
+                if request is None:
+                    waiting = None
+                    break
+                cache = _grown(cache, model.config, max_batch, request.positions)
+                slots[s] = _Row(model, request)
+                order.append(s)
+        if not order:
+            return
+        done = _prefill(slots, order, cache, logits, prefill_chunk, step)
+        decoding = [s for s in order if slots[s].fed == len(slots[s].request.prompt_ids) and s not in done]
+        if decoding:
+            done += _decode(slots, decoding, cache, logits, tokens, step, reads)
+        for s in done:
+            row, slots[s] = slots[s], None
+            order.remove(s)
+            cache.lengths[s] = 0  # an empty slot decodes a dummy at position 0 until refilled
+            yield Completion(row.request.index, row.result())
 
 
 def _prefill(slots, order, cache, logits, budget: int, step) -> list:
@@ -234,7 +233,7 @@ def _prefill(slots, order, cache, logits, budget: int, step) -> list:
     return done
 
 
-def _decode(slots, decoding, cache, logits, tokens, step) -> list:
+def _decode(slots, decoding, cache, logits, tokens, step, reads) -> list:
     """One decode step for every slot: rows in `decoding` feed their last
     token; the others (empty, or mid-prefill) feed a dummy whose cache entry
     is dropped again. Returns the slots that finished."""
@@ -243,7 +242,9 @@ def _decode(slots, decoding, cache, logits, tokens, step) -> list:
     tokens[:] = 0
     for s in decoding:
         tokens[s, 0] = slots[s].pending
-    with backend.decode_spin():
+    # workers read ahead between projections and poll between kernels while a step runs (as generate's
+    # loop does: held per step, so a suspended iterator lends no other loop's read-ahead)
+    with backend.weight_order(reads), backend.decode_spin():
         step(tokens, cache, None, logits)
         idle = np.ones(len(slots), bool)
         idle[decoding] = False
@@ -274,7 +275,7 @@ def generate_many(model, prompts: Iterable, config: GenerationConfig, *, max_bat
                                             and isinstance(prompts[0], (int, np.integer))):
         raise TypeError("generate_many takes a list (or iterable) of prompts; for one prompt use generate()")
     row_seed(rng, 0)  # refuse a bad base seed before any work
-    _check(config)
+    validate(config.merged(model.generation_defaults))
 
     def requests():
         for i, item in enumerate(prompts):
@@ -290,5 +291,6 @@ def generate_many(model, prompts: Iterable, config: GenerationConfig, *, max_bat
     completions = run(model, requests(), int(max_batch), int(prefill_chunk), step or model_step(model))
     if as_completed:
         return completions
-    results = dict(completions)
+    with backend.weight_order(model.weights.decode_order()):  # nothing runs between steps: hold it throughout
+        results = dict(completions)
     return [results[i] for i in sorted(results)]
