@@ -12,7 +12,7 @@ from model_checkpoints import checkpoint, prompt_ids
 
 @pytest.fixture(scope="module")
 def model():
-    return fastdecode.load(checkpoint("llama-gqa-tied")[0])
+    return fastdecode.load(checkpoint("llama-gqa-tied"))
 
 
 def mixed_requests(n=40, seed=0):
@@ -83,7 +83,7 @@ def test_rows_do_not_depend_on_their_neighbours(model):
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama3-untied"])
 def test_chunked_prefill_and_text_prompts(kind):
-    m = fastdecode.load(checkpoint(kind)[0])
+    m = fastdecode.load(checkpoint(kind))
     prompts = ["Hello world! Hello fastdecode", "Déjà vu: café 東京 🙂", prompt_ids(60, seed=3), "x"]
     for chunk in (1, 7, 128):
         got = m.generate_many(prompts, max_batch=2, prefill_chunk=chunk, max_new_tokens=12, ignore_eos=True)
@@ -124,7 +124,7 @@ def test_lazy_iterable_and_cache_growth(model):
 
 
 def test_numpy_backend():
-    gpt2 = fastdecode.load(checkpoint("gpt2")[0])
+    gpt2 = fastdecode.load(checkpoint("gpt2"))
     prompts = [prompt_ids(n, seed=n) for n in (5, 17, 2)]
     with fastdecode.use_backend("numpy"):
         got = gpt2.generate_many(prompts, max_batch=2, max_new_tokens=10, ignore_eos=True, do_sample=True, rng=3)

@@ -16,7 +16,7 @@ from model_checkpoints import checkpoint, prompt_ids
 
 @pytest.fixture(scope="module")
 def model_dir():
-    return checkpoint("llama-gqa-tied")[0]
+    return checkpoint("llama-gqa-tied")
 
 
 def write_lines(path, records):
@@ -142,3 +142,13 @@ def test_progress_bar_shows_rows_and_tokens_per_second(model_dir, tmp_path, caps
     err = capsys.readouterr().err
     assert "5/5" in err and "tokens/s" in err
     assert stats["written"] == 5 and stats["generated_tokens"] == sum(r["generated_tokens"] for r in read_output(out))
+
+
+def test_weights_format_flag(model_dir, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(src, [{"id": 1, "prompt": [5, 6, 7]}])
+    p = cli("-m", model_dir, "--input", str(src), "--output", str(out), "-n", "3", "--weights", "no-such-format")
+    assert p.wait(timeout=300) == 2 and "no-such-format" in p.stderr.read() and not out.exists()
+    p = cli("-m", model_dir, "--input", str(src), "--output", str(out), "-n", "3", "--weights", "f16")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert read_output(out)[0]["generated_tokens"] == 3

@@ -18,7 +18,7 @@ pd = pytest.importorskip("pandas", reason="the Ray and Dask adapters exchange pa
 
 @pytest.fixture(scope="module")
 def model_dir():
-    return checkpoint("llama-gqa-tied")[0]
+    return checkpoint("llama-gqa-tied")
 
 
 def prompts_frame(n=64):

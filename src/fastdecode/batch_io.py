@@ -235,7 +235,7 @@ def _progress(total, initial, enabled):
 # ---------------------------------------------------------------------------
 
 _OUTPUTS = ("generated_text", "token_ids", "prompt_tokens", "generated_tokens", "finish_reason", "error")
-_MODELS: dict = {}  # path -> Model, one per process (a Ray actor, a Dask worker)
+_MODELS: dict = {}  # (path, weight format) -> Model, one per process (a Ray actor, a Dask worker)
 
 
 class Predictor:
@@ -260,12 +260,13 @@ class Predictor:
     """
 
     def __init__(self, model: str, column: str = "prompt", *, id_column=None, jsonl=False, max_batch=16,
-                 prefill_chunk=128, seed=None, num_threads=None, backend=None, max_new_tokens=64, **settings):
+                 prefill_chunk=128, seed=None, num_threads=None, backend=None, weights=None, max_new_tokens=64,
+                 **settings):
         if not isinstance(model, (str, os.PathLike)):
             raise TypeError("model must be a checkpoint path (it is loaded once in each worker process)")
         self.model_path, self.column, self.id_column, self.jsonl = os.fspath(model), column, id_column, jsonl
         self.max_batch, self.prefill_chunk, self.seed = max_batch, prefill_chunk, seed
-        self.num_threads, self.backend = num_threads, backend
+        self.num_threads, self.backend, self.weights = num_threads, backend, weights
         from .model import Model
 
         self.config = Model._settings(None, max_new_tokens, settings)
@@ -279,9 +280,10 @@ class Predictor:
         threads = self.num_threads or _worker_cpus()
         if threads:
             fastdecode.set_num_threads(int(threads))
-        if self.model_path not in _MODELS:
-            _MODELS[self.model_path] = fastdecode.load(self.model_path)
-        return _MODELS[self.model_path]
+        key = (self.model_path, self.weights)
+        if key not in _MODELS:
+            _MODELS[key] = fastdecode.load(self.model_path, weights=self.weights)
+        return _MODELS[key]
 
     def __call__(self, table):
         """table: dict of column -> array, a pandas DataFrame, or a list of dicts (rows)."""

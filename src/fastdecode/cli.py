@@ -164,12 +164,13 @@ def _cmd_batch(args) -> int:
         from . import ray as fd_ray
 
         engine = fd_ray.job_engine(args.model, config, address=args.ray or None, concurrency=args.concurrency,
-                                   num_cpus=args.threads or 1, backend=args.backend, max_batch=args.max_batch,
+                                   num_cpus=args.threads or 1, backend=args.backend, weights=args.weights,
+                                   max_batch=args.max_batch,
                                    prefill_chunk=args.prefill_chunk, seed=args.seed)
         stats = batch_io.run_job(None, args.input, args.output, config, engine=engine, **options)
     else:
         _set_threads(args)
-        model = _load(args.model)
+        model = _load(args.model, args.weights)
         stats = batch_io.run_job(model, args.input, args.output, config, **options)
     rate = stats["generated_tokens"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
     print(f"fastdecode batch: {stats['written']} rows written ({stats['done_before']} were already there), "
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("batch", help="generate for every line of a JSONL file (continuous batching, restartable)")
     p.add_argument("-m", "--model", default="default", help="Hugging Face model directory (default: the embedded model)")
+    p.add_argument("--weights", default=None, metavar="FMT", help="weight format made at load (as generate)")
     p.add_argument("--input", required=True, help='JSON lines: {"id": ..., "prompt": ..., <settings>, "seed": ...}')
     p.add_argument("--output", required=True, help="JSON lines, appended; a rerun skips the ids already there")
     p.add_argument("--max-batch", type=_positive_int, default=16, help="rows decoded together (default 16)")

@@ -59,8 +59,8 @@ def generate(dataset, *, model: str, column: str = "prompt", concurrency: int | 
         max_restarts=max_restarts, max_task_retries=-1)
 
 
-def job_engine(model: str, config, *, address=None, concurrency=None, num_cpus=1, backend=None, max_batch=16,
-               prefill_chunk=128, seed=None):
+def job_engine(model: str, config, *, address=None, concurrency=None, num_cpus=1, backend=None, weights=None,
+               max_batch=16, prefill_chunk=128, seed=None):
     """The ``fastdecode batch --ray`` engine for :func:`fastdecode.batch_io.run_job`:
     (line, id, item) records in, (line, id, result record, error) out as the cluster finishes them."""
     ray = _ray()
@@ -76,7 +76,7 @@ def job_engine(model: str, config, *, address=None, concurrency=None, num_cpus=1
         blocks = max(1, min(len(rows) // max_batch, 8 * (concurrency or int(ray.cluster_resources().get("CPU", 1)))))
         out = generate(ray.data.from_items(rows, override_num_blocks=blocks), model=model, column="record", jsonl=True, concurrency=concurrency,
                        num_cpus=num_cpus, max_batch=max_batch, prefill_chunk=prefill_chunk, seed=seed,
-                       backend=backend, **settings)
+                       backend=backend, weights=weights, **settings)
         for row in out.iter_rows():
             rid = json.loads(row["record"])["id"]
             if row["error"] is not None:
