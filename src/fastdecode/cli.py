@@ -1,4 +1,4 @@
-"""The command line: ``fastdecode info | generate | chat | convert | bench``."""
+"""The command line: ``fastdecode info | generate | chat | batch | convert | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -162,6 +162,36 @@ def _cmd_chat(args) -> int:
     return run(args, _settings(args))
 
 
+def _cmd_batch(args) -> int:
+    import os
+
+    from . import batch_io
+    from .generation import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    options = dict(max_batch=args.max_batch, prefill_chunk=args.prefill_chunk, seed=args.seed,
+                   on_error=args.on_error, progress=None if args.progress is None else args.progress == "on")
+    if not os.path.isfile(args.input):
+        raise FileNotFoundError(f"--input {args.input}: no such file")
+    if args.ray is not None:
+        from . import ray as fd_ray
+
+        engine = fd_ray.job_engine(args.model, config, address=args.ray or None, concurrency=args.concurrency,
+                                   num_cpus=args.threads or 1, backend=args.backend, weights=args.weights,
+                                   max_batch=args.max_batch,
+                                   prefill_chunk=args.prefill_chunk, seed=args.seed)
+        stats = batch_io.run_job(None, args.input, args.output, config, engine=engine, **options)
+    else:
+        _configure(args)
+        model = _load(args.model, args.weights)
+        stats = batch_io.run_job(model, args.input, args.output, config, **options)
+    rate = stats["generated_tokens"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
+    print(f"fastdecode batch: {stats['written']} rows written ({stats['done_before']} were already there), "
+          f"{stats['generated_tokens']} tokens in {stats['seconds']:.1f} s ({rate:.1f} tokens/s), "
+          f"{stats['bad']} bad line(s)", file=sys.stderr)
+    return 1 if stats["bad"] else 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -264,6 +294,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=WEIGHT_TYPES, default="f16",
                    help="tensor type of the matrices, as llama.cpp's file types (default f16)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("batch", help="generate for every line of a JSONL file (continuous batching, restartable)")
+    p.add_argument("-m", "--model", default="default", help="Hugging Face model directory (default: the embedded model)")
+    p.add_argument("--weights", default=None, metavar="FMT", help="weight format made at load (as generate)")
+    p.add_argument("--input", required=True, help='JSON lines: {"id": ..., "prompt": ..., <settings>, "seed": ...}')
+    p.add_argument("--output", required=True, help="JSON lines, appended; a rerun skips the ids already there")
+    p.add_argument("--max-batch", type=_positive_int, default=16, help="rows decoded together (default 16)")
+    p.add_argument("--prefill-chunk", type=_positive_int, default=128,
+                   help="prompt tokens prefilled between two decode steps (default 128)")
+    p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=64,
+                   help="tokens per row unless its line says (default 64)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="base seed: a row without its own seed draws from default_rng([seed, hash of its id])")
+    p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                   help="a bad line stops the run after the rows in flight, or is skipped (reported either way)")
+    p.add_argument("--progress", choices=["on", "off"], default=None, help="progress bar (default: on a terminal)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for the kernels and NumPy's BLAS (with --ray: CPUs per actor)")
+    p.add_argument("--backend", choices=["auto", "c", "numpy"], default=None, help="kernel backend (default auto)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (ray.init(address); a local one without ADDRESS)")
+    p.add_argument("--concurrency", type=_positive_int, default=None,
+                   help="with --ray: model actors (default: the cluster's CPUs / --threads)")
+    p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("bench", help="benchmark fastdecode against NumPy, SciPy, PyTorch, transformers")
     from .benchmarks import harness

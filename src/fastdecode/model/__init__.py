@@ -158,6 +158,30 @@ class Model:
 
         return Session(self, path, **options)
 
+    def generate_many(self, prompts, *, max_batch: int = 8, max_new_tokens: int = 64, rng=None, config=None,
+                      as_completed: bool = False, prefill_chunk: int = 128, step=None, **settings):
+        """Continue many prompts with continuous batching (:mod:`fastdecode.batch`).
+
+        ``prompts``: a list or any iterable (read as slots free up) of texts,
+        token-id lists, or dicts ``{"prompt": ..., "seed": int, <setting>:
+        value}`` whose settings override the keywords for that row. Up to
+        ``max_batch`` rows decode together; a finished row's slot takes the
+        next prompt at once; a newcomer's prompt is prefilled in chunks of at
+        most ``prefill_chunk`` tokens between decode steps. ``rng``: None or an
+        int seed S; a row without its own ``seed`` draws from
+        ``default_rng([S, index])``, so each result equals ``generate()`` of
+        that prompt alone with that seed. Returns a list of GenerationResult in
+        input order, or with ``as_completed=True`` an iterator of
+        ``Completion(index, result)`` in the order rows finish. ``step``: the
+        per-step function (default :func:`fastdecode.batch.model_step`).
+        Raises TypeError/ValueError naming the prompt's index for a bad item.
+        """
+        from .. import batch
+
+        return batch.generate_many(self, prompts, self._settings(config, max_new_tokens, settings),
+                                   max_batch=max_batch, prefill_chunk=prefill_chunk, as_completed=as_completed,
+                                   rng=rng, step=step)
+
     @staticmethod
     def _settings(config, max_new_tokens, settings):
         import dataclasses
