@@ -7,13 +7,14 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import struct
 
 import numpy as np
 
 import fastdecode
 import model_checkpoints as mc
-from model_checkpoints import SENTENCES, torch, transformers  # noqa: F401  (skips without torch)
+from model_checkpoints import SENTENCES
 
 TEXTS = SENTENCES + [
     "", " ", "  leading and trailing  ", "\n\n\ttabs\tand\nnewlines\r\n", "numbers 1234567 and 3.14159",
@@ -26,17 +27,17 @@ SPM_SPECIALS = ["<unk>", "<s>", "</s>"]
 @functools.cache
 def gguf_of(kind: str, weights: str = "f32", **overrides) -> str:
     """A GGUF written by fastdecode from the tiny `kind` checkpoint."""
-    directory = mc.checkpoint(kind)[0] if not overrides else wide_checkpoint(kind, **overrides)[0]
+    directory = mc.checkpoint(kind) if not overrides else wide_checkpoint(kind, **overrides)
     path = os.path.join(mc._ROOT, f"{os.path.basename(directory)}-{weights}.gguf")
     fastdecode.load(directory).save(path, weights=weights)
     return path
 
 
 @functools.cache
-def wide_checkpoint(kind: str, **overrides) -> tuple:
-    """A checkpoint whose rows fit the 256-weight K-quant blocks."""
+def wide_checkpoint(kind: str, **overrides) -> str:
+    """The directory of a checkpoint whose rows fit the 256-weight K-quant blocks."""
     directory = os.path.join(mc._ROOT, kind + "-" + "-".join(f"{k}{v}" for k, v in sorted(overrides.items())))
-    return directory, mc.build(kind, directory, **overrides)
+    return mc.build(kind, directory, **overrides)
 
 
 # ---------------------------------------------------------------------------
@@ -85,12 +86,13 @@ def regex_tokenizer(path: str, pattern: str, ignore_merges: bool) -> None:
 
 @functools.cache
 def checkpoint_with_tokenizer(name: str) -> str:
-    """A tiny Llama checkpoint directory with tokenizer `name`: spm, llama-bpe or qwen2."""
+    """A tiny Llama checkpoint directory (model_checkpoints' llama-gqa-tied
+    weights, NumPy-written) with tokenizer `name`: spm, llama-bpe or qwen2."""
+    from tokenizers import Tokenizer
+
     from fastdecode.model import gguf_tokenizer as gt
 
-    directory = os.path.join(mc._ROOT, "tok-" + name)
-    os.makedirs(directory, exist_ok=True)
-    file = os.path.join(directory, "tokenizer.json")
+    file = os.path.join(mc._ROOT, f"tokenizer-{name}.json")
     if name == "spm":
         spm_tokenizer(file)
         bos, eos = 1, 2
@@ -100,17 +102,14 @@ def checkpoint_with_tokenizer(name: str) -> str:
         regex_tokenizer(file, gt.LLAMA3_SPLIT if name == "llama-bpe" else gt.QWEN2_SPLIT, name == "llama-bpe")
         bos = eos = 0
         extra = {"bos_token": mc.EOS, "eos_token": mc.EOS}
+    vocab = Tokenizer.from_file(file).get_vocab_size()
+    directory = mc.build("llama-gqa-tied", os.path.join(mc._ROOT, "tok-" + name), vocab_size=vocab,
+                         bos_token_id=bos, eos_token_id=eos)
+    shutil.copy(file, os.path.join(directory, "tokenizer.json"))  # over build's byte-level BPE
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": bos, "eos_token_id": eos}, f)
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(extra, f)
-    from tokenizers import Tokenizer
-
-    vocab = Tokenizer.from_file(file).get_vocab_size()
-    config = transformers.LlamaConfig(vocab_size=vocab, bos_token_id=bos, eos_token_id=eos,
-                                      **mc.KINDS["llama-gqa-tied"][2])
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    mc.randomize(model, seed=7)
-    model.save_pretrained(directory)
     return directory
 
 

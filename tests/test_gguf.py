@@ -4,6 +4,7 @@ weights (float types) or on the dequantized weights (block types), the
 tokenizer rebuilt from tokenizer.ggml.* gives the tokenizer.json's ids, and
 every malformed file is a ValueError naming the key or tensor."""
 import copy
+import json
 import os
 import struct
 import subprocess
@@ -12,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import fastdecode
 import gguf_files as gf
@@ -20,7 +22,7 @@ from fastdecode.formats import QuantizedTensor
 from fastdecode.model import gguf as fd_gguf
 from fastdecode.model import gguf_weights as fd_gguf_weights
 from fastdecode.model import gguf_tokenizer as gt
-from gguf_files import TEXTS, torch
+from gguf_files import TEXTS
 
 gguf = pytest.importorskip("gguf", reason="GGUF files are read and written with llama.cpp's gguf package")
 PROMPT = 12
@@ -35,10 +37,12 @@ def assert_close(got, want, what, rel=1e-4):
     assert err <= rel * scale, f"{what}: max |diff| {err:.3g} > {rel} x {scale:.3g}"
 
 
-def hf_from_gguf(path, kind, hf=None):
-    """The transformers model of `kind` with every weight replaced by the
-    GGUF's, dequantized by gguf.quants and un-permuted: the reference."""
-    ref = copy.deepcopy(hf if hf is not None else mc.checkpoint(kind)[1])
+def hf_from_gguf(path, directory):
+    """The transformers model of checkpoint `directory` with every weight
+    replaced by the GGUF's, dequantized by gguf.quants and un-permuted: the
+    reference (skips the calling test without torch or transformers)."""
+    torch, _ = mc.torch_and_transformers()
+    ref = copy.deepcopy(mc.hf_model(directory))
     reader = gguf.GGUFReader(path)
     arch = reader.fields["general.architecture"].contents()
     with warnings.catch_warnings():
@@ -64,13 +68,13 @@ def hf_from_gguf(path, kind, hf=None):
 
 @pytest.mark.parametrize("kind", list(mc.KINDS))
 def test_float32_gguf_equals_transformers_and_the_directory(kind):
-    directory, hf = mc.checkpoint(kind)
+    directory = mc.checkpoint(kind)
     model = fastdecode.load(gf.gguf_of(kind))
     ids = mc.prompt_ids(PROMPT)
-    assert_close(logits(model, ids), mc.hf_logits(hf, ids), kind)
     hf_dir = fastdecode.load(directory)
     want = hf_dir.generate(ids, max_new_tokens=24, ignore_eos=True).token_ids
     assert model.generate(ids, max_new_tokens=24, ignore_eos=True).token_ids == want
+    assert_close(logits(model, ids), mc.hf_logits(mc.hf_model(directory), ids), kind)  # skips without torch
 
 
 @pytest.mark.parametrize("weights", ["f16", "bf16"])
@@ -78,7 +82,7 @@ def test_16_bit_files_equal_transformers_on_the_rounded_weights(weights):
     path = gf.gguf_of("llama3-untied", weights)
     assert fastdecode.load(path).weights.layers[1].down.format == weights
     ids = mc.prompt_ids(PROMPT)
-    assert_close(logits(fastdecode.load(path), ids), mc.hf_logits(hf_from_gguf(path, "llama3-untied"), ids), weights)
+    assert_close(logits(fastdecode.load(path), ids), mc.hf_logits(hf_from_gguf(path, mc.checkpoint("llama3-untied")), ids), weights)
 
 
 @pytest.mark.parametrize("kind,weights", [("llama-gqa-tied", "q8_0"), ("qwen2", "q4_0"), ("gpt2", "q8_0"),
@@ -94,13 +98,13 @@ def test_block_formats_equal_the_dequantized_reference(kind, weights):
     layer = model.weights.layers[0]
     assert all(isinstance(m, QuantizedTensor) and m.format == weights for m in (layer.qkv, layer.out, layer.down))
     # the same blocks as the directory quantized at load (gguf.quants, bit-identical): the same logits, bit for bit
-    same = fastdecode.load(mc.checkpoint(kind)[0], weights=weights)
+    same = fastdecode.load(mc.checkpoint(kind), weights=weights)
     for a, b in ((same.weights.layers[1].qkv, model.weights.layers[1].qkv), (same.weights.head, model.weights.head)):
         assert a.format == b.format and a.shape == b.shape
         np.testing.assert_array_equal(a.data, b.data)
     np.testing.assert_array_equal(logits(model, ids), logits(same, ids))
     # and transformers on the dequantized weights, within the 8-bit activations of the block dot products
-    assert_close(logits(model, ids), mc.hf_logits(hf_from_gguf(path, kind), ids), f"{kind} {weights}", 0.05)
+    assert_close(logits(model, ids), mc.hf_logits(hf_from_gguf(path, mc.checkpoint(kind)), ids), f"{kind} {weights}", 0.05)
 
 
 def test_q4_k_m_writes_q4_k_and_q6_k_and_reads_them_back():
@@ -108,8 +112,7 @@ def test_q4_k_m_writes_q4_k_and_q6_k_and_reads_them_back():
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
     assert types["blk.0.attn_q.weight"] == "Q4_K" and types["blk.0.attn_v.weight"] == "Q6_K"
     assert types["blk.1.ffn_down.weight"] == "Q6_K" and types["blk.1.attn_norm.weight"] == "F32"
-    _, hf = gf.wide_checkpoint("llama-gqa-tied", hidden_size=256, intermediate_size=256)
-    ref = hf_from_gguf(path, None, hf)
+    ref = hf_from_gguf(path, gf.wide_checkpoint("llama-gqa-tied", hidden_size=256, intermediate_size=256))
     model = fastdecode.load(path)
     assert isinstance(model.weights.layers[0].out, QuantizedTensor) and model.weights.layers[0].out.format == "q4_K"
     ids = mc.prompt_ids(PROMPT)
@@ -132,16 +135,19 @@ def test_types_without_kernels_are_dequantized_with_one_warning(tmp_path):
         model = fastdecode.load(path)
     assert len(record) == 1
     ids = mc.prompt_ids(PROMPT)
-    assert_close(logits(model, ids), mc.hf_logits(hf_from_gguf(path, "llama-gqa-tied"), ids), "q5", 1e-2)
+    assert_close(logits(model, ids), mc.hf_logits(hf_from_gguf(path, mc.checkpoint("llama-gqa-tied")), ids), "q5", 1e-2)
 
 
 def test_llama_q_and_k_rows_are_permuted_in_the_file_and_qwen2_rows_are_not():
     for kind, permuted in (("llama-gqa-tied", True), ("qwen2", False)):
-        directory, hf = mc.checkpoint(kind)
+        directory = mc.checkpoint(kind)
         reader = gguf.GGUFReader(gf.gguf_of(kind))
         k_file = next(np.asarray(t.data) for t in reader.tensors if t.name == "blk.0.attn_k.weight")
-        k_hf = hf.model.layers[0].self_attn.k_proj.weight.detach().numpy()
-        expected = fd_gguf_weights.permute(k_hf, hf.config.num_key_value_heads) if permuted else k_hf
+        k_hf = safetensors.numpy.load_file(os.path.join(directory, "model.safetensors"))[
+            "model.layers.0.self_attn.k_proj.weight"]  # [kv_heads * head_dim, hidden], transformers' layout
+        with open(os.path.join(directory, "config.json")) as f:
+            kv_heads = json.load(f)["num_key_value_heads"]
+        expected = fd_gguf_weights.permute(k_hf, kv_heads) if permuted else k_hf
         np.testing.assert_array_equal(k_file.reshape(k_hf.shape), expected)
         np.testing.assert_array_equal(fd_gguf_weights.unpermute(fd_gguf_weights.permute(k_hf, 2), 2), k_hf)
 
@@ -156,7 +162,7 @@ def test_tied_head_when_output_weight_is_absent():
 
 def test_hyperparameters_come_from_the_arch_keys():
     for kind in mc.KINDS:
-        want = fastdecode.load(mc.checkpoint(kind)[0]).config
+        want = fastdecode.load(mc.checkpoint(kind)).config
         got = fastdecode.load(gf.gguf_of(kind)).config
         for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                       "intermediate_size", "max_positions", "rope_theta", "tie_embeddings", "qkv_bias", "family"):
@@ -180,7 +186,7 @@ def test_a_loaded_gguf_saves_back_to_the_same_tensors_and_tokenizer(tmp_path):
 
 
 def test_convert_command_and_generate_from_the_file(tmp_path):
-    directory, _ = mc.checkpoint("llama-gqa-tied")
+    directory = mc.checkpoint("llama-gqa-tied")
     out = tmp_path / "m.gguf"
     run = [sys.executable, "-m", "fastdecode"]
     done = subprocess.run(run + ["convert", directory, str(out), "--weights", "f32"], capture_output=True, text=True)
@@ -188,8 +194,6 @@ def test_convert_command_and_generate_from_the_file(tmp_path):
     gen = subprocess.run(run + ["generate", "-m", str(out), "Hello world", "-n", "8", "--greedy", "--json"],
                          capture_output=True, text=True)
     assert gen.returncode == 0, gen.stderr
-    import json
-
     ids = json.loads(gen.stdout)["token_ids"]
     model = fastdecode.load(directory)
     assert ids == model.generate("Hello world", max_new_tokens=8, do_sample=False).token_ids
@@ -210,7 +214,7 @@ def round_trip(directory, tmp_path):
 
 @pytest.mark.parametrize("name", ["gpt2-bpe", "spm", "llama-bpe", "qwen2"])
 def test_tokenizer_round_trip_gives_the_tokenizer_json_ids(name, tmp_path):
-    directory = mc.checkpoint("llama-gqa-tied")[0] if name == "gpt2-bpe" else gf.checkpoint_with_tokenizer(name)
+    directory = mc.checkpoint("llama-gqa-tied") if name == "gpt2-bpe" else gf.checkpoint_with_tokenizer(name)
     want, model = round_trip(directory, tmp_path)
     pre = {"gpt2-bpe": "gpt-2", "spm": None, "llama-bpe": "llama-bpe", "qwen2": "qwen2"}[name]
     assert model.gguf_tokenizer_fields.get("tokenizer.ggml.pre", (None,))[0] == pre
@@ -236,7 +240,7 @@ def test_spm_tokenizer_keeps_bos_byte_fallback_and_chat_template(tmp_path):
 
 
 def test_control_tokens_are_never_made_from_plain_text(tmp_path):
-    _, model = round_trip(mc.checkpoint("llama-gqa-tied")[0], tmp_path)
+    _, model = round_trip(mc.checkpoint("llama-gqa-tied"), tmp_path)
     tok = model.tokenizer
     eos = tok.eos_token_id
     plain = "<|endoftext" + "|" + ">"  # the control token's text only where the text spells it whole
@@ -352,6 +356,6 @@ def test_not_a_gguf_and_a_bad_weights_name(tmp_path):
     fake.write_bytes(b"GGML" + b"\0" * 100)
     with pytest.raises(ValueError, match="not a GGUF"):
         fastdecode.load(fake)
-    model = fastdecode.load(mc.checkpoint("gpt2")[0])
+    model = fastdecode.load(mc.checkpoint("gpt2"))
     with pytest.raises(ValueError, match="q3_k"):
         model.save(tmp_path / "x.gguf", weights="q3_k")

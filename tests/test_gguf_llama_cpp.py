@@ -13,11 +13,12 @@ import gguf_files as gf
 import model_checkpoints as mc
 from gguf_files import TEXTS
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (pip install '.[peers]') is the llama.cpp peer")
 STEPS = 32
 
 
 def llama(path, logits_all=False):
+    """llama.cpp's model of `path`; skips the calling test without llama-cpp-python."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (pip install '.[peers]') is the peer")
     # type_k/type_v 0: a float32 KV cache (llama.cpp defaults to f16; fastdecode keeps float32)
     return llama_cpp.Llama(model_path=path, n_ctx=128, n_threads=1, seed=0, verbose=False, logits_all=logits_all,
                            type_k=0, type_v=0)
@@ -77,7 +78,7 @@ def test_block_format_files_agree_with_llama_cpp(kind, weights, capsys):
 
 @pytest.mark.parametrize("name", ["gpt2-bpe", "spm", "llama-bpe", "qwen2"])
 def test_llama_cpp_tokenizes_the_files_vocabulary_as_fastdecode(name, tmp_path):
-    directory = mc.checkpoint("gpt2")[0] if name == "gpt2-bpe" else gf.checkpoint_with_tokenizer(name)
+    directory = mc.checkpoint("gpt2") if name == "gpt2-bpe" else gf.checkpoint_with_tokenizer(name)
     path = str(tmp_path / "tok.gguf")
     fastdecode.load(directory).save(path, weights="f32")
     tok, llm = load(path).tokenizer, llama(path)

@@ -50,6 +50,7 @@ _LAZY = {
     "ModelConfig": "fastdecode.model", "GenerationConfig": "fastdecode.generation",
     "GenerationResult": "fastdecode.generation", "StreamToken": "fastdecode.generation",
     "Tokenizer": "fastdecode.tokenizer",
+    "Session": "fastdecode.session", "ChatTemplate": "fastdecode.chat", "ChatTemplateError": "fastdecode.chat",
 }
 
 

@@ -1,4 +1,4 @@
-"""The command line: ``fastdecode info | generate | convert | bench``."""
+"""The command line: ``fastdecode info | generate | chat | batch | convert | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -55,10 +55,10 @@ def _read_prompt(args) -> str:
     return text[:-1] if text.endswith("\n") else text  # `echo prompt |` adds a newline nobody typed
 
 
-def _cmd_generate(args) -> int:
+def _configure(args):
+    """--backend and --threads."""
     import fastdecode
 
-    prompt = _read_prompt(args)
     if args.backend:
         fastdecode.set_backend(args.backend)
     if args.threads is not None:
@@ -69,12 +69,24 @@ def _cmd_generate(args) -> int:
             pass
         else:
             threadpool_limits(args.threads)
+
+
+def _settings(args) -> dict:
+    """generate()'s keywords from the sampling flags."""
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy and args.temperature > 0,
+                temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                min_p=args.min_p or None, repetition_penalty=args.repetition_penalty,
+                stop=args.stop or None, rng=args.seed, prompt_lookup_num_tokens=args.prompt_lookup)
+
+
+def _cmd_generate(args) -> int:
+    import fastdecode
+
+    prompt = _read_prompt(args)
+    _configure(args)
     model = _load(args.model, args.weights)
-    settings = dict(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy and args.temperature > 0,
-                    temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                    min_p=args.min_p or None, repetition_penalty=args.repetition_penalty,
-                    stop=args.stop or None, rng=args.seed)
-    tokens = model.stream(prompt, **settings)  # checks every setting and the context first: errors come before output
+    # checks every setting and the context first: errors come before output
+    tokens = model.stream(prompt, **_settings(args))
     out = sys.stdout
     if not args.json:
         out.write(prompt)  # as llama.cpp does: the continuation reads on from the prompt
@@ -143,6 +155,43 @@ def _load(path: str, weights=None):
         raise ValueError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from None
 
 
+def _cmd_chat(args) -> int:
+    from .chat_cli import run
+
+    _configure(args)
+    return run(args, _settings(args))
+
+
+def _cmd_batch(args) -> int:
+    import os
+
+    from . import batch_io
+    from .generation import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    options = dict(max_batch=args.max_batch, prefill_chunk=args.prefill_chunk, seed=args.seed,
+                   on_error=args.on_error, progress=None if args.progress is None else args.progress == "on")
+    if not os.path.isfile(args.input):
+        raise FileNotFoundError(f"--input {args.input}: no such file")
+    if args.ray is not None:
+        from . import ray as fd_ray
+
+        engine = fd_ray.job_engine(args.model, config, address=args.ray or None, concurrency=args.concurrency,
+                                   num_cpus=args.threads or 1, backend=args.backend, weights=args.weights,
+                                   max_batch=args.max_batch,
+                                   prefill_chunk=args.prefill_chunk, seed=args.seed)
+        stats = batch_io.run_job(None, args.input, args.output, config, engine=engine, **options)
+    else:
+        _configure(args)
+        model = _load(args.model, args.weights)
+        stats = batch_io.run_job(model, args.input, args.output, config, **options)
+    rate = stats["generated_tokens"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
+    print(f"fastdecode batch: {stats['written']} rows written ({stats['done_before']} were already there), "
+          f"{stats['generated_tokens']} tokens in {stats['seconds']:.1f} s ({rate:.1f} tokens/s), "
+          f"{stats['bad']} bad line(s)", file=sys.stderr)
+    return 1 if stats["bad"] else 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -180,6 +229,30 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _decoding_arguments(p, max_new_tokens: int):
+    """The model, sampling, stopping and backend flags of generate and chat."""
+    p.add_argument("-m", "--model", default="default",
+                   help="Hugging Face model directory or .gguf file (default: the embedded model)")
+    p.add_argument("--weights", default=None, metavar="FMT",
+                   help="weight format made at load: q8_0, q4_0, q4_k_m, q4_K, q6_K, bf16, f16 (default: as stored)")
+    p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=max_new_tokens,
+                   help=f"tokens to generate (default {max_new_tokens})")
+    p.add_argument("--temperature", type=_ranged(0, float("inf")), default=0.8, help="0 means greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 disables (default 40)")
+    p.add_argument("--top-p", type=_ranged(0, 1, lo_open=True), default=0.95, help="nucleus mass in (0, 1]; 1 disables (default 0.95)")
+    p.add_argument("--min-p", type=_ranged(0, 1), default=0.05, help="keep p >= min_p * p_max; 0 disables (default 0.05)")
+    p.add_argument("--repetition-penalty", type=_ranged(0, float("inf"), lo_open=True), default=1.0,
+                   help="HF's repetition penalty; 1 disables (default 1.0)")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (same as --temperature 0)")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable); eos always stops")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    p.add_argument("--threads", type=_positive_int, default=None, help="threads for the kernels and NumPy's BLAS")
+    p.add_argument("--backend", choices=["auto", "c", "numpy"], default=None, help="kernel backend (default auto)")
+    p.add_argument("--prompt-lookup", type=_positive_int, default=None, metavar="K",
+                   help="prompt-lookup decoding: draft up to K tokens copied from the context (HF's "
+                        "prompt_lookup_num_tokens)")
+
+
 class _Parser(argparse.ArgumentParser):
     """Bad flags are one line on stderr (``--help`` shows the usage), exit 2."""
 
@@ -201,23 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text, streamed as it is made (default: the embedded model)")
     p.add_argument("prompt", nargs="?", help="the prompt (default: read from stdin)")
-    p.add_argument("-m", "--model", default="default", help="Hugging Face model directory or .gguf file (default: the embedded model)")
-    p.add_argument("--weights", default=None, metavar="FMT",
-                   help="weight format made at load: q8_0, q4_0, q4_k_m, q4_K, q6_K, bf16, f16 (default: as stored)")
-    p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=64, help="tokens to generate (default 64)")
-    p.add_argument("--temperature", type=_ranged(0, float("inf")), default=0.8, help="0 means greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 disables (default 40)")
-    p.add_argument("--top-p", type=_ranged(0, 1, lo_open=True), default=0.95, help="nucleus mass in (0, 1]; 1 disables (default 0.95)")
-    p.add_argument("--min-p", type=_ranged(0, 1), default=0.05, help="keep p >= min_p * p_max; 0 disables (default 0.05)")
-    p.add_argument("--repetition-penalty", type=_ranged(0, float("inf"), lo_open=True), default=1.0,
-                   help="HF's repetition penalty; 1 disables (default 1.0)")
-    p.add_argument("--greedy", action="store_true", help="argmax decoding (same as --temperature 0)")
-    p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable); eos always stops")
-    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
-    p.add_argument("--threads", type=_positive_int, default=None, help="threads for the kernels and NumPy's BLAS")
-    p.add_argument("--backend", choices=["auto", "c", "numpy"], default=None, help="kernel backend (default auto)")
+    _decoding_arguments(p, 64)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("chat", help="an interactive chat in the terminal, with the model's chat template")
+    _decoding_arguments(p, 512)
+    p.add_argument("--system", default=None, help="a system message to start the conversation with")
+    p.add_argument("--template", default=None, metavar="FILE",
+                   help="a Jinja2 chat template file (default: the checkpoint's own)")
+    p.add_argument("--history", default=None, metavar="FILE", help="keep the input history in FILE (readline)")
+    p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("convert", help="write a Hugging Face model directory (or a GGUF) as a GGUF file for llama.cpp")
     p.add_argument("model_dir", help="Hugging Face model directory, a .gguf file, or 'default'")
@@ -227,6 +294,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=WEIGHT_TYPES, default="f16",
                    help="tensor type of the matrices, as llama.cpp's file types (default f16)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("batch", help="generate for every line of a JSONL file (continuous batching, restartable)")
+    p.add_argument("-m", "--model", default="default", help="Hugging Face model directory (default: the embedded model)")
+    p.add_argument("--weights", default=None, metavar="FMT", help="weight format made at load (as generate)")
+    p.add_argument("--input", required=True, help='JSON lines: {"id": ..., "prompt": ..., <settings>, "seed": ...}')
+    p.add_argument("--output", required=True, help="JSON lines, appended; a rerun skips the ids already there")
+    p.add_argument("--max-batch", type=_positive_int, default=16, help="rows decoded together (default 16)")
+    p.add_argument("--prefill-chunk", type=_positive_int, default=128,
+                   help="prompt tokens prefilled between two decode steps (default 128)")
+    p.add_argument("-n", "--max-new-tokens", type=_positive_int, default=64,
+                   help="tokens per row unless its line says (default 64)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="base seed: a row without its own seed draws from default_rng([seed, hash of its id])")
+    p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                   help="a bad line stops the run after the rows in flight, or is skipped (reported either way)")
+    p.add_argument("--progress", choices=["on", "off"], default=None, help="progress bar (default: on a terminal)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for the kernels and NumPy's BLAS (with --ray: CPUs per actor)")
+    p.add_argument("--backend", choices=["auto", "c", "numpy"], default=None, help="kernel backend (default auto)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (ray.init(address); a local one without ADDRESS)")
+    p.add_argument("--concurrency", type=_positive_int, default=None,
+                   help="with --ray: model actors (default: the cluster's CPUs / --threads)")
+    p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("bench", help="benchmark fastdecode against NumPy, SciPy, PyTorch, transformers")
     from .benchmarks import harness

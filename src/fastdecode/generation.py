@@ -51,6 +51,8 @@ class GenerationConfig:
     stop: Sequence | str | int | None = None  # extra stop strings and/or token ids
     ignore_eos: bool = False
     logits_processors: Sequence[Callable] = ()  # fn(token_ids [B, n] int64 (-1 = padding), logits [B, V]) -> logits
+    prompt_lookup_num_tokens: int | None = None  # draft up to this many tokens from the context (lookup.py)
+    max_matching_ngram_size: int | None = None  # longest n-gram matched when drafting (default 2, as HF)
 
     def merged(self, defaults: dict) -> "GenerationConfig":
         """These settings, with None fields taken from `defaults` (generation_config.json).
@@ -79,11 +81,15 @@ class Timing:
     generated_tokens: int  # summed over the batch; the first one comes from the prefill
     decode_s: float  # the forward passes after the prefill, their choices, detokenization
     rows: int = 1  # sequences in the batch
+    cached_tokens: int = 0  # prompt tokens whose KV came from a session or the prefix cache (not prefilled)
+    draft_tokens: int = 0  # prompt lookup: tokens proposed ...
+    accepted_draft_tokens: int = 0  # ... and accepted
 
     @property
     def prompt_tokens_per_s(self) -> float | None:
-        """Prompt tokens per second of prefill; None when undefined (no time measured)."""
-        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else None
+        """Prompt tokens prefilled per second (cached ones not counted); None when undefined (no time measured)."""
+        n = self.prompt_tokens - self.cached_tokens
+        return n / self.prefill_s if self.prefill_s > 0 else None
 
     @property
     def generated_tokens_per_s(self) -> float | None:
@@ -329,8 +335,7 @@ def _generator(rng) -> np.random.Generator:
                         f"got {rng!r} ({exc})") from None
 
 
-def _history(prompts, seqs) -> np.ndarray:  # -> [B, n] int64, left-padded with -1
-    rows = [p + s.token_ids for p, s in zip(prompts, seqs)]
+def _history(rows) -> np.ndarray:  # rows: B id lists -> [B, n] int64, left-padded with -1
     n = max(len(r) for r in rows)
     out = np.full((len(rows), n), -1, np.int64)
     for i, r in enumerate(rows):
@@ -342,10 +347,15 @@ def _history(prompts, seqs) -> np.ndarray:  # -> [B, n] int64, left-padded with 
 # The loop
 # ---------------------------------------------------------------------------
 
-def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
+def steps(model, prompt, gen: GenerationConfig, rng=None, cache_store=None) -> Iterator:
     """Check the whole request now, then return the decode loop: a generator
     that yields (sequences, pieces) after each token and returns the results
-    (StopIteration.value)."""
+    (StopIteration.value).
+
+    cache_store: where the KV cache comes from and goes back to, an object
+    with ``take(ids, need) -> (KVCache, reused)`` and ``put(ids, cache)``
+    (a :class:`~fastdecode.session.Session`); default: the model's prefix
+    cache for one prompt, else a fresh cache."""
     if not isinstance(gen, GenerationConfig):
         raise TypeError(f"config must be a fastdecode.GenerationConfig; got {type(gen).__name__}")
     prompts, batched = _prompts(model, prompt)
@@ -358,33 +368,46 @@ def steps(model, prompt, gen: GenerationConfig, rng=None) -> Iterator:
         raise ContextOverflowError(
             f"prompt ({int(lengths.max())} tokens) + max_new_tokens ({gen.max_new_tokens}) needs {need} positions; "
             f"the model takes at most {model.config.max_positions}")
+    drafter = None
+    if gen.prompt_lookup_num_tokens:
+        from .lookup import PromptLookup
+
+        drafter = PromptLookup(gen.prompt_lookup_num_tokens, gen.max_matching_ngram_size, len(prompts),
+                               stops[0] | stops[1])
     seqs = [_Sequence(p, model.tokenizer, *stops) for p in prompts]
-    return _loop(model, prompts, batched, lengths, need, seqs, gen, rng)
+    store = cache_store if cache_store is not None else getattr(model, "prefix_cache", None) if not batched else None
+    return _loop(model, prompts, batched, lengths, need, seqs, gen, rng, store, drafter)
 
 
-def _loop(model, prompts, batched, lengths, need, seqs, gen, rng):
-    cache = KVCache(model.config, len(prompts), need)
-    tokens = np.zeros((len(prompts), int(lengths.max())), np.int64)
-    for i, p in enumerate(prompts):
-        tokens[i, tokens.shape[1] - len(p):] = p  # left padding
+def _chunk(rows) -> tuple[np.ndarray, np.ndarray]:  # rows: B id lists -> tokens [B, T] left-padded, counts [B]
+    counts = np.array([len(r) for r in rows], np.int64)
+    tokens = np.zeros((len(rows), int(counts.max())), np.int64)
+    for i, r in enumerate(rows):
+        tokens[i, tokens.shape[1] - len(r):] = r
+    return tokens, counts
 
-    def choose(logits):
+
+def _loop(model, prompts, batched, lengths, need, seqs, gen, rng, store, drafter):
+    if store is not None:
+        cache, reused = store.take(prompts[0], need)
+    else:
+        cache, reused = KVCache(model.config, len(prompts), need), 0
+
+    def choose(logits, pending=None):  # pending: per row, tokens chosen after the sequence's (drafts being checked)
+        penalized = gen.repetition_penalty not in (None, 1.0)
+        rows = [p + s.token_ids + (pending[i] if pending else []) for i, (p, s) in enumerate(zip(prompts, seqs))] \
+            if gen.logits_processors or penalized else None
         if gen.logits_processors:
-            logits = _processed(gen.logits_processors, _history(prompts, seqs), logits)
-        seen = [p + s.token_ids for p, s in zip(prompts, seqs)] if gen.repetition_penalty not in (None, 1.0) \
-            else None
-        return next_tokens(logits, gen, rng, seen)
-
-    # the clock runs while this loop works, not while the caller holds a yielded piece
-    t0 = time.perf_counter()
-    logits = np.empty((len(prompts), model.config.vocab_size), np.float32)  # reused by every step
+            logits = _processed(gen.logits_processors, _history(rows), logits)
+        return next_tokens(logits, gen, rng, rows if penalized else None)
 
     # -- the compiled step (fastdecode.model.compiled): on the C backend one C call per step, the token
     # choice included unless Python logits processors need the logits; the NumPy backend runs forward()
+    # (prompt lookup's drafts are checked by forward() too)
     compiled = model.compiled() if backend.active().name == "c" and compiled_step.enabled() and \
         compiled_step.supported(model.weights) else None
 
-    def advance(tokens, counts=None):  # -> the chosen ids [B]
+    def forward_choose(tokens, counts=None):  # tokens [B, T] -> the chosen ids [B]
         if compiled is None:
             return choose(forward(model.weights, model.config, tokens, cache, counts=counts, out=logits))
         if gen.logits_processors:
@@ -397,25 +420,49 @@ def _loop(model, prompts, batched, lengths, need, seqs, gen, rng):
             prev_tokens=[p + s.token_ids for p, s in zip(prompts, seqs)] if penalized else None)
     # -- end of the compiled step
 
-    chosen = advance(tokens, lengths)
-    prefill_s, decode_s = time.perf_counter() - t0, 0.0
-    for step in range(gen.max_new_tokens):
+    def advance(new):  # each row's new tokens -> the tokens that follow them, per row
+        if drafter is not None:
+            return drafter.step(model, cache, prompts, seqs, new, gen.max_new_tokens, choose)
+        return [[int(t)] for t in forward_choose(np.array([[n[-1]] for n in new], np.int64))]
+
+    try:
+        # the clock runs while this loop works, not while the caller holds a yielded piece
         t0 = time.perf_counter()
-        last = step == gen.max_new_tokens - 1
-        pieces = [s.add(int(t), last) if s.finish_reason is None else None for s, t in zip(seqs, chosen)]
-        decode_s += time.perf_counter() - t0
-        yield seqs, pieces  # holds nothing of the pool's: a suspended stream lends the next loop its read-ahead
-        if all(s.finish_reason is not None for s in seqs):
-            break
-        t0 = time.perf_counter()
-        # workers read ahead between projections and poll between kernels while a step runs; generate()
-        # holds the order for the whole loop, so this re-lends it only after a stream's caller had it
-        with backend.weight_order(model.weights.decode_order()), backend.decode_spin():
-            chosen = advance(chosen[:, None])
-        decode_s += time.perf_counter() - t0
-    timing = Timing(int(lengths.sum()), prefill_s, sum(len(s.token_ids) for s in seqs), decode_s, len(seqs))
+        logits = np.empty((len(prompts), model.config.vocab_size), np.float32)  # reused by every step
+        tokens, counts = _chunk([p[reused:] for p in prompts])
+        new = [[int(t)] for t in forward_choose(tokens, counts)]
+        prefill_s, decode_s = time.perf_counter() - t0, 0.0
+        while True:
+            for j in range(max(len(n) for n in new)):  # hand out the new tokens one at a time
+                t0 = time.perf_counter()
+                pieces = [s.add(n[j], len(s.token_ids) + 1 >= gen.max_new_tokens)
+                          if j < len(n) and s.finish_reason is None else None for s, n in zip(seqs, new)]
+                decode_s += time.perf_counter() - t0
+                yield seqs, pieces  # holds nothing of the pool's: a suspended stream lends the next loop its read-ahead
+            if all(s.finish_reason is not None for s in seqs):
+                break
+            t0 = time.perf_counter()
+            # workers read ahead between projections and poll between kernels while a step runs; generate()
+            # holds the order for the whole loop, so this re-lends it only after a stream's caller had it
+            with backend.weight_order(model.weights.decode_order()), backend.decode_spin():
+                new = advance(new)
+            decode_s += time.perf_counter() - t0
+    finally:  # also when the caller stops early: the store keeps what the cache holds
+        if store is not None:
+            store.put(prompts[0] + seqs[0].token_ids, cache)
+    timing = Timing(int(lengths.sum()), prefill_s, sum(len(s.token_ids) for s in seqs), decode_s, len(seqs),
+                    reused, *(drafter.counts() if drafter is not None else (0, 0)))
     results = [s.result(timing) for s in seqs]
     return results if batched else results[0]
+
+
+def drain(loop):
+    """Run a generator to its end; returns its return value."""
+    while True:
+        try:
+            next(loop)
+        except StopIteration as done:
+            return done.value
 
 
 def generate(model, prompt, gen: GenerationConfig, rng=None):
@@ -429,14 +476,14 @@ def generate(model, prompt, gen: GenerationConfig, rng=None):
         return done.value
 
 
-def stream(model, prompt, gen: GenerationConfig, rng=None) -> Iterator[StreamToken]:
+def stream(model, prompt, gen: GenerationConfig, rng=None, cache_store=None) -> Iterator[StreamToken]:
     """Checks the request at once (raising here, before any token), then
     returns a generator of StreamToken(id, text piece) per token of one
     prompt, which returns the GenerationResult. While suspended it holds
     the model and its cache, nothing else: close() or dropping it frees them."""
     if is_batch(prompt):
         raise ValueError("stream() takes one prompt; use generate() for a batch")
-    return _stream(steps(model, prompt, gen, rng))
+    return _stream(steps(model, prompt, gen, rng, cache_store))
 
 
 def _stream(loop) -> Iterator[StreamToken]:

@@ -91,8 +91,11 @@ def load_models(directory: str, weights=(), peer: bool = True) -> tuple:
 
     import fastdecode
 
-    hf = PeerProcess(directory) if peer and importlib.util.find_spec("transformers") is not None else None
-    return fastdecode.load(directory), hf, {w: fastdecode.load(directory, weights=w) for w in weights}
+    hf = PeerProcess(directory) if peer and importlib.util.find_spec("transformers") is not None \
+        else None
+    # every run prefills its prompt, as the peers do: no prefix cache
+    return (fastdecode.load(directory, prefix_cache_mb=0), hf,
+            {w: fastdecode.load(directory, weights=w, prefix_cache_mb=0) for w in weights})
 
 
 # transformers runs in a worker process of its own, at torch's own OpenMP

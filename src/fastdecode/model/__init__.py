@@ -27,6 +27,8 @@ _SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repeti
 class Model:
     """A loaded checkpoint: ``config``, float32 ``weights``, ``tokenizer`` (or None)."""
 
+    prefix_cache = None  # a fastdecode.prefix_cache.PrefixCache that generate() reuses prompt prefixes from
+
     def __init__(self, config: ModelConfig, weights: Weights, tokenizer=None, generation_defaults=None,
                  eos_token_ids=None, path: str | None = None):
         self.config = config
@@ -112,7 +114,11 @@ class Model:
         Settings (keywords, or a :class:`~fastdecode.generation.GenerationConfig`
         as ``config``): do_sample, temperature, top_k, top_p, min_p,
         repetition_penalty, stop (strings and/or token ids, added to the
-        checkpoint's eos), ignore_eos, logits_processors. ``rng``: a seed or a
+        checkpoint's eos), ignore_eos, logits_processors,
+        prompt_lookup_num_tokens and max_matching_ngram_size (prompt-lookup
+        decoding, :mod:`fastdecode.lookup`). One prompt reuses the cached
+        keys and values of a shared prefix from the model's prefix cache
+        (:mod:`fastdecode.prefix_cache`). ``rng``: a seed or a
         ``numpy.random.Generator``. Returns a GenerationResult (a list of them
         for a batch) with ``token_ids``, ``text``, ``finish_reason`` and
         ``timing``.
@@ -127,6 +133,61 @@ class Model:
         from .. import generation
 
         return generation.stream(self, prompt, self._settings(config, max_new_tokens, settings), rng)
+
+    # -- chat (fastdecode.chat, fastdecode.session) ----------------------------
+
+    def chat(self, messages, *, max_new_tokens: int = 256, rng=None, config=None, template: str | None = None,
+             **settings):
+        """Answer a conversation, ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``,
+        rendered with the checkpoint's chat template (or ``template``, Jinja2
+        text) under Hugging Face's conventions; stops at the template's
+        end-of-turn token. Settings as :meth:`generate`. Raises
+        ``fastdecode.chat.ChatTemplateError`` without a template."""
+        from .. import generation
+        from ..chat import prepare
+
+        ids, gen = prepare(self, messages, self._settings(config, max_new_tokens, settings), template)
+        return generation.generate(self, ids, gen, rng)
+
+    def stream_chat(self, messages, *, max_new_tokens: int = 256, rng=None, config=None, template: str | None = None,
+                    **settings):
+        """Like :meth:`chat`, yielding ``StreamToken(id, text)`` per token."""
+        from .. import generation
+        from ..chat import prepare
+
+        ids, gen = prepare(self, messages, self._settings(config, max_new_tokens, settings), template)
+        return generation.stream(self, ids, gen, rng)
+
+    def session(self, path=None, **options):
+        """A :class:`fastdecode.session.Session` (a conversation that keeps its
+        KV cache between turns), resumed from ``path`` when given."""
+        from ..session import Session
+
+        return Session(self, path, **options)
+
+    def generate_many(self, prompts, *, max_batch: int = 8, max_new_tokens: int = 64, rng=None, config=None,
+                      as_completed: bool = False, prefill_chunk: int = 128, step=None, **settings):
+        """Continue many prompts with continuous batching (:mod:`fastdecode.batch`).
+
+        ``prompts``: a list or any iterable (read as slots free up) of texts,
+        token-id lists, or dicts ``{"prompt": ..., "seed": int, <setting>:
+        value}`` whose settings override the keywords for that row. Up to
+        ``max_batch`` rows decode together; a finished row's slot takes the
+        next prompt at once; a newcomer's prompt is prefilled in chunks of at
+        most ``prefill_chunk`` tokens between decode steps. ``rng``: None or an
+        int seed S; a row without its own ``seed`` draws from
+        ``default_rng([S, index])``, so each result equals ``generate()`` of
+        that prompt alone with that seed. Returns a list of GenerationResult in
+        input order, or with ``as_completed=True`` an iterator of
+        ``Completion(index, result)`` in the order rows finish. ``step``: the
+        per-step function (default :func:`fastdecode.batch.model_step`).
+        Raises TypeError/ValueError naming the prompt's index for a bad item.
+        """
+        from .. import batch
+
+        return batch.generate_many(self, prompts, self._settings(config, max_new_tokens, settings),
+                                   max_batch=max_batch, prefill_chunk=prefill_chunk, as_completed=as_completed,
+                                   rng=rng, step=step)
 
     @staticmethod
     def _settings(config, max_new_tokens, settings):
@@ -145,7 +206,8 @@ class Model:
         return dataclasses.replace(base, **settings)
 
 
-def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model:
+def load(path: str, weights: str | None = None, *, strict: bool = True,
+         prefix_cache_mb: float | None = None) -> Model:
     """A model from a Hugging Face checkpoint directory (config.json,
     model.safetensors or shards, tokenizer.json), a ``.gguf`` file (see
     :mod:`fastdecode.model.gguf`), or ``"default"`` for the model packaged
@@ -164,12 +226,18 @@ def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model
     float32; a GGUF's block-quantized tensors in their own formats). See
     fastdecode.model.quantize and ``model.weights.summary()``.
     A directory written by :meth:`Model.save` loads in its saved formats;
-    asking it for another raises ValueError."""
+    asking it for another raises ValueError.
+
+    ``prefix_cache_mb``: MB (2**20 bytes) of KV caches kept to reuse prompt
+    prefixes across generate() calls (default
+    ``fastdecode.prefix_cache.DEFAULT_MB``; 0 turns it off)."""
+    from ..prefix_cache import make as _prefix_cache
     from . import quantize
 
     spec = quantize.normalize_spec(weights)
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be True or False; got {strict!r}")
+    prefix_cache = _prefix_cache(prefix_cache_mb)  # the argument checked before any loading
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
@@ -181,7 +249,9 @@ def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model
     if os.path.isfile(path) and (path.endswith(".gguf") or _is_gguf(path)):
         from .gguf import load_gguf
 
-        return load_gguf(path, spec)
+        model = load_gguf(path, spec)
+        model.prefix_cache = prefix_cache(model.config)
+        return model
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory (fastdecode.load takes a checkpoint directory "
                                 "with config.json and model.safetensors)")
@@ -208,7 +278,9 @@ def load(path: str, weights: str | None = None, *, strict: bool = True) -> Model
         defaults = _sampling_defaults({k: gen_defaults[k] for k in _SAMPLING_KEYS if gen_defaults.get(k) is not None})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{gen_file}: {exc}") from None
-    return Model(config, weights, tokenizer, defaults, eos, path)
+    model = Model(config, weights, tokenizer, defaults, eos, path)
+    model.prefix_cache = prefix_cache(config)
+    return model
 
 
 def _sampling_defaults(defaults: dict) -> dict:

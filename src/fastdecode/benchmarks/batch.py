@@ -1,0 +1,129 @@
+"""Batch throughput: generate_many at several batch sizes against one-by-one
+generate(), and the same job on a local Ray cluster and a Dask LocalCluster.
+
+One job (N prompts of random token ids, each with its own length and
+max_new_tokens, eos ignored so every run makes the same tokens) is run by
+every contender in each round, the order rotated between rounds; the
+table gives the median generated tokens/s and the median of the paired
+ratios to one-by-one generate() of the same round. Ray and Dask runs are
+end to end (actors or workers start, load the model, decode, return), at
+the same total CPU count as in-process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from .decode import checkpoint
+
+
+def job(n: int, prompt_range, new_range, vocab: int, seed: int = 0) -> list:
+    gen = np.random.default_rng(seed)
+    return [{"prompt": gen.integers(3, vocab - 1, int(gen.integers(prompt_range[0], prompt_range[1] + 1))).tolist(),
+             "max_new_tokens": int(gen.integers(new_range[0], new_range[1] + 1)), "ignore_eos": True}
+            for _ in range(n)]
+
+
+def contenders(model, path: str, items: list, batches, threads: int, engines) -> dict:
+    import fastdecode
+
+    def one_by_one():
+        for item in items:
+            model.generate(item["prompt"], max_new_tokens=item["max_new_tokens"], ignore_eos=True)
+
+    fns = {"generate one by one": one_by_one}
+    for b in batches:
+        fns[f"generate_many B={b}"] = lambda b=b: model.generate_many(items, max_batch=b)
+    frame = None
+    if engines:
+        import pandas as pd
+
+        frame = pd.DataFrame({"prompt": [i["prompt"] for i in items],
+                              "max_new_tokens": [i["max_new_tokens"] for i in items]})
+    if "ray" in engines:
+        import ray
+
+        import fastdecode.ray
+
+        ray.init(num_cpus=threads, log_to_driver=False, include_dashboard=False)
+
+        def on_ray():
+            ds = ray.data.from_pandas([frame.iloc[i::threads * 4] for i in range(threads * 4)])
+            fastdecode.ray.generate(ds, model=path, concurrency=threads, num_cpus=1, max_batch=max(batches),
+                                    batch_size=len(items) // (threads * 4), ignore_eos=True).materialize()
+        fns[f"Ray, {threads} actors x 1 CPU, B={max(batches)}"] = on_ray
+    if "dask" in engines:
+        import dask.dataframe as dd
+        import distributed
+
+        import fastdecode.dask
+
+        cluster = distributed.LocalCluster(n_workers=threads, threads_per_worker=1, dashboard_address=None)
+        client = distributed.Client(cluster)
+
+        def on_dask():
+            df = dd.from_pandas(frame, npartitions=threads * 4)
+            fastdecode.dask.generate(df, model=path, max_batch=max(batches), num_threads=1, ignore_eos=True).compute()
+        fns[f"Dask, {threads} workers x 1 thread, B={max(batches)}"] = on_dask
+        fns["_close"] = lambda: (client.close(), cluster.close())
+    fastdecode.set_num_threads(threads)
+    return fns
+
+
+def measure(fns: dict, rounds: int, tokens: int) -> dict:
+    close = fns.pop("_close", None)
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+            print(f"  round {r + 1}: {name}: {tokens / times[name][-1]:.1f} tokens/s", file=sys.stderr, flush=True)
+    if close:
+        close()
+    base = times[names[0]]
+    return {name: {"tokens_per_s": tokens / statistics.median(t), "seconds": t,
+                   "ratio": statistics.median(b / x for b, x in zip(base, t))} for name, t in times.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="llama-125m", help="bench checkpoint name or a directory (default llama-125m)")
+    parser.add_argument("--prompts", type=int, default=256, help="prompts in the job (default 256)")
+    parser.add_argument("--prompt-tokens", default="16,128", help="prompt length range (default 16,128)")
+    parser.add_argument("--new-tokens", default="32,256", help="max_new_tokens range (default 32,256)")
+    parser.add_argument("--batch", default="1,4,16,64", help="generate_many batch sizes (default 1,4,16,64)")
+    parser.add_argument("--threads", type=int, default=2, help="threads, and Ray actors / Dask workers (default 2)")
+    parser.add_argument("--engines", default="ray,dask", help="scale-out engines to include: ray,dask or none")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    import fastdecode
+
+    path = args.model if os.path.isdir(args.model) else checkpoint(args.model)
+    model = fastdecode.load(path)
+    items = job(args.prompts, [int(x) for x in args.prompt_tokens.split(",")],
+                [int(x) for x in args.new_tokens.split(",")], model.config.vocab_size)
+    tokens = sum(i["max_new_tokens"] for i in items)
+    engines = [] if args.engines == "none" else args.engines.split(",")
+    fns = contenders(model, path, items, [int(b) for b in args.batch.split(",")], args.threads, engines)
+    results = measure(fns, args.rounds, tokens)
+    print(f"\n{args.model}, {args.prompts} prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens "
+          f"each ({tokens} in all), {args.threads} threads, backend {fastdecode.get_backend()}, {platform.processor() or platform.machine()}; "
+          f"median of {args.rounds} rounds, order rotated\n")
+    print("| contender | generated tokens/s | x one by one (median of paired ratios) |\n|---|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "tokens": tokens, "results": results}, f, indent=1)
+    return 0
