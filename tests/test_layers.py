@@ -17,10 +17,11 @@ LAYERS = [
     ("validation", ["fastdecode._validate", "fastdecode._sampling_args", "fastdecode.arrays"]),
     ("backends", ["fastdecode.reference", "fastdecode._native", "fastdecode._cbackend", "fastdecode.backend"]),
     ("ops", ["fastdecode.ops", "fastdecode.formats"]),
-    ("model", ["fastdecode.model", "fastdecode.tokenizer"]),
-    ("generation", ["fastdecode.generation", "fastdecode.chat"]),
-    ("front", ["fastdecode.cli", "fastdecode.__main__", "fastdecode.benchmarks", "fastdecode.ray",
-               "fastdecode.dask", "fastdecode"]),
+    ("model", ["fastdecode.model", "fastdecode.tokenizer", "fastdecode.prefix_cache"]),
+    ("generation", ["fastdecode.generation", "fastdecode.lookup", "fastdecode.chat", "fastdecode.session",
+                    "fastdecode.batch"]),
+    ("front", ["fastdecode.cli", "fastdecode.chat_cli", "fastdecode.__main__", "fastdecode.benchmarks",
+               "fastdecode.batch_io", "fastdecode.ray", "fastdecode.dask", "fastdecode"]),
 ]
 
 # Backward edges that exist today, each with the reason it has not been
@@ -29,6 +30,9 @@ LAYERS = [
 KNOWN = {
     ("fastdecode.model", "fastdecode.generation"):
         "Model.generate/stream are methods of the model that call generation (imported lazily)",
+    ("fastdecode.model", "fastdecode.chat"): "Model.chat/stream_chat, likewise (imported lazily)",
+    ("fastdecode.model", "fastdecode.session"): "Model.session, likewise (imported lazily)",
+    ("fastdecode.model", "fastdecode.batch"): "Model.generate_many, likewise (imported lazily)",
 }
 
 
