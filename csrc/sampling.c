@@ -22,6 +22,9 @@
  *   5. draw: inverse CDF in token-id order over the kept tokens, with the
  *      caller's u in [0, 1): the first token whose cumulative mass exceeds
  *      u * total.
+ * The passes over a row and its candidates (scan, masses, compare passes,
+ * cuts) live in sample_scan.c; this file keeps the scratch memory, the
+ * filters' order and the kernels.
  * Selections (select.c) over many entries start with histogram rounds (buckets of
  * equal width in z, a branch-free pass each) and finish with a three-way
  * quickselect over one bucket.
@@ -32,10 +35,13 @@
  * Rows run in parallel (pool.c), each thread with its own scratch memory,
  * kept between calls. Every entry through vf_exp (tails are padded), so a
  * token's mass never depends on where it sits in an array.
+ *
+ *   x: [rows, n] logits   params: [rows]   ids, status: [rows]   out: [rows, n]
+ *   prev_ids: [n_prev], row r's ids prev_ids[prev_offsets[r] : prev_offsets[r + 1]]
  */
 #include "fastdecode.h"
 #include "simd.h"
-#include "select.h"
+#include "sample_scan.h"
 
 #if FD_HAVE_PTHREADS
 #include <pthread.h>
@@ -45,8 +51,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FD_GROUP (64 * FD_VLEN)   /* elements per top-k group block */
-#define FD_CDF_BLOCK (4 * FD_VLEN) /* entries per block of the draw's walk */
 #define FD_SAMPLE_PAR_MIN (1 << 15) /* elements in all rows worth a parallel region */
 
 /* ----------------------------------------------------------------------------
@@ -125,268 +129,6 @@ static int scratch_get(scratch *s, int64_t n) {
     return 1;
 }
 
-/* ----------------------------------------------------------------------------
- * Scan: scale, max, group maxima, NaN
- * ---------------------------------------------------------------------------- */
-
-/* One block of vectors: returns the lane-wise max; dst = src / t when div. */
-static inline vf scan_block(float *dst, const float *src, int64_t len, vf tv, int div, vi *nan) {
-    vf g0 = vf_set1(-INFINITY), g1 = g0;
-    int64_t j = 0;
-    for (; j + 2 * FD_VLEN <= len; j += 2 * FD_VLEN) {
-        vf a = vf_load(src + j), b = vf_load(src + j + FD_VLEN);
-        if (div) {
-            a = vf_div(a, tv);
-            b = vf_div(b, tv);
-        }
-        if (dst) {
-            vf_store(dst + j, a);
-            vf_store(dst + j + FD_VLEN, b);
-        }
-        *nan = vi_nan_track(vi_nan_track(*nan, a), b);
-        g0 = vf_max(g0, a);
-        g1 = vf_max(g1, b);
-    }
-    for (; j < len; j += FD_VLEN) {
-        vf a = vf_load(src + j);
-        if (div) a = vf_div(a, tv);
-        if (dst) vf_store(dst + j, a);
-        *nan = vi_nan_track(*nan, a);
-        g0 = vf_max(g0, a);
-    }
-    return vf_max(g0, g1);
-}
-
-/* dst, src: [n] (dst NULL: read only; dst may be src); group: [group_capacity(n)] or NULL.
- * dst = src / t when div. Returns max; *ngroup = group maxima written;
- * *nan set when any entry is NaN. Groups: each lane of each block of
- * FD_GROUP elements, then the lanes of the last whole vectors, then the
- * scalar tail: a partition of the row, which is all top-k needs. */
-static float scan_row(float *dst, const float *src, int64_t n, float t, int div, float *group,
-                      int64_t *ngroup, int *nan) {
-    vf tv = vf_set1(t), mx = vf_set1(-INFINITY);
-    vi nanv = vi_zero();
-    int64_t i = 0, g = 0;
-    for (; i + FD_GROUP <= n; i += FD_GROUP) {
-        vf gm = scan_block(dst ? dst + i : NULL, src + i, FD_GROUP, tv, div, &nanv);
-        if (group) vf_store(group + g, gm);
-        g += FD_VLEN;
-        mx = vf_max(mx, gm);
-    }
-    int64_t whole = (n - i) / FD_VLEN * FD_VLEN;
-    if (whole) {
-        vf gm = scan_block(dst ? dst + i : NULL, src + i, whole, tv, div, &nanv);
-        if (group) vf_store(group + g, gm);
-        g += FD_VLEN;
-        mx = vf_max(mx, gm);
-        i += whole;
-    }
-    float m = vf_reduce_max(mx);
-    int bad = vi_reduce_max_u32(nanv) > 0x7f800000u;
-    if (i < n) {
-        float gm = -INFINITY;
-        for (; i < n; i++) {
-            float v = div ? src[i] / t : src[i];
-            if (dst) dst[i] = v;
-            bad |= v != v;
-            gm = v > gm ? v : gm;
-        }
-        if (group) group[g] = gm;
-        g++;
-        m = gm > m ? gm : m;
-    }
-    *ngroup = g;
-    *nan = bad;
-    return m;
-}
-
-/* z: [n]. The first i with z[i] == m. */
-static int64_t first_equal(const float *z, int64_t n, float m) {
-    vf mv = vf_set1(m);
-    int64_t i = 0;
-    for (; i + FD_VLEN <= n; i += FD_VLEN) {
-        uint32_t k = vf_mask_eq(vf_load(z + i), mv);
-        if (k) return i + __builtin_ctz(k);
-    }
-    for (; i < n; i++)
-        if (z[i] == m) return i;
-    return 0;
-}
-
-/* z: [n] (a copy of x), x: [n]; ids: [nids]. Each seen id once, from the
- * original logit, so repeated ids change nothing more. Ids outside [0, n)
- * are skipped (values are never trusted: fastdecode.h). */
-static void penalize(float *z, const float *x, int64_t n, const int64_t *ids, int64_t nids, float pen) {
-    for (int64_t j = 0; j < nids; j++) {
-        int64_t t = ids[j];
-        if ((uint64_t)t >= (uint64_t)n) continue;
-        float v = x[t];
-        z[t] = v < 0 ? v * pen : v / pen;
-    }
-}
-
-/* ----------------------------------------------------------------------------
- * Masses
- * ---------------------------------------------------------------------------- */
-
-/* e: [n] or NULL; z: [n]. e = exp(z - m) where z - m >= dmin, else 0;
- * returns the sum in double. The tail goes through vf_exp too, padded. */
-static double exp_masked(float *e, const float *z, int64_t n, float m, float dmin) {
-    vf mv = vf_set1(m), lo = vf_set1(dmin), zero = vf_set1(0.0f);
-    vd acc = vd_zero();
-    int64_t i = 0;
-    while (i + FD_VLEN <= n) {
-        vf block = zero;
-        for (int j = 0; j < FD_SUM_BLOCK && i + FD_VLEN <= n; j++, i += FD_VLEN) {
-            vf d = vf_sub(vf_load(z + i), mv);
-            vf v = vf_where_ge(d, lo, vf_exp(d), zero);
-            if (e) vf_store(e + i, v);
-            block = vf_add(block, v);
-        }
-        acc = vd_add_vf(acc, block);
-    }
-    if (i < n) {
-        float pad[FD_VLEN];
-        for (int j = 0; j < FD_VLEN; j++) pad[j] = i + j < n ? z[i + j] : -INFINITY;
-        vf d = vf_sub(vf_load(pad), mv);
-        vf v = vf_where_ge(d, lo, vf_exp(d), zero);
-        vf_store(pad, v);
-        if (e)
-            for (int j = 0; i + j < n; j++) e[i + j] = pad[j];
-        acc = vd_add_vf(acc, v);
-    }
-    return vd_reduce(acc);
-}
-
-static inline float block_sum(const float *e) { /* FD_CDF_BLOCK entries */
-    vf a = vf_add(vf_load(e), vf_load(e + FD_VLEN));
-    vf b = vf_add(vf_load(e + 2 * FD_VLEN), vf_load(e + 3 * FD_VLEN));
-    return vf_reduce_add(vf_add(a, b));
-}
-
-/* e: [n] masses (n >= 1, some > 0). The inverse CDF in index order: the
- * first i whose cumulative mass exceeds u * total. Block sums are
- * recomputed, not stored: the same code gives the same sums both times. */
-static int64_t cdf_pick(const float *e, int64_t n, double u) {
-    int64_t nb = n / FD_CDF_BLOCK, i;
-    double total = 0.0;
-    for (int64_t b = 0; b < nb; b++) total += block_sum(e + b * FD_CDF_BLOCK);
-    for (i = nb * FD_CDF_BLOCK; i < n; i++) total += e[i];
-    double target = u * total, cum = 0.0;
-    for (int64_t b = 0; b < nb; b++) {
-        double s = block_sum(e + b * FD_CDF_BLOCK);
-        if (cum + s > target) {
-            double c = cum;
-            for (i = b * FD_CDF_BLOCK; i < (b + 1) * FD_CDF_BLOCK; i++) {
-                c += e[i];
-                if (c > target) return i;
-            }
-        }
-        cum += s;
-    }
-    for (i = nb * FD_CDF_BLOCK; i < n; i++) {
-        cum += e[i];
-        if (cum > target) return i;
-    }
-    for (i = n - 1; i > 0; i--) /* u * total rounded past the end: the last token with mass */
-        if (e[i] > 0) return i;
-    return 0;
-}
-
-/* ----------------------------------------------------------------------------
- * Candidates: (id, logit, mass) in id order
- * ---------------------------------------------------------------------------- */
-
-/* id, cz: [n + FD_VLEN] out; z: [n]. Appends every i with z[i] - shift >= lo; returns the count. */
-static int64_t collect(int32_t *id, float *cz, const float *z, int64_t n, float shift, float lo) {
-    vf sv = vf_set1(shift), lv = vf_set1(lo);
-    int64_t c = 0, i = 0;
-    for (; i + 4 * FD_VLEN <= n; i += 4 * FD_VLEN) {
-        vf a = vf_load(z + i), b = vf_load(z + i + FD_VLEN);
-        vf d = vf_load(z + i + 2 * FD_VLEN), e = vf_load(z + i + 3 * FD_VLEN);
-        uint32_t ka = vf_mask_ge(vf_sub(a, sv), lv), kb = vf_mask_ge(vf_sub(b, sv), lv);
-        uint32_t kd = vf_mask_ge(vf_sub(d, sv), lv), ke = vf_mask_ge(vf_sub(e, sv), lv);
-        if (!(ka | kb | kd | ke)) continue; /* the common case: nothing here */
-        c += vf_compress(cz + c, id + c, (int32_t)i, a, ka);
-        c += vf_compress(cz + c, id + c, (int32_t)(i + FD_VLEN), b, kb);
-        c += vf_compress(cz + c, id + c, (int32_t)(i + 2 * FD_VLEN), d, kd);
-        c += vf_compress(cz + c, id + c, (int32_t)(i + 3 * FD_VLEN), e, ke);
-    }
-    for (; i < n; i++)
-        if (z[i] - shift >= lo) {
-            id[c] = (int32_t)i;
-            cz[c++] = z[i];
-        }
-    return c;
-}
-
-/* id, cz, ce (ce may be NULL): [nc]. Keeps the entries with cz - shift >= lo, in order. */
-static int64_t keep_ge(int32_t *id, float *cz, float *ce, int64_t nc, float shift, float lo) {
-    int64_t c = 0;
-    for (int64_t i = 0; i < nc; i++) { /* without a branch, as in top_p_cut */
-        float v = cz[i];
-        id[c] = id[i], cz[c] = v;
-        if (ce) ce[c] = ce[i];
-        c += v - shift >= lo;
-    }
-    return c;
-}
-
-/* ----------------------------------------------------------------------------
- * Selection (select.c): the k-th largest logit, the boundary of a mass
- * ---------------------------------------------------------------------------- */
-
-/* a: [n] (permuted), 1 <= k <= n; bin: [n + FD_VLEN] scratch. The k-th largest entry. */
-static float kth_largest(float *a, int64_t n, int64_t k, int32_t *bin) {
-    double above;
-    return FD_FN(fd_select)(a, NULL, n, (double)k, &above, bin, 0x9E3779B97F4A7C15ull);
-}
-
-/* z, e: [n] (permuted together), target > 0: fd_select's boundary logit. */
-static float weighted_select(float *z, float *e, int64_t n, double target, double *above, int32_t *bin) {
-    return FD_FN(fd_select)(z, e, n, target, above, bin, 0xD1B54A32D192ED03ull);
-}
-
-/* ----------------------------------------------------------------------------
- * Filters over the candidates
- * ---------------------------------------------------------------------------- */
-
-/* id, cz, ce: [nc] in id order, sz, se, bin: [nc + FD_VLEN] scratch. Keeps the tokens
- * whose mass ranked strictly above stays below target = p * S. */
-static int64_t top_p_cut(int32_t *id, float *cz, float *ce, int64_t nc, double target, float *sz, float *se,
-                         int32_t *bin) {
-    memcpy(sz, cz, (size_t)nc * sizeof(float));
-    memcpy(se, ce, (size_t)nc * sizeof(float));
-    double above;
-    float zb = weighted_select(sz, se, nc, target, &above, bin);
-    int64_t c = 0;
-    for (int64_t i = 0; i < nc; i++) { /* compaction without a branch: keeping is a coin flip */
-        float v = cz[i], w = ce[i];
-        int keep = v > zb;
-        if (v == zb && above < target) { /* a tie at the boundary: id order decides */
-            keep = 1;
-            above += w;
-        }
-        id[c] = id[i], cz[c] = v, ce[c] = w;
-        c += keep;
-    }
-    return c;
-}
-
-/* group: [ng] the scan's group maxima; gz, ge, bin: [ng + FD_VLEN] scratch. A lower
- * bound on top-p's boundary logit: each group whose max is >= zg holds at
- * least its max's mass, so once those reach target (with a margin for
- * rounding) the kept tokens all lie at or above zg. -inf when they never do
- * (a flat row), and L's cut is all there is. */
-static float top_p_group_cut(const float *group, int64_t ng, float m, double target, float *gz, float *ge,
-                             int32_t *bin) {
-    memcpy(gz, group, (size_t)ng * sizeof(float));
-    target *= 1.0 + 1e-5;
-    if (exp_masked(ge, gz, ng, m, -INFINITY) < target) return -INFINITY;
-    double above;
-    return weighted_select(gz, ge, ng, target, &above, bin);
-}
-
 /* The smallest float d with (double)d >= x: float compares then decide
  * exactly as the double compare of the reference does. */
 static float float_at_least(double x) {
@@ -437,14 +179,14 @@ static int scan_settings(row_state *st, const float *x, int64_t n, const fd_samp
     float *dst = NULL;
     if (pen != 1.0f && nprev > 0) {
         memcpy(s->z, x, (size_t)n * sizeof(float));
-        penalize(s->z, x, n, prev, nprev, pen);
+        FD_FN(fd_penalize)(s->z, x, n, prev, nprev, pen);
         z = src = dst = s->z;
     } else if (div) {
         z = dst = s->z;
     }
     int nan;
     row_state r = {.z = z, .n = n};
-    r.m = scan_row(dst, src, n, t, div, s->group, &r.ng, &nan);
+    r.m = FD_FN(fd_scan_row)(dst, src, n, t, div, s->group, &r.ng, &nan);
     *st = r;
     if (nan) return FD_ROW_NAN;
     if (r.m == INFINITY) return FD_ROW_POSINF;
@@ -457,46 +199,46 @@ static void filter_top_k(row_state *r, int64_t k, scratch *s) {
     float lo = -INFINITY;
     if (k * 4 <= r->ng) { /* the k-th largest group max: a lower bound with few tokens above */
         memcpy(s->sz, s->group, (size_t)r->ng * sizeof(float));
-        lo = kth_largest(s->sz, r->ng, k, s->bin);
+        lo = FD_FN(fd_kth_largest)(s->sz, r->ng, k, s->bin);
     }
-    int64_t nc = collect(s->id, s->cz, r->z, r->n, 0.0f, lo);
+    int64_t nc = FD_FN(fd_collect)(s->id, s->cz, r->z, r->n, 0.0f, lo);
     memcpy(s->sz, s->cz, (size_t)nc * sizeof(float));
-    float kth = kth_largest(s->sz, nc, k, s->bin);
-    r->nc = keep_ge(s->id, s->cz, NULL, nc, 0.0f, kth);
-    r->mass = exp_masked(s->ce, s->cz, r->nc, r->m, -INFINITY);
+    float kth = FD_FN(fd_kth_largest)(s->sz, nc, k, s->bin);
+    r->nc = FD_FN(fd_keep_ge)(s->id, s->cz, NULL, nc, 0.0f, kth);
+    r->mass = FD_FN(fd_exp_masked)(s->ce, s->cz, r->nc, r->m, -INFINITY);
     r->some = 1;
 }
 
 /* Top-p (0 < p < 1) over the candidates, or over the whole row when none. */
 static void filter_top_p(row_state *r, double top_p, scratch *s) {
     if (!r->some) {
-        r->mass = exp_masked(NULL, r->z, r->n, r->m, -INFINITY);
+        r->mass = FD_FN(fd_exp_masked)(NULL, r->z, r->n, r->m, -INFINITY);
         /* below L = (1-p) S / 2n the tokens hold < (1-p) S / 2 together,
          * so the boundary lies above (the 1e-3 covers vf_exp's rounding) */
         float lo = (float)(log((1.0 - top_p) * r->mass / (2.0 * (double)r->n)) - 1e-3);
-        float zg = top_p_group_cut(s->group, r->ng, r->m, top_p * r->mass, s->sz, s->se, s->bin);
+        float zg = FD_FN(fd_top_p_group_cut)(s->group, r->ng, r->m, top_p * r->mass, s->sz, s->se, s->bin);
         lo = zg - r->m > lo ? zg - r->m : lo;
-        r->nc = collect(s->id, s->cz, r->z, r->n, r->m, lo);
-        exp_masked(s->ce, s->cz, r->nc, r->m, -INFINITY);
+        r->nc = FD_FN(fd_collect)(s->id, s->cz, r->z, r->n, r->m, lo);
+        FD_FN(fd_exp_masked)(s->ce, s->cz, r->nc, r->m, -INFINITY);
         r->some = 1;
     }
-    r->nc = top_p_cut(s->id, s->cz, s->ce, r->nc, top_p * r->mass, s->sz, s->se, s->bin);
+    r->nc = FD_FN(fd_top_p_cut)(s->id, s->cz, s->ce, r->nc, top_p * r->mass, s->sz, s->se, s->bin);
 }
 
 /* Min-p (dmin = log(min_p) > -inf): z - m >= dmin; alone, a plain threshold that needs no S. */
 static void filter_min_p(row_state *r, float dmin, scratch *s) {
     if (!r->some) {
-        r->nc = collect(s->id, s->cz, r->z, r->n, r->m, dmin);
-        exp_masked(s->ce, s->cz, r->nc, r->m, -INFINITY);
+        r->nc = FD_FN(fd_collect)(s->id, s->cz, r->z, r->n, r->m, dmin);
+        FD_FN(fd_exp_masked)(s->ce, s->cz, r->nc, r->m, -INFINITY);
         r->some = 1;
         return;
     }
-    r->nc = keep_ge(s->id, s->cz, s->ce, r->nc, r->m, dmin);
+    r->nc = FD_FN(fd_keep_ge)(s->id, s->cz, s->ce, r->nc, r->m, dmin);
 }
 
 /* Greedy: the first max. */
 static void finish_greedy(row_result res, const row_state *r) {
-    int64_t i = first_equal(r->z, r->n, r->m);
+    int64_t i = FD_FN(fd_first_equal)(r->z, r->n, r->m);
     if (res.pick) *res.pick = i;
     if (res.out) {
         float one = 1.0f, m = r->m;
@@ -512,14 +254,14 @@ static void finish_whole_row(row_result res, const row_state *r, double u, scrat
         return;
     }
     float *e = res.out ? res.out : s->cz;
-    double w = exp_masked(e, r->z, n, r->m, -INFINITY);
+    double w = FD_FN(fd_exp_masked)(e, r->z, n, r->m, -INFINITY);
     if (res.out) {
         vf sv = vf_set1((float)(1.0 / w));
         int64_t i = 0;
         for (; i + FD_VLEN <= n; i += FD_VLEN) vf_store(e + i, vf_mul(vf_load(e + i), sv));
         for (; i < n; i++) e[i] = (float)(e[i] / w);
     }
-    if (res.pick) *res.pick = cdf_pick(e, n, u);
+    if (res.pick) *res.pick = FD_FN(fd_cdf_pick)(e, n, u);
 }
 
 /* x: [n]; prev: [nprev]. Returns 0 or an FD_ROW_ code. Filters run in
@@ -541,7 +283,7 @@ static int run_row(row_result res, const float *x, int64_t n, const fd_sample_pa
         return 0;
     }
     if (res.out) write_candidates(res.out, n, res.probs, s->id, s->cz, s->ce, r.nc);
-    if (res.pick) *res.pick = s->id[cdf_pick(s->ce, r.nc, p->u)];
+    if (res.pick) *res.pick = s->id[FD_FN(fd_cdf_pick)(s->ce, r.nc, p->u)];
     return 0;
 }
 
@@ -628,9 +370,9 @@ int64_t FD_FN(fd_argmax_f32)(int64_t *ids, const float *x, int64_t rows, int64_t
         const float *xr = x + r * n;
         int nan;
         int64_t ng;
-        float m = scan_row(NULL, xr, n, 1.0f, 0, NULL, &ng, &nan);
+        float m = FD_FN(fd_scan_row)(NULL, xr, n, 1.0f, 0, NULL, &ng, &nan);
         int code = nan ? FD_ROW_NAN : m == INFINITY ? FD_ROW_POSINF : m == -INFINITY ? FD_ROW_NEGINF : 0;
-        ids[r] = code ? code : first_equal(xr, n, m);
+        ids[r] = code ? code : FD_FN(fd_first_equal)(xr, n, m);
         bad += code != 0;
     }
     return bad;
@@ -652,7 +394,7 @@ int64_t FD_FN(fd_repetition_penalty_f32)(float *out, const float *x, int64_t row
         }
         int64_t a = prev_offsets[r] < 0 ? 0 : prev_offsets[r];
         int64_t b = prev_offsets[r + 1] < n_prev ? prev_offsets[r + 1] : n_prev;
-        if (b > a) penalize(o, xr, n, prev_ids + a, b - a, (float)penalty[r]);
+        if (b > a) FD_FN(fd_penalize)(o, xr, n, prev_ids + a, b - a, (float)penalty[r]);
     }
     free(copy);
     return 0;

@@ -23,10 +23,10 @@ def test_wheel_installs_in_fresh_venv(tmp_path):
     wheel = next(wheels.glob("fastdecode-*.whl"))
     # portable: a manylinux/linux tag for this interpreter, never built for one CPU only
     assert "-cp3" in wheel.name and ("linux" in wheel.name or "macosx" in wheel.name or "win" in wheel.name)
-    # the compiled module ships; its sources (.pyx, csrc/) stay in the sdist
+    # the compiled module ships; its sources (.pyx, .pxi, csrc/) stay in the sdist
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("fastdecode/_native.") and n.endswith((".so", ".pyd")) for n in names), names
-    assert [n for n in names if n.endswith((".pyx", ".pxd", ".c", ".h"))] == []
+    assert [n for n in names if n.endswith((".pyx", ".pxd", ".pxi", ".c", ".h"))] == []
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"

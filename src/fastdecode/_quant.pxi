@@ -1,0 +1,53 @@
+# Weights in GGUF's block formats (csrc/quant.c): wrappers included by
+# _native.pyx (they use its cimports). formats.py validates the weights;
+# the checks here keep C inside the buffers it is handed.
+
+cdef extern from "fastdecode.h":
+    int64_t fd_quant_row_bytes(int fmt, int64_t n_in) nogil
+    int fd_linear_quant(float *out, const float *x, const unsigned char *w, const float *bias, int fmt,
+                        int64_t rows, int64_t n_in, int64_t n_out) nogil
+    void fd_dequantize_rows(float *out, const unsigned char *w, int fmt, int64_t rows, int64_t n_in) nogil
+
+QUANT_BLOCKS = (32, 32, 256, 256, 1, 1)  # weights per block of FD_FMT_Q8_0 .. FD_FMT_F16
+
+
+cdef int64_t _quant_row_bytes(int fmt, int64_t n_in) except -1:
+    """Bytes of one row, after checking fmt and that n_in fills whole blocks
+    (a partial block would make C read past the row)."""
+    if not 0 <= fmt < len(QUANT_BLOCKS):
+        raise ValueError(f"unknown format number {fmt}")
+    if n_in % QUANT_BLOCKS[fmt]:
+        raise ValueError(f"n_in {n_in} is not a multiple of the format's block {QUANT_BLOCKS[fmt]}")
+    return fd_quant_row_bytes(fmt, n_in)
+
+
+def linear_quant(float[:, ::1] out, const float[:, ::1] x, const unsigned char[:, ::1] w, const float[::1] bias,
+                 int fmt):
+    """out: [rows, n_out] = x [rows, n_in] @ W.T + bias [n_out] (or None); w: [n_out, row bytes] blocks."""
+    if out.shape[0] != x.shape[0] or out.shape[1] != w.shape[0] or \
+            w.shape[1] != _quant_row_bytes(fmt, x.shape[1]) or (bias is not None and bias.shape[0] != w.shape[0]):
+        raise ValueError("linear_quant: inconsistent shapes")
+    if out.shape[0] * out.shape[1] == 0:
+        return
+    if x.shape[1] == 0:  # no terms: the bias alone
+        out[:, :] = 0
+        if bias is not None:
+            for r in range(out.shape[0]):
+                out[r, :] = bias
+        return
+    cdef int status
+    with nogil:
+        status = fd_linear_quant(&out[0, 0], &x[0, 0], &w[0, 0], &bias[0] if bias is not None else NULL, fmt,
+                                 x.shape[0], x.shape[1], w.shape[0])
+    if status:
+        raise MemoryError("linear_quant: no memory for the int8 copy of x")
+
+
+def dequantize_rows(float[:, ::1] out, const unsigned char[:, ::1] w, int fmt):
+    """out: [rows, n_in] float32 = the weights of w: [rows, row bytes] blocks."""
+    if out.shape[0] != w.shape[0] or w.shape[1] != _quant_row_bytes(fmt, out.shape[1]):
+        raise ValueError("dequantize_rows: inconsistent shapes")
+    if out.shape[0] * out.shape[1] == 0:
+        return
+    with nogil:
+        fd_dequantize_rows(&out[0, 0], &w[0, 0], fmt, out.shape[0], out.shape[1])
