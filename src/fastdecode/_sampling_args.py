@@ -155,6 +155,17 @@ def generator(rng):
         raise TypeError(f"rng must be None, a seed or a numpy.random.Generator; {exc}") from None
 
 
+def draw_u(params: np.ndarray, rng) -> None:
+    """Fill params[:, U] (``[rows, len(SAMPLE_PARAMS)]`` float64) with one
+    uniform draw per row from ``rng`` (SPEC 7). One row draws a scalar, so a
+    seed gives the same u whether or not it is batched with others' settings."""
+    gen = generator(rng)
+    if params.shape[0] == 1:
+        params[0, U] = gen.random()
+    else:
+        params[:, U] = gen.random(params.shape[0])
+
+
 def prev_tokens_layout(prev_tokens, rows, vocab, one_row):
     """prev_tokens as (ids [n_prev] int64, offsets [rows + 1] int64)."""
     if prev_tokens is None:

@@ -46,6 +46,18 @@ def check_out(out, shape: tuple, dtype: np.dtype, name: str = "out") -> np.ndarr
     return out
 
 
+def bias_array(bias, n_out: int, dtype: np.dtype):
+    """None, or ``bias`` as a float array ``[n_out]`` of ``dtype`` (a linear's bias)."""
+    if bias is None:
+        return None
+    bias = float_array(bias, "bias", 1, 1)
+    if bias.dtype != dtype:
+        raise TypeError(f"bias must have dtype {dtype} (x's); got {bias.dtype}")
+    if bias.shape != (n_out,):
+        raise ValueError(f"bias must have shape ({n_out},) (weight's rows); got {bias.shape}")
+    return bias
+
+
 def result_array(out, shape: tuple, dtype: np.dtype) -> np.ndarray:
     """A new array, or ``out`` once checked."""
     return np.empty(shape, dtype) if out is None else check_out(out, shape, dtype)

@@ -225,7 +225,7 @@ def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
     everything the kernels read, then runs the active backend's
     ``linear_quant``."""
     from . import backend
-    from ._validate import apart, check_out, copy_in, float_array, kernel_target
+    from ._validate import apart, bias_array, check_out, copy_in, float_array, kernel_target
 
     x = float_array(x, "x", 1)
     if x.dtype != np.float32:
@@ -236,13 +236,8 @@ def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
     if weight.data.shape != (n_out, weight.info.row_bytes(n_in)) or not weight.data.flags.c_contiguous \
             or weight.data.dtype != np.uint8:  # someone replaced .data after construction
         raise ValueError(f"weight.data no longer holds the blocks of a {weight.format} tensor of shape {weight.shape}")
-    if bias is not None:
-        bias = float_array(bias, "bias", 1, 1)
-        if bias.dtype != np.float32:
-            raise TypeError(f"bias must be float32; got {bias.dtype}")
-        if bias.shape != (n_out,):
-            raise ValueError(f"bias must have shape ({n_out},) (weight's rows); got {bias.shape}")
-        bias = np.ascontiguousarray(bias)
+    bias = bias_array(bias, n_out, np.dtype(np.float32))
+    bias = None if bias is None else np.ascontiguousarray(bias)
     shape = x.shape[:-1] + (n_out,)
     result = np.empty(shape, np.float32) if out is None else check_out(out, shape, np.float32)
     if result.size == 0:

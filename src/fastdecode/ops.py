@@ -21,8 +21,8 @@ import numpy as np
 from . import _sampling_args as _args
 from . import backend as _backend
 from . import formats as _formats
-from ._validate import (apart, contiguous, copy_in, float_array, kernel_target, normalize_axis, real_number,
-                        result_array)
+from ._validate import (apart, bias_array, contiguous, copy_in, float_array, kernel_target, normalize_axis,
+                        real_number, result_array)
 
 __all__ = ["softmax", "log_softmax", "attention", "linear", "layer_norm", "rms_norm",
            "sample", "argmax", "process_logits", "apply_repetition_penalty"]
@@ -171,12 +171,7 @@ def linear(x, weight, bias=None, *, out=None):
     n_out, n_in = weight.shape
     if x.shape[-1] != n_in:
         raise ValueError(f"x has {x.shape[-1]} features (last axis) but weight takes {n_in} (shape {weight.shape})")
-    if bias is not None:
-        bias = float_array(bias, "bias", 1, 1)
-        if bias.dtype != x.dtype:
-            raise TypeError(f"bias must have x's dtype {x.dtype}; got {bias.dtype}")
-        if bias.shape != (n_out,):
-            raise ValueError(f"bias must have shape ({n_out},) (weight's rows); got {bias.shape}")
+    bias = bias_array(bias, n_out, x.dtype)
     shape = x.shape[:-1] + (n_out,)
     result = result_array(out, shape, x.dtype)
     if result.size == 0:
@@ -291,11 +286,7 @@ def sample(logits, *, temperature=1.0, top_k=None, top_p=None, min_p=None, repet
         logits, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, do_sample)
     rows = x.shape[0]
     if sampled:
-        gen = _args.generator(rng)
-        if rows == 1:
-            params[0, _args.U] = gen.random()
-        else:
-            params[:, _args.U] = gen.random(rows)
+        _args.draw_u(params, rng)
     ids = np.empty(rows, np.int64)
     bad = _backend.active().sample_rows(ids, x, params, prev_ids, prev_offsets)
     if bad:

@@ -187,11 +187,7 @@ class CompiledModel:
             if penalized:
                 prev = _args.prev_tokens_layout(prev_tokens, rows, self.config.vocab_size, False)
             if sampled:
-                gen = _args.generator(rng)
-                if rows == 1:
-                    params[0, _args.U] = gen.random()
-                else:
-                    params[:, _args.U] = gen.random(rows)
+                _args.draw_u(params, rng)
         ids = np.empty(rows, np.int64)
         if self._run(tokens, counts, cache, logits, ids, params, prev):
             neutral = np.zeros((rows, len(_args.SAMPLE_PARAMS)))
