@@ -1,8 +1,8 @@
 /* norm.c: LayerNorm and RMSNorm over the rows of a [rows, n] array.
  *
  * A decode step normalizes one row of a few thousand floats twice per
- * layer; in NumPy that is a dozen ufunc calls (9.7 us for [1, 768] in
- * bench/norm.py), here two passes for the statistics and one to write.
+ * layer; in NumPy that is a dozen ufunc calls (docs/tuning.md), here two
+ * passes for the statistics and one to write.
  * Sums are kept in double (FD_SUM_BLOCK, simd.h); the mean is subtracted
  * before the squares are summed (no cancellation of E[x^2] - E[x]^2), and
  * as two floats (hi + lo), so a row whose mean is far from zero loses no

@@ -23,10 +23,8 @@
 
 #define FD_QCHUNK 256 /* weights decoded at a time: one K super-block, eight 32-blocks */
 /* Below this many weight bytes one thread does it all (linear.c's reason:
- * a sleeping worker takes 20-100 us to wake, in which one thread reads
- * ~4 MiB; a polling one answers at once). With polling workers the bar is
- * 128 KiB, a choice (not tuned) that puts every projection of GPT-2 in
- * q4_0 (the smallest, [768, 768], is 324 KiB) on every thread. */
+ * waking a sleeping worker costs what one thread reads meanwhile; a polling
+ * one answers at once, so the bar drops; docs/tuning.md). */
 #define FD_QPAR_MIN (4 << 20)
 #define FD_QPAR_MIN_SPIN (1 << 17)
 

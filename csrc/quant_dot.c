@@ -15,9 +15,9 @@
  * q4_0's code - 8) go in as |w| with x carrying w's sign (vpsignb), as
  * llama.cpp does; offsets (q4_K's mins, q6_K's -32) are taken once per
  * block from the sum of x's codes. Two accumulator chains (even and odd
- * blocks) keep the float adds' latency off the critical path. AVX-512 instructions would
- * double the width but not the rate on Zen 4, and VNNI is not part of
- * the avx512 level. Portable: the same sums in plain C.
+ * blocks) keep the float adds' latency off the critical path. The avx512
+ * level takes two blocks per vector (docs/tuning.md); VNNI is not part of
+ * it. Portable: the same sums in plain C.
  */
 #include "quant.h"
 
