@@ -1,6 +1,5 @@
 """The prefix cache: generate() results equal a cold run's; the byte bound
 and least-recently-used eviction; many threads sharing prefixes."""
-import threading
 
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ import pytest
 import fastdecode
 from fastdecode.prefix_cache import PrefixCache
 from model_checkpoints import checkpoint, prompt_ids
+from test_reliability import run_threads
 
 SYSTEM = prompt_ids(40, seed=1)
 PROMPTS = [SYSTEM + prompt_ids(n, seed=s) for n, s in [(5, 2), (9, 3), (1, 4)]] + [SYSTEM[:20], prompt_ids(30, seed=5)]
@@ -97,21 +97,14 @@ def test_threads_sharing_prefixes(cold):
     model = fastdecode.load(checkpoint("llama-gqa-tied"), prefix_cache_mb=1)
     jobs = [(PROMPTS[i % 3] + prompt_ids(i % 4, seed=50 + i % 4), dict(rng=i) if i % 2 else {}) for i in range(24)]
     expected = [cold.generate(p, max_new_tokens=8, ignore_eos=True, do_sample=bool(s), **s).token_ids for p, s in jobs]
-    got, errors = [None] * len(jobs), []
+    got = [None] * len(jobs)
 
     def work(worker):
-        try:
-            for i in range(worker, len(jobs), 8):
-                p, s = jobs[i]
-                got[i] = model.generate(p, max_new_tokens=8, ignore_eos=True, do_sample=bool(s), **s).token_ids
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for i in range(worker, len(jobs), 8):
+            p, s = jobs[i]
+            got[i] = model.generate(p, max_new_tokens=8, ignore_eos=True, do_sample=bool(s), **s).token_ids
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(work)
     assert not errors and got == expected
     assert model.prefix_cache.bytes <= 1 << 20
 

@@ -90,27 +90,38 @@ def test_shared_model_across_threads(tmp_path):
         fastdecode.set_num_threads(before)
 
 
-def _generate_from_8_threads(model):
-    prompts = ["Hello world", "The quick brown fox", "def main():", "Déjà vu"]
-    serial = {p: model.generate(p, max_new_tokens=12, do_sample=True, top_p=0.9, rng=3).token_ids
-              for p in prompts}
-    results, errors = [], []
-    start = threading.Barrier(8)
+def run_threads(work, n: int = 8) -> list:
+    """Run work(i) for i < n on n threads at once; the exceptions they raised."""
+    errors = []
 
-    def worker(i):
+    def guarded(i):
         try:
-            start.wait()
-            for _ in range(3):
-                p = prompts[i % len(prompts)]
-                results.append((p, model.generate(p, max_new_tokens=12, do_sample=True, top_p=0.9, rng=3).token_ids))
-        except Exception as exc:
+            work(i)
+        except Exception as exc:  # noqa: BLE001 - returned to the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return errors
+
+
+def _generate_from_8_threads(model):
+    prompts = ["Hello world", "The quick brown fox", "def main():", "Déjà vu"]
+    serial = {p: model.generate(p, max_new_tokens=12, do_sample=True, top_p=0.9, rng=3).token_ids
+              for p in prompts}
+    results = []
+    start = threading.Barrier(8)
+
+    def worker(i):
+        start.wait()
+        for _ in range(3):
+            p = prompts[i % len(prompts)]
+            results.append((p, model.generate(p, max_new_tokens=12, do_sample=True, top_p=0.9, rng=3).token_ids))
+
+    errors = run_threads(worker)
     assert not errors, errors
     assert len(results) == 24
     for p, ids in results:
