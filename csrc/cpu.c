@@ -9,6 +9,22 @@
 #endif
 
 atomic_int fd_level = -1;
+atomic_int fd_vnni = 0;
+
+static int cpu_vnni(void) {
+#if FD_HAVE_X86_LEVELS && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+int fd_set_vnni(int on) {
+    on = on && atomic_load(&fd_level) >= FD_LEVEL_AVX512 && cpu_vnni();
+    atomic_store(&fd_vnni, on);
+    return on;
+}
 
 int fd_get_level(void) { return atomic_load(&fd_level); }
 
@@ -32,6 +48,7 @@ int fd_set_level(int level) {
     if (level < FD_LEVEL_PORTABLE) level = FD_LEVEL_PORTABLE;
     level = level > best ? best : level;
     atomic_store(&fd_level, level);
+    fd_set_vnni(1);
     return level;
 }
 

@@ -42,6 +42,12 @@ int fd_get_level(void);
 int fd_cpu_max_level(void);     /* best level this CPU and OS support */
 int fd_set_level(int level);    /* clamps to fd_cpu_max_level(); returns level in use */
 const char *fd_build_flags(void);
+/* AVX-512 VNNI (vpdpbusd) in the avx512 level's int8 kernels: on when the
+ * CPU has it and the level is avx512; fd_set_vnni(0) turns it off (tests),
+ * fd_set_vnni(1) back on where the CPU allows. Returns the setting in use. */
+extern atomic_int fd_vnni;
+int fd_set_vnni(int on);
+static inline int fd_vnni_enabled(void) { return atomic_load_explicit(&fd_vnni, memory_order_relaxed); }
 
 /* ---- pool.c: the worker threads ---------------------------------------- */
 #define FD_MAX_THREADS 256     /* the caller and at most 255 workers */
@@ -220,10 +226,15 @@ FD_LEVELS(double, fd_read_sum_f32, (const float *x, int64_t n))
 #define FD_FMT_Q6_K 3
 #define FD_FMT_BF16 4
 #define FD_FMT_F16 5
+/* q8_0 and q4_0 interleaved 16 rows at a time (quant_x16.c): the same bytes
+ * per row, n_out a multiple of 16; rows lo..hi of [n_out, row bytes] are
+ * whole groups when lo and hi are multiples of 16. */
+#define FD_FMT_Q8_0_X16 6
+#define FD_FMT_Q4_0_X16 7
 static inline int64_t fd_quant_row_bytes(int fmt, int64_t n_in) {
     switch (fmt) {
-    case FD_FMT_Q8_0: return n_in / 32 * 34;
-    case FD_FMT_Q4_0: return n_in / 32 * 18;
+    case FD_FMT_Q8_0: case FD_FMT_Q8_0_X16: return n_in / 32 * 34;
+    case FD_FMT_Q4_0: case FD_FMT_Q4_0_X16: return n_in / 32 * 18;
     case FD_FMT_Q4_K: return n_in / 256 * 144;
     case FD_FMT_Q6_K: return n_in / 256 * 210;
     default: return n_in * 2;
@@ -237,8 +248,13 @@ static inline int64_t fd_quant_row_bytes(int fmt, int64_t n_in) {
 FD_LEVELS(int, fd_linear_quant, (float *out, const float *x, const uint8_t *w, const float *bias, int fmt,
                                   int64_t rows, int64_t n_in, int64_t n_out))
 /* out: [rows, n_in] float32 = the weights of w: [rows, fd_quant_row_bytes(fmt, n_in)],
- * bit for bit the gguf package's dequantization. */
+ * bit for bit the gguf package's dequantization (x16 formats: rows a multiple of 16). */
 FD_LEVELS(void, fd_dequantize_rows, (float *out, const uint8_t *w, int fmt, int64_t rows, int64_t n_in))
+/* x16: the FD_FMT_*_X16 layout of gguf: [n_out, fd_quant_row_bytes(base, n_in)]
+ * (fmt: FD_FMT_Q8_0_X16 or FD_FMT_Q4_0_X16; n_out % 16 == 0, n_in % 32 == 0),
+ * and back; byte for byte. */
+void fd_x16_pack(uint8_t *x16, const uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in);
+void fd_x16_unpack(uint8_t *gguf, const uint8_t *x16, int fmt, int64_t n_out, int64_t n_in);
 
 /* ---- model.c: the compiled decode step ---------------------------------- */
 /* A weight matrix [rows, cols] (torch's Linear layout) and its format: the

@@ -103,7 +103,7 @@ static inline int64_t position(const step_job *j, int64_t n, int *real) {
 /* A block-format projection's input x [rows, w->cols] to int8 blocks in the
  * scratch (rows shared out, then a barrier); nothing for other formats. */
 static void quantize_input(step_job *j, const float *x, const fd_matrix *w, int64_t rows, int t, int nt) {
-    if (w->format == FD_FMT_F32 || w->format > FD_FMT_Q6_K) return;
+    if (!fd_fmt_blocks(w->format)) return;
     const int64_t k = w->cols, nb = k / FD_QK;
     step_buffers *s = &j->s;
     for (int64_t r = t; r < rows; r += nt)
@@ -132,7 +132,7 @@ static void cols(step_job *j, float *out, const float *x, const fd_matrix *w, co
 static void project(step_job *j, float *out, const float *x, const fd_matrix *w, const float *bias, int64_t rows,
                     float *residual, int t, int nt) {
     quantize_input(j, x, w, rows, t, nt);
-    cols(j, out, x, w, bias, rows, residual, w->rows * t / nt, w->rows * (t + 1) / nt);
+    cols(j, out, x, w, bias, rows, residual, fd_split16(w->rows, t, nt), fd_split16(w->rows, t + 1, nt));
 }
 
 static void norm_rows(float *out, const float *x, const float *w, const float *b, int64_t rows, const fd_model *m,
@@ -252,7 +252,7 @@ static void step_share(void *ctx, int t, int nt) {
     step_buffers *s = &j->s;
     fd_barrier *bar = &j->bar;
     float *xn = s->xn + t * N * m->d; /* this share's copy of the normed rows: no barrier after a norm */
-    const int64_t F = m->ffn, f0 = F * t / nt, f1 = F * (t + 1) / nt;
+    const int64_t F = m->ffn, f0 = fd_split16(F, t, nt), f1 = fd_split16(F, t + 1, nt);
     embed(j, t, nt);
     fd_barrier_wait(bar, nt);
     for (int64_t l = 0; l < m->layers; l++) {

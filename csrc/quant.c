@@ -122,6 +122,10 @@ static void decode(float *restrict buf, const uint8_t *restrict row, int fmt, in
 
 /* out: [rows, n_in]; w: [rows, row_bytes] */
 void FD_FN(fd_dequantize_rows)(float *out, const uint8_t *w, int fmt, int64_t rows, int64_t n_in) {
+    if (fd_fmt_x16(fmt)) {
+        FD_FN(fd_x16_decode)(out, w, fmt, rows / 16, n_in);
+        return;
+    }
     const int64_t rb = fd_quant_row_bytes(fmt, n_in);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t k = 0; k < n_in; k += FD_QCHUNK)
@@ -194,8 +198,12 @@ typedef struct {
  * formats). A share of fd_linear_quant's job, or of a caller's (model.c). */
 void FD_FN(fd_linear_quant_cols)(float *out, const float *x, const fd_qx *xq, const uint8_t *w, const float *bias,
                                  int fmt, int64_t rows, int64_t n_in, int64_t n_out, int64_t lo, int64_t hi) {
+    if (fd_fmt_x16(fmt)) {
+        FD_FN(fd_x16_cols)(out, xq, w, bias, fmt, rows, n_in, n_out, lo, hi);
+        return;
+    }
     const int64_t nb = n_in / FD_QK, row_bytes = fd_quant_row_bytes(fmt, n_in);
-    const int blocks = fmt <= FD_FMT_Q6_K;
+    const int blocks = fd_fmt_blocks(fmt);
     for (int64_t r0 = 0; r0 < rows; r0 += FD_QROWS) { /* each group of rows streams W once */
         const int64_t nr = rows - r0 < FD_QROWS ? rows - r0 : FD_QROWS;
         fd_qx part = {0};
@@ -219,7 +227,7 @@ void FD_FN(fd_linear_quant_cols)(float *out, const float *x, const fd_qx *xq, co
 static void quant_part(void *ctx, int t, int nt) {
     const quant_job *j = ctx;
     FD_FN(fd_linear_quant_cols)(j->out, j->x, &j->xq, j->w, j->bias, j->fmt, j->rows, j->n_in, j->n_out,
-                                j->n_out * t / nt, j->n_out * (t + 1) / nt);
+                                fd_split16(j->n_out, t, nt), fd_split16(j->n_out, t + 1, nt));
 }
 
 /* out: [rows, n_out]; x: [rows, n_in]; w: [n_out, row_bytes]; bias: [n_out] or NULL.
@@ -228,7 +236,7 @@ int FD_FN(fd_linear_quant)(float *out, const float *x, const uint8_t *w, const f
                            int64_t n_in, int64_t n_out) {
     quant_job job = {out, x, bias, w, fmt, rows, n_in, n_out, fd_quant_row_bytes(fmt, n_in), {0}};
     void *scratch = NULL;
-    if (fmt <= FD_FMT_Q6_K) { /* q [rows, n_in] int8, d, ds [rows, nb] float, s [rows, 2 nb] int32 */
+    if (fd_fmt_blocks(fmt)) { /* q [rows, n_in] int8, d, ds [rows, nb] float, s [rows, 2 nb] int32 */
         const int64_t nb = rows * n_in / FD_QK;
         scratch = malloc((size_t)(nb * (FD_QK + 4 + 4 + 8)));
         if (!scratch) return -1;

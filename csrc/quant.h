@@ -49,4 +49,16 @@ void FD_FN(fd_dot_blocks)(float *acc, const uint8_t *row, int fmt, const fd_qx *
 void FD_FN(fd_linear_quant_cols)(float *out, const float *x, const fd_qx *xq, const uint8_t *w, const float *bias,
                                  int fmt, int64_t rows, int64_t n_in, int64_t n_out, int64_t lo, int64_t hi);
 
+/* x16 formats (quant_x16.c). out: [16 groups, n_in] decoded; w: `groups` groups */
+void FD_FN(fd_x16_decode)(float *out, const uint8_t *w, int fmt, int64_t groups, int64_t n_in);
+/* out[:, lo:hi] of [rows, n_out] (lo, hi multiples of 16); xq: x in int8 blocks; w: the groups */
+void FD_FN(fd_x16_cols)(float *out, const fd_qx *xq, const uint8_t *w, const float *bias, int fmt, int64_t rows,
+                        int64_t n_in, int64_t n_out, int64_t lo, int64_t hi);
+/* the block formats, whose products take x in int8 blocks */
+static inline int fd_fmt_blocks(int fmt) { return (fmt >= FD_FMT_Q8_0 && fmt <= FD_FMT_Q6_K) || fmt >= FD_FMT_Q8_0_X16; }
+static inline int fd_fmt_x16(int fmt) { return fmt >= FD_FMT_Q8_0_X16; }
+/* share t of nt of n rows of W, on multiples of 16 (x16 groups; the MLP's
+ * gate/up partners stay in one share) */
+static inline int64_t fd_split16(int64_t n, int t, int nt) { return t >= nt ? n : n / 16 * t / nt * 16; }
+
 #endif /* FD_QUANT_H */

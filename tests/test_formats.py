@@ -146,7 +146,9 @@ def test_bad_tensors_and_arguments(rng):
     with pytest.raises(ValueError, match="bias"):
         fd.linear(x, good, np.ones(3, np.float32))
     broken = fd.quantize(weights(rng, (4, 64)), "q8_0")
-    broken.data = broken.data[:, :10]  # replaced after construction: refused before any kernel
+    with pytest.raises(AttributeError):
+        broken.data = broken.data[:, :10]  # the blocks are not replaceable
+    broken.data.shape = (8, 34)  # reshaped in place after construction: refused before any kernel
     with pytest.raises(ValueError, match="no longer"):
         fd.linear(x, broken)
 

@@ -40,17 +40,17 @@ QUANT_TILE_BYTES = 4 << 20
 
 
 def _linear_quant(out, x, w, b):  # out: [N, out], x: [N, in] float32, w: QuantizedTensor [out, in]
-    fmt = w.info.code
+    blocks, fmt = w.kernel_view()
     if x.shape[0] <= _ref_quant.INT8_X_MAX_ROWS:
-        _native.linear_quant(out, x, w.data, b, fmt)
+        _native.linear_quant(out, x, blocks, b, fmt)
         return
     n_out, n_in = w.shape
-    step = max(1, QUANT_TILE_BYTES // (4 * n_in))
+    step = max(16, QUANT_TILE_BYTES // (4 * n_in) // 16 * 16)  # whole groups of an x16 layout
     tile = np.empty((min(step, n_out), n_in), np.float32)
     part = np.empty((x.shape[0], tile.shape[0]), np.float32)
     for lo in range(0, n_out, step):
         hi = min(lo + step, n_out)
-        _native.dequantize_rows(tile[:hi - lo], w.data[lo:hi], fmt)
+        _native.dequantize_rows(tile[:hi - lo], blocks[lo:hi], fmt)
         np.matmul(x, tile[:hi - lo].T, out=part[:, :hi - lo])
         out[:, lo:hi] = part[:, :hi - lo]
     if b is not None:

@@ -75,8 +75,10 @@ cdef fd_matrix _matrix(object a, int64_t rows, int64_t cols, str name) except *:
                              f"[{view.shape[0]}, {view.shape[1]}]")
         m.data, m.format = &view[0, 0], FD_FMT_F32
         return m
-    blocks = a.data
-    m.format = a.info.code
+    blocks, m.format = a.kernel_view()
+    if m.format >= 6 and (name.endswith("embed") or rows % 32):
+        raise ValueError(f"CompiledModel: {name} in a 16-row interleaved layout must be a projection with a "
+                         "multiple of 32 rows")
     if tuple(a.shape) != (rows, cols) or cols % 32 or blocks.shape[0] != rows or \
             blocks.shape[1] != _quant_row_bytes(m.format, cols):
         raise ValueError(f"CompiledModel: {name} must be [{rows}, {cols}] (a multiple of 32) in whole blocks")

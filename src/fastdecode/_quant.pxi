@@ -7,8 +7,13 @@ cdef extern from "fastdecode.h":
     int fd_linear_quant(float *out, const float *x, const unsigned char *w, const float *bias, int fmt,
                         int64_t rows, int64_t n_in, int64_t n_out) nogil
     void fd_dequantize_rows(float *out, const unsigned char *w, int fmt, int64_t rows, int64_t n_in) nogil
+    void fd_x16_pack(unsigned char *x16, const unsigned char *gguf, int fmt, int64_t n_out, int64_t n_in) nogil
+    void fd_x16_unpack(unsigned char *gguf, const unsigned char *x16, int fmt, int64_t n_out, int64_t n_in) nogil
+    int fd_set_vnni(int on) nogil
 
-QUANT_BLOCKS = (32, 32, 256, 256, 1, 1)  # weights per block of FD_FMT_Q8_0 .. FD_FMT_F16
+# weights per block of FD_FMT_Q8_0 .. FD_FMT_F16, FD_FMT_Q8_0_X16, FD_FMT_Q4_0_X16
+QUANT_BLOCKS = (32, 32, 256, 256, 1, 1, 32, 32)
+X16_FORMATS = {0: 6, 1: 7}  # GGUF format code -> its 16-row interleaved code (csrc/quant_x16.c)
 
 
 cdef int64_t _quant_row_bytes(int fmt, int64_t n_in) except -1:
@@ -21,12 +26,44 @@ cdef int64_t _quant_row_bytes(int fmt, int64_t n_in) except -1:
     return fd_quant_row_bytes(fmt, n_in)
 
 
+cdef int _check_groups(int fmt, int64_t rows) except -1:
+    """x16 formats come in groups of 16 rows: C reads whole groups."""
+    if fmt >= 6 and rows % 16:
+        raise ValueError(f"a 16-row interleaved weight needs a multiple of 16 rows; got {rows}")
+    return 0
+
+
+def set_vnni(bint on):
+    """Use AVX-512 VNNI in the avx512 level's int8 kernels (where the CPU has it); returns the setting in use."""
+    return bool(fd_set_vnni(on))
+
+
+def x16_convert(unsigned char[:, ::1] out, const unsigned char[:, ::1] src, int fmt, bint pack):
+    """out = src in the other layout (pack: GGUF rows -> x16 groups, else back); both
+    [n_out, row bytes] of format fmt (q8_0/q4_0: 0/1), n_out a multiple of 16."""
+    if fmt not in X16_FORMATS or out.shape[0] != src.shape[0] or out.shape[1] != src.shape[1]:
+        raise ValueError("x16_convert: q8_0 or q4_0 blocks of one shape")
+    cdef int64_t n_out = src.shape[0], n_in = src.shape[1] // (34 if fmt == 0 else 18) * 32
+    if src.shape[1] != _quant_row_bytes(fmt, n_in):
+        raise ValueError("x16_convert: rows of whole blocks")
+    cdef int code = X16_FORMATS[fmt]
+    _check_groups(code, n_out)
+    if n_out * n_in == 0:
+        return
+    with nogil:
+        if pack:
+            fd_x16_pack(&out[0, 0], &src[0, 0], code, n_out, n_in)
+        else:
+            fd_x16_unpack(&out[0, 0], &src[0, 0], code, n_out, n_in)
+
+
 def linear_quant(float[:, ::1] out, const float[:, ::1] x, const unsigned char[:, ::1] w, const float[::1] bias,
                  int fmt):
     """out: [rows, n_out] = x [rows, n_in] @ W.T + bias [n_out] (or None); w: [n_out, row bytes] blocks."""
     if out.shape[0] != x.shape[0] or out.shape[1] != w.shape[0] or \
             w.shape[1] != _quant_row_bytes(fmt, x.shape[1]) or (bias is not None and bias.shape[0] != w.shape[0]):
         raise ValueError("linear_quant: inconsistent shapes")
+    _check_groups(fmt, w.shape[0])
     if out.shape[0] * out.shape[1] == 0:
         return
     if x.shape[1] == 0:  # no terms: the bias alone
@@ -47,6 +84,7 @@ def dequantize_rows(float[:, ::1] out, const unsigned char[:, ::1] w, int fmt):
     """out: [rows, n_in] float32 = the weights of w: [rows, row bytes] blocks."""
     if out.shape[0] != w.shape[0] or w.shape[1] != _quant_row_bytes(fmt, out.shape[1]):
         raise ValueError("dequantize_rows: inconsistent shapes")
+    _check_groups(fmt, w.shape[0])
     if out.shape[0] * out.shape[1] == 0:
         return
     with nogil:

@@ -89,11 +89,12 @@ class QuantizedTensor:
     wrong dtype, ValueError for a shape or byte count that does not fit, so
     no kernel ever reads past the blocks.
 
-    Attributes: ``format``, ``shape``, ``data`` (``[out, row_bytes]`` uint8),
-    ``nbytes``, ``dtype`` (float32, the dtype of its products).
+    Attributes: ``format``, ``shape``, ``data`` (``[out, row_bytes]`` uint8,
+    GGUF's layout), ``layout``, ``nbytes``, ``dtype`` (float32, the dtype of
+    its products).
     """
 
-    __slots__ = ("format", "shape", "data", "_info")
+    __slots__ = ("format", "shape", "_blocks", "_x16", "_info")
     dtype = np.dtype(np.float32)
     ndim = 2
 
@@ -118,12 +119,60 @@ class QuantizedTensor:
                              f"takes {want} ({info.block_bytes} per {info.block} weights)")
         self.format = info.name
         self.shape = shape
-        self.data = np.ascontiguousarray(data).reshape(n_out, info.row_bytes(n_in))
+        self._blocks = np.ascontiguousarray(data).reshape(n_out, info.row_bytes(n_in))
+        self._x16 = None
         self._info = info
 
     @property
+    def data(self) -> np.ndarray:
+        """The raw GGUF blocks, uint8 ``[out, row_bytes]``. After :meth:`repack`,
+        rebuilt from the interleaved copy on each access (a new read-only array)."""
+        if self._blocks is not None:
+            return self._blocks
+        from . import backend
+
+        out = np.empty(self._x16.shape, np.uint8)
+        backend._native.x16_convert(out, self._x16, self._info.code, False)
+        out.flags.writeable = False
+        return out
+
+    @property
+    def layout(self) -> str:
+        """``"gguf"`` (rows one after another), or ``"x16"`` after :meth:`repack`."""
+        return "gguf" if self._x16 is None else "x16"
+
+    def repack(self) -> "QuantizedTensor":
+        """Rearrange the blocks, in place, into the layout the AVX-512 int8
+        kernels read fastest: 16 rows interleaved 4 bytes at a time
+        (``csrc/quant_x16.c`` draws it), the same bytes, GGUF's layout
+        given back by :attr:`data`. Only ``q8_0``/``q4_0`` with ``out`` a
+        multiple of 16 (and the C backend built); otherwise nothing
+        changes. ``fastdecode.load`` repacks a model's projections when the
+        CPU has AVX-512. Returns ``self``."""
+        if self._x16 is not None or self.format not in ("q8_0", "q4_0") or self.shape[0] % 16 or not self.shape[0]:
+            return self
+        from . import backend
+
+        if backend._native is None:
+            return self
+        from .arrays import empty_aligned
+
+        x16 = empty_aligned(self._blocks.shape, np.uint8)
+        backend._native.x16_convert(x16, self._blocks, self._info.code, True)
+        x16.flags.writeable = False
+        self._x16, self._blocks = x16, None
+        return self
+
+    def kernel_view(self):
+        """``(blocks, code)``: the bytes the C kernels read, uint8 ``[out,
+        row_bytes]``, and their format number (fastdecode.h's ``FD_FMT_*``)."""
+        if self._x16 is None:
+            return self._blocks, self._info.code
+        return self._x16, self._info.code + 6  # FD_FMT_Q8_0_X16, FD_FMT_Q4_0_X16
+
+    @property
     def nbytes(self) -> int:
-        return self.data.nbytes
+        return (self._blocks if self._x16 is None else self._x16).nbytes
 
     @property
     def info(self) -> FormatInfo:
@@ -187,13 +236,13 @@ def dequantize(qt: QuantizedTensor) -> np.ndarray:
     """The float32 weight ``[out, in]`` that ``qt`` stands for: ``gguf.quants.dequantize``."""
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(f"qt must be a QuantizedTensor; got {type(qt).__name__}")
-    if qt.data.size == 0:
+    if qt.nbytes == 0:
         return np.zeros(qt.shape, np.float32)
     from . import backend
 
     if backend.get_backend() == "c":  # the same bits (tests/test_formats.py), decoded in C
         out = np.empty(qt.shape, np.float32)
-        backend._native.dequantize_rows(out, qt.data, qt.info.code)
+        backend._native.dequantize_rows(out, *qt.kernel_view())
         return out
     from .reference import quant
 
@@ -233,8 +282,9 @@ def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
     n_out, n_in = weight.shape
     if x.shape[-1] != n_in:
         raise ValueError(f"x has {x.shape[-1]} features (last axis) but weight takes {n_in} (shape {weight.shape})")
-    if weight.data.shape != (n_out, weight.info.row_bytes(n_in)) or not weight.data.flags.c_contiguous \
-            or weight.data.dtype != np.uint8:  # someone replaced .data after construction
+    blocks = weight.kernel_view()[0]
+    if blocks.shape != (n_out, weight.info.row_bytes(n_in)) or not blocks.flags.c_contiguous \
+            or blocks.dtype != np.uint8:  # someone reshaped the blocks after construction
         raise ValueError(f"weight.data no longer holds the blocks of a {weight.format} tensor of shape {weight.shape}")
     bias = bias_array(bias, n_out, np.dtype(np.float32))
     bias = None if bias is None else np.ascontiguousarray(bias)
@@ -247,7 +297,7 @@ def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
         return result
     x2 = np.ascontiguousarray(x).reshape(result.size // n_out, n_in)  # [N, in]
     x2, bias = apart(result, x2, bias)  # written while they are read (NumPy's overlap rule)
-    if np.may_share_memory(result, weight.data):
+    if np.may_share_memory(result, blocks):
         weight = QuantizedTensor(weight.format, weight.shape, weight.data.copy())
     target = kernel_target(result, (x2.shape[0], n_out))
     backend.active().linear_quant(target, x2, weight, bias)

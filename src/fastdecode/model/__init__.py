@@ -15,6 +15,7 @@ import numpy as np
 
 from .config import ConfigError, ModelConfig, check_field, read_json
 from .transformer import ContextOverflowError, KVCache, forward
+from . import quantize
 from .weights import Checkpoint, WeightError, Weights, load_weights
 
 __all__ = ["Model", "load", "ModelConfig", "KVCache", "ConfigError", "WeightError", "ContextOverflowError",
@@ -33,6 +34,7 @@ class Model:
                  eos_token_ids=None, path: str | None = None):
         self.config = config
         self.weights = weights
+        quantize.repack(weights)  # the int8 kernels' layout, where the CPU has AVX-512
         self.tokenizer = tokenizer
         self.generation_defaults = dict(generation_defaults or {})
         self.eos_token_ids = tuple(config.eos_token_ids if eos_token_ids is None else eos_token_ids)

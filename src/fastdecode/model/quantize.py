@@ -123,6 +123,25 @@ def quantize_weights(weights, spec):
     return weights
 
 
+def repack(weights) -> None:
+    """Each q8_0/q4_0 projection with a multiple of 32 rows (and the head,
+    unless it is the embedding table) rearranged in place for the AVX-512
+    int8 kernels (:meth:`fastdecode.QuantizedTensor.repack`), when the CPU
+    has AVX-512 and ``FASTDECODE_REPACK`` is not ``0``. The same bytes; a
+    lookup table keeps GGUF's layout (its rows are decoded one by one)."""
+    from .. import backend
+
+    if os.environ.get("FASTDECODE_REPACK", "1") == "0" or backend._native is None or \
+            backend._native.cpu_max_level() != "avx512":
+        return
+    mats = [getattr(layer, m) for layer in weights.layers for m in MATRICES]
+    if weights.head is not weights.embed:
+        mats.append(weights.head)
+    for w in mats:
+        if isinstance(w, formats.QuantizedTensor) and w.shape[0] % 32 == 0:
+            w.repack()
+
+
 def _release_freed_memory() -> None:
     """Quantizing leaves the float32 matrices' and NumPy temporaries' freed
     memory in glibc's heap (small blocks, fragmented), counted in RSS until

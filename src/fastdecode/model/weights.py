@@ -187,7 +187,7 @@ class Weights:
     def decode_order(self) -> list:
         """The matrices a decode step streams, in the order it reads them."""
         mats = [m for layer in self.layers for m in (layer.qkv, layer.out, layer.up, layer.down)] + [self.head]
-        return [m if isinstance(m, np.ndarray) else m.data for m in mats]  # a QuantizedTensor: its blocks
+        return [m if isinstance(m, np.ndarray) else m.kernel_view()[0] for m in mats]  # a QuantizedTensor: its blocks
 
     def summary(self) -> str:
         """Each matrix's format, shape and size, and why any is not in the format asked for."""

@@ -1,0 +1,106 @@
+"""q8_0/q4_0 weights repacked 16 rows at a time (QuantizedTensor.repack,
+csrc/quant_x16.c): the same bytes, GGUF's layout given back exactly, and
+products equal to the GGUF layout's within float32 rounding at every SIMD
+level, with and without AVX-512 VNNI."""
+import numpy as np
+import pytest
+
+import fastdecode as fd
+from fastdecode import formats
+from fastdecode.reference import quant as ref_quant
+
+from test_formats import assert_close_to_reference, weights
+
+native = pytest.importorskip("fastdecode._native", reason="the x16 layout is the C backend's")
+
+X16 = ["q8_0", "q4_0"]
+
+
+@pytest.fixture(params=["vnni", "no-vnni"])
+def vnni(request, simd):
+    """The avx512 level with and without vpdpbusd (where the CPU has it; the
+    other levels ignore it)."""
+    used = native.set_vnni(request.param == "vnni")
+    if request.param == "vnni" and not used and simd == "avx512":
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    yield request.param
+    native.set_vnni(True)
+
+
+@pytest.mark.parametrize("fmt", X16)
+@pytest.mark.parametrize("shape", [(16, 32), (48, 96), (4096, 64), (32, 768)])
+def test_repack_keeps_the_gguf_bytes(fmt, shape, rng):
+    qt = fd.quantize(weights(rng, shape), fmt)
+    before, deq = qt.data.copy(), fd.dequantize(qt)
+    assert qt.repack() is qt and qt.layout == "x16" and qt.nbytes == before.nbytes
+    assert qt.repack() is qt and qt.layout == "x16"  # once is enough
+    np.testing.assert_array_equal(qt.data, before)
+    assert not qt.data.flags.writeable
+    np.testing.assert_array_equal(fd.dequantize(qt).view(np.uint32), deq.view(np.uint32))
+    with fd.use_backend("numpy"):
+        np.testing.assert_array_equal(fd.dequantize(qt).view(np.uint32), deq.view(np.uint32))
+    rows = np.array([0, shape[0] - 1, 3])
+    np.testing.assert_array_equal(qt[rows], deq[rows])
+
+
+@pytest.mark.parametrize("fmt,shape", [("q4_K", (32, 256)), ("q6_K", (32, 256)), ("bf16", (32, 64)),
+                                       ("q8_0", (37, 64)), ("q4_0", (8, 64))])
+def test_repack_leaves_other_tensors_alone(fmt, shape, rng):
+    qt = fd.quantize(weights(rng, shape), fmt)
+    assert qt.repack() is qt and qt.layout == "gguf"
+    empty = formats.QuantizedTensor("q8_0", (0, 64), np.zeros(0, np.uint8))
+    assert empty.repack() is empty and empty.layout == "gguf"
+
+
+@pytest.mark.parametrize("fmt", X16)
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 17, 33, ref_quant.INT8_X_MAX_ROWS + 1])
+def test_x16_linear_every_level(vnni, fmt, rows, rng):
+    """The int8 path (up to INT8_X_MAX_ROWS rows) and the prefill path (tiles
+    decoded from whole groups, then BLAS): against the NumPy reference, with
+    assert_close_to_reference's bound (same integer sums, other float order)."""
+    n_in = 96  # an odd number of 32-blocks
+    qt = fd.quantize(weights(rng, (48, n_in)), fmt).repack()
+    x = rng.standard_normal((rows, n_in)).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32)
+    assert_close_to_reference(fd.linear(x, qt, b), x, qt, b)
+    assert_close_to_reference(fd.linear(x, qt), x, qt, None)
+
+
+@pytest.mark.parametrize("fmt", X16)
+def test_x16_threads_split_on_groups(fmt, rng):
+    qt = fd.quantize(weights(rng, (4112, 64)), fmt)  # 257 groups: shares of uneven size
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    want = fd.linear(x, qt)
+    qt.repack()
+    before = fd.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fd.set_num_threads(threads)
+            got = fd.linear(x, qt)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    finally:
+        fd.set_num_threads(before)
+
+
+def test_x16_wrappers_keep_c_inside_the_groups(rng):
+    qt = fd.quantize(weights(rng, (16, 64)), "q8_0")
+    blocks = qt.data
+    out = np.empty((1, 8), np.float32)
+    with pytest.raises(ValueError, match="multiple of 16"):  # 8 rows cannot be whole groups
+        native.linear_quant(out, np.ones((1, 64), np.float32), blocks[:8], None, 6)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        native.dequantize_rows(np.empty((8, 64), np.float32), blocks[:8], 7 - 1)
+    with pytest.raises(ValueError):
+        native.x16_convert(np.empty((16, 10), np.uint8), blocks, 0, True)
+    with pytest.raises(ValueError):
+        native.x16_convert(np.empty_like(blocks), blocks, 2, True)  # q4_K has no x16 layout
+
+
+def test_loaded_models_are_repacked_where_the_cpu_has_avx512(monkeypatch):
+    m = fd.load("default", weights="q8_0")
+    mats = [layer.qkv for layer in m.weights.layers]
+    want = "x16" if native.cpu_max_level() == "avx512" else "gguf"
+    assert {w.layout for w in mats} == {want}
+    monkeypatch.setenv("FASTDECODE_REPACK", "0")
+    assert {w.layout for w in (layer.qkv for layer in fd.load("default", weights="q8_0").weights.layers)} == {"gguf"}
+    assert isinstance(mats[0], formats.QuantizedTensor)
