@@ -122,8 +122,17 @@ static void decode(float *restrict buf, const uint8_t *restrict row, int fmt, in
 
 /* out: [rows, n_in]; w: [rows, row_bytes] */
 void FD_FN(fd_dequantize_rows)(float *out, const uint8_t *w, int fmt, int64_t rows, int64_t n_in) {
-    if (fd_fmt_x16(fmt)) {
-        FD_FN(fd_x16_decode)(out, w, fmt, rows / 16, n_in);
+    if (fd_fmt_x16(fmt)) { /* each row back to GGUF's layout, decoded as such (no memory: NaN) */
+        const int base = fd_x16_base(fmt);
+        const int64_t rb = fd_quant_row_bytes(base, n_in);
+        uint8_t *row = malloc((size_t)rb + 1);
+        for (int64_t r = 0; r < rows; r++) {
+            if (row) fd_x16_row(row, w + r / 16 * 16 * rb, fmt, (int)(r % 16), n_in);
+            for (int64_t k = 0; k < n_in; k += FD_QCHUNK)
+                if (row) decode(out + r * n_in + k, row, base, k, n_in - k < FD_QCHUNK ? n_in - k : FD_QCHUNK);
+                else for (int64_t i = k; i < n_in && i < k + FD_QCHUNK; i++) out[r * n_in + i] = NAN;
+        }
+        free(row);
         return;
     }
     const int64_t rb = fd_quant_row_bytes(fmt, n_in);

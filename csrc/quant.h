@@ -49,8 +49,33 @@ void FD_FN(fd_dot_blocks)(float *acc, const uint8_t *row, int fmt, const fd_qx *
 void FD_FN(fd_linear_quant_cols)(float *out, const float *x, const fd_qx *xq, const uint8_t *w, const float *bias,
                                  int fmt, int64_t rows, int64_t n_in, int64_t n_out, int64_t lo, int64_t hi);
 
-/* x16 formats (quant_x16.c). out: [16 groups, n_in] decoded; w: `groups` groups */
-void FD_FN(fd_x16_decode)(float *out, const uint8_t *w, int fmt, int64_t groups, int64_t n_in);
+/* x16 formats (quant_x16.c): the layout, the product, rows back to GGUF's */
+static inline int fd_x16_base(int fmt) { return fmt - FD_FMT_Q8_0_X16; }
+static inline int64_t fd_x16_block(int fmt) { return fd_x16_base(fmt) >= FD_FMT_Q4_K ? 256 : 32; }
+/* where byte j of row r's block (GGUF's layout) lies in its group's block:
+ * 2-byte fields (the f16 scales; q4_K's first two, q6_K's last) as 16
+ * values; every other byte in 4-byte lanes of 64-byte chunks */
+static inline int64_t fd_x16_index(int base, int64_t j, int r) {
+    int64_t o, w = 4;
+    if (base == FD_FMT_Q6_K) {
+        o = j < 208 ? 0 : 208, w = j < 208 ? 4 : 2;
+    } else {
+        const int64_t lead = base == FD_FMT_Q4_K ? 4 : 2; /* bytes of leading f16 fields */
+        o = j < lead ? j / 2 * 2 : lead, w = j < lead ? 2 : 4;
+    }
+    return 16 * o + (j - o) / w * 16 * w + w * r + (j - o) % w;
+}
+/* row: [fd_quant_row_bytes(base, n_in)] = row l of the group grp, in GGUF's layout */
+static inline void fd_x16_row(uint8_t *row, const uint8_t *grp, int fmt, int l, int64_t n_in) {
+    const int base = fd_x16_base(fmt);
+    const int64_t nblk = n_in / fd_x16_block(fmt), bb = fd_quant_row_bytes(base, n_in) / nblk;
+    for (int64_t b = 0; b < nblk; b++)
+        for (int64_t j = 0; j < bb; j++)
+            row[b * bb + j] = (uint8_t)(grp[b * 16 * bb + fd_x16_index(base, j, l)] ^
+                                        (base == FD_FMT_Q8_0 && j >= 2 ? 128 : 0));
+}
+/* x16 <-> gguf ([n_out, row bytes] each), to_x16 saying which way */
+void FD_FN(fd_x16_convert)(uint8_t *x16, uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in, int to_x16);
 /* out[:, lo:hi] of [rows, n_out] (lo, hi multiples of 16); xq: x in int8 blocks; w: the groups */
 void FD_FN(fd_x16_cols)(float *out, const fd_qx *xq, const uint8_t *w, const float *bias, int fmt, int64_t rows,
                         int64_t n_in, int64_t n_out, int64_t lo, int64_t hi);

@@ -1,109 +1,79 @@
-/* quant_x16.c: q8_0 and q4_0 weights interleaved 16 rows at a time, the
- * layout the AVX-512 kernels read fastest. Weights are repacked into it at
- * load (src/fastdecode/formats.py: QuantizedTensor.repack); GGUF's layout
- * stays the contract: fd_x16_unpack gives its bytes back exactly.
+/* quant_x16.c: block-format weights (q8_0, q4_0, q4_K, q6_K) interleaved
+ * 16 rows at a time, the layout the AVX-512 kernels read fastest. Weights
+ * are repacked into it at load (src/fastdecode/formats.py:
+ * QuantizedTensor.repack); GGUF's layout stays the contract: fd_x16_unpack
+ * gives its bytes back exactly.
  *
  * Dimensions: n_out = rows of W (a multiple of 16), n_in = weights per row
- * (a multiple of 32), nb = n_in / 32 blocks per row, a group = 16 rows of W
- * (lane r = row 16 g + r), rows = rows of x (nr <= FD_QROWS per pass).
+ * (a multiple of the block), nb = n_in / 32 int8 blocks of x, a group = 16
+ * rows of W (lane l = row 16 g + l), rows = rows of x (nr <= FD_QROWS a pass).
  *
- * Layout: groups one after another; a group is its nb blocks one after
- * another; block b of a group holds the 16 rows' blocks b:
- *   bytes [0, 32): the 16 float16 scales, row r's at 2 r;
- *   then chunks of 64 bytes, chunk k holding 4 bytes of each row (row r's at 4 r):
- *     q8_0: 8 chunks: codes 4k .. 4k+3 of the row, each plus 128 (uint8);
- *     q4_0: 4 chunks: qs[4k .. 4k+3] of the row (low nibbles: weights
- *           4k .. 4k+3, high nibbles: weights 16+4k .. 16+4k+3; offset 8).
- * A block of a group is 16 times a row's block bytes: nothing is added.
+ * Layout: groups one after another; a group is its blocks (32 weights, or
+ * 256 for the K formats) one after another; block b of a group holds the
+ * 16 rows' blocks b, field by field in GGUF's order, each field 16 times
+ * its size: 2-byte fields (the f16 scales) as 16 values, row l's at 2 l;
+ * the rest in chunks of 64 bytes, chunk k holding bytes 4k .. 4k+3 of the
+ * field of each row (row l's at 4 l). fd_x16_index says where each byte
+ * goes (quant.h). q8_0's codes are stored plus 128 (uint8). So:
+ *   q8_0 (544 bytes): d[16]; codes: 8 chunks
+ *   q4_0 (288):       d[16]; qs: 4 chunks (low nibbles: weights 4k.., high: 16+4k..)
+ *   q4_K (2304):      d[16]; dmin[16]; scales: 3 chunks; qs: 32 chunks
+ *   q6_K (3360):      ql: 32 chunks; qh: 16 chunks; scales: 4 chunks; d[16]
+ * Nothing is added: a block of a group is 16 times a row's block bytes.
  *
  * Why: with one weight row per 32-bit lane, 4 bytes of x broadcast to every
  * lane times one chunk give each of 16 rows its next 4 products (VNNI's
- * vpdpbusd: unsigned weights times signed x, summed into the int32 lanes),
- * so a block costs 8 vpdpbusd for 16 rows, no horizontal sums, and one
- * float multiply-add per row of x; the codes' offset comes off once per
- * block as -offset * sum(x's int8 block), exact in int32. Without VNNI
- * (AVX-512BW only) vpmaddubsw + vpmaddwd do the same sums (q8_0 then
- * signed, |w| times x with w's sign, as quant_dot.c). Other levels: the
- * same integer sums in plain C.
+ * vpdpbusd: unsigned codes times signed x, summed into int32 lanes), so 32
+ * weights of 16 rows cost 8 vpdpbusd, no horizontal sums; the codes'
+ * offsets (128, 8, q6_K's 32) and q4_K's mins come off per block of x as
+ * -offset * sum(x's int8 block), exact in int32, or one float multiply-add.
+ * Without VNNI (AVX-512BW) vpmaddubsw + vpmaddwd make the same sums (q8_0
+ * then signed, |w| times x with w's sign, as quant_dot.c). Other levels
+ * take each row back out to GGUF's layout and use quant_dot.c.
  */
+#include <stdlib.h>
+
 #include "quant.h"
 
 #define X16 16 /* rows of W per group */
 
-static inline int x16_base(int fmt) { return fmt == FD_FMT_Q8_0_X16 ? FD_FMT_Q8_0 : FD_FMT_Q4_0; }
-static inline int64_t block_bytes(int fmt) { return x16_base(fmt) == FD_FMT_Q8_0 ? 34 : 18; }
-
 /* ----------------------------------------------------------------------------
- * GGUF rows <-> groups (plain C, once per load; the entry points only)
+ * GGUF rows <-> groups
  * ---------------------------------------------------------------------------- */
-#if FD_ENTRY_POINTS
-/* x16: the group layout; gguf: [n_out, fd_quant_row_bytes(base, n_in)];
- * both n_out * n_in / 32 * block bytes. to_x16: which way. */
-static void x16_convert(uint8_t *x16, uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in, int to_x16) {
-    const int64_t bb = block_bytes(fmt), nb = n_in / 32, gb = X16 * bb, codes = bb - 2;
-    const uint8_t flip = fmt == FD_FMT_Q8_0_X16 ? 128 : 0;
+
+/* x16: the groups; gguf: [n_out, fd_quant_row_bytes(base, n_in)] (the
+ * same count of bytes); to_x16: which way */
+void FD_FN(fd_x16_convert)(uint8_t *x16, uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in, int to_x16) {
+    const int base = fd_x16_base(fmt);
+    const int64_t bb = fd_quant_row_bytes(base, n_in) / (n_in / fd_x16_block(fmt)), nblk = n_in / fd_x16_block(fmt);
     for (int64_t g = 0; g < n_out / X16; g++)
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t *blk = x16 + (g * nb + b) * gb;
+        for (int64_t b = 0; b < nblk; b++) {
+            uint8_t *blk = x16 + (g * nblk + b) * X16 * bb;
             for (int r = 0; r < X16; r++) {
-                uint8_t *row = gguf + ((g * X16 + r) * nb + b) * bb;
-                for (int i = 0; i < 2; i++) {
-                    if (to_x16) blk[2 * r + i] = row[i];
-                    else row[i] = blk[2 * r + i];
+                uint8_t *row = gguf + ((g * X16 + r) * nblk + b) * bb;
+                for (int64_t j = 0; j < bb; j++) {
+                    const uint8_t flip = base == FD_FMT_Q8_0 && j >= 2 ? 128 : 0;
+                    uint8_t *p = blk + fd_x16_index(base, j, r);
+                    if (to_x16) *p = (uint8_t)(row[j] ^ flip);
+                    else row[j] = (uint8_t)(*p ^ flip);
                 }
-                for (int64_t k = 0; k < codes / 4; k++)
-                    for (int i = 0; i < 4; i++) {
-                        uint8_t *p = blk + 32 + 64 * k + 4 * r + i, *q = row + 2 + 4 * k + i;
-                        if (to_x16) *p = (uint8_t)(*q ^ flip);
-                        else *q = (uint8_t)(*p ^ flip);
-                    }
             }
         }
 }
 
+#if FD_ENTRY_POINTS
 void fd_x16_pack(uint8_t *x16, const uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in) {
-    x16_convert(x16, (uint8_t *)gguf, fmt, n_out, n_in, 1); /* reads gguf only */
+    fd_x16_convert_portable(x16, (uint8_t *)gguf, fmt, n_out, n_in, 1); /* reads gguf only */
 }
 
 void fd_x16_unpack(uint8_t *gguf, const uint8_t *x16, int fmt, int64_t n_out, int64_t n_in) {
-    x16_convert((uint8_t *)x16, gguf, fmt, n_out, n_in, 0); /* reads x16 only */
+    fd_x16_convert_portable((uint8_t *)x16, gguf, fmt, n_out, n_in, 0); /* reads x16 only */
 }
 #endif
 
-/* out: [16 * groups, n_in] = the weights of `groups` groups, bit for bit
- * quant.c's decoding of the same GGUF blocks (float(code) * d; d * (nibble - 8)) */
-void FD_FN(fd_x16_decode)(float *out, const uint8_t *w, int fmt, int64_t groups, int64_t n_in) {
-    const int64_t bb = block_bytes(fmt), nb = n_in / 32, gb = X16 * bb;
-    for (int64_t g = 0; g < groups; g++)
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = w + (g * nb + b) * gb;
-            for (int r = 0; r < X16; r++) {
-                float *o = out + (g * X16 + r) * n_in + 32 * b;
-                const float d = fd_f16_to_f32(blk + 2 * r);
-                for (int k = 0; k < (bb - 2) / 4; k++)
-                    for (int i = 0; i < 4; i++) {
-                        const uint8_t c = blk[32 + 64 * k + 4 * r + i];
-                        if (fmt == FD_FMT_Q8_0_X16) {
-                            o[4 * k + i] = (float)(int8_t)(c ^ 128) * d;
-                        } else {
-                            o[4 * k + i] = d * (float)((int)(c & 15) - 8);
-                            o[16 + 4 * k + i] = d * (float)((int)(c >> 4) - 8);
-                        }
-                    }
-            }
-        }
-}
-
 /* ----------------------------------------------------------------------------
- * One group of 16 rows against nr rows of x: acc [nr, 16] = W_g . x[r]
+ * AVX-512: one group of 16 rows against nr rows of x: acc [nr, 16] = W_g . x[r]
  * ---------------------------------------------------------------------------- */
-
-/* sum of x's int8 block b of row r (two 16-sums) */
-static inline int32_t xsum(const fd_qx *x, int64_t r, int64_t b) {
-    const int32_t *s = x->s + r * 2 * (x->n_in / 32) + 2 * b;
-    return s[0] + s[1];
-}
-
 #if defined(FD_LEVEL_avx512)
 #include <immintrin.h>
 
@@ -113,32 +83,43 @@ static inline __m512i bcast4(const int8_t *p) { /* x[p .. p+3] in every 32-bit l
     return _mm512_set1_epi32(v);
 }
 
-/* The group kernel, written once for both instruction sets: DOT(acc, u, xv)
- * adds to acc's int32 lanes the 4 products of u's bytes (unsigned weights)
- * and xv's (signed x). */
-#define X16_GROUP(DOT, OFF)                                                                                \
+static inline __m512i load64(const uint8_t *p) { return _mm512_loadu_si512(p); }
+
+/* the 16 rows' 2-byte field at p (f16) as floats */
+static inline __m512 scales16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+/* sum of x's int8 values b*32 + 16h .. +16 of row r (h = 0, 1) or the whole block (h = 2) */
+static inline int32_t xsum(const fd_qx *x, int64_t r, int64_t b, int h) {
+    const int32_t *s = x->s + r * 2 * (x->n_in / 32) + 2 * b;
+    return h == 2 ? s[0] + s[1] : s[h];
+}
+
+/* Each kernel is written once for both instruction sets: DOT(acc, u, xv)
+ * adds to acc's int32 lanes the 4 products of u's bytes (unsigned codes)
+ * and xv's (signed x); Q8 says whether q8_0's codes need the signed path
+ * (no VNNI: no offset then). */
+#define GROUP_Q8_Q4(DOT, Q8SIGNED)                                                                         \
     const int64_t nb = x->n_in / 32, q8 = fmt == FD_FMT_Q8_0_X16, gb = q8 ? 544 : 288;                    \
-    const int32_t off = (OFF);                                                                              \
+    const int32_t off = q8 ? (Q8SIGNED ? 0 : -128) : -8;                                                    \
     __m512 a[FD_QROWS];                                                                                     \
     for (int64_t r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();                                           \
     for (int64_t b = 0; b < nb; b++) {                                                                      \
         const uint8_t *blk = grp + b * gb;                                                                  \
-        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));                        \
-        __m512i c[8];                                                                                       \
+        const __m512 d = scales16(blk);                                                                     \
+        __m512i c[8]; /* c[k] meets x 4k .. 4k+3 (q4_0: high nibbles from 16) */                           \
         if (q8) {                                                                                           \
-            for (int k = 0; k < 8; k++) c[k] = _mm512_loadu_si512(blk + 32 + 64 * k);                      \
+            for (int k = 0; k < 8; k++) c[k] = load64(blk + 32 + 64 * k);                                  \
         } else {                                                                                            \
-            const __m512i lo4 = _mm512_set1_epi8(15);                                                      \
             for (int k = 0; k < 4; k++) {                                                                  \
-                const __m512i v = _mm512_loadu_si512(blk + 32 + 64 * k);                                    \
-                c[k] = _mm512_and_si512(v, lo4);                                                           \
-                c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);                                 \
+                const __m512i v = load64(blk + 32 + 64 * k);                                                \
+                c[k] = _mm512_and_si512(v, _mm512_set1_epi8(15));                                          \
+                c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));                \
             }                                                                                               \
         }                                                                                                   \
         for (int64_t r = 0; r < nr; r++) {                                                                  \
             const int8_t *xq = x->q + r * x->n_in + 32 * b;                                                 \
-            __m512i s0 = _mm512_set1_epi32(off * xsum(x, r, b)), s1 = _mm512_setzero_si512();              \
-            for (int k = 0; k < 8; k += 2) { /* c[k] meets x 4k .. 4k+3 (q4_0: high nibbles from 16) */   \
+            __m512i s0 = _mm512_set1_epi32(off * xsum(x, r, b, 2)), s1 = _mm512_setzero_si512();           \
+            for (int k = 0; k < 8; k += 2) {                                                                \
                 s0 = DOT(s0, c[k], bcast4(xq + 4 * k));                                                     \
                 s1 = DOT(s1, c[k + 1], bcast4(xq + 4 * k + 4));                                             \
             }                                                                                               \
@@ -148,62 +129,131 @@ static inline __m512i bcast4(const int8_t *p) { /* x[p .. p+3] in every 32-bit l
     }                                                                                                       \
     for (int64_t r = 0; r < nr; r++) _mm512_storeu_ps(acc + 16 * r, a[r]);
 
-#define DOT_VNNI(acc, u, xv) _mm512_dpbusd_epi32(acc, u, xv)
-__attribute__((target("avx512vnni"))) static inline __attribute__((always_inline)) void
-group_vnni(float *acc, const uint8_t *grp, int fmt, const fd_qx *x, int64_t nr) {
-    X16_GROUP(DOT_VNNI, q8 ? -128 : -8)
-}
+/* q4_K: sub-block j (32 weights, x block 8 sb + j): w = d sc_j code - dmin m_j.
+ * The 6-bit scales and mins (ggml's get_scale_min_k4) are decoded for the
+ * 16 lanes once per super-block, to floats d sc_j and dmin m_j. */
+#define GROUP_Q4_K(DOT)                                                                                    \
+    const int64_t nb = x->n_in / 32;                                                                        \
+    __m512 a[FD_QROWS];                                                                                     \
+    for (int64_t r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();                                           \
+    for (int64_t sb = 0; sb < nb / 8; sb++) {                                                               \
+        const uint8_t *blk = grp + sb * 2304, *qs = blk + 256;                                              \
+        const __m512 d = scales16(blk), dmin = scales16(blk + 32);                                          \
+        const __m512i A = load64(blk + 64), B = load64(blk + 128), C = load64(blk + 192), m6 = _mm512_set1_epi32(63); \
+        __m512 dsc[8], dm[8];                                                                               \
+        for (int i = 0; i < 4; i++) {                                                                      \
+            const __m512i a8 = _mm512_srli_epi32(A, 8 * i), b8 = _mm512_srli_epi32(B, 8 * i),             \
+                          c8 = _mm512_srli_epi32(C, 8 * i), m4 = _mm512_set1_epi32(15);                     \
+            const __m512i hi_a = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(a8, 6), _mm512_set1_epi32(3)), 4); \
+            const __m512i hi_b = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(b8, 6), _mm512_set1_epi32(3)), 4); \
+            dsc[i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_and_si512(a8, m6)));                      \
+            dm[i] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_and_si512(b8, m6)));                    \
+            dsc[4 + i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_or_si512(_mm512_and_si512(c8, m4), hi_a))); \
+            dm[4 + i] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(                                           \
+                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c8, 4), m4), hi_b)));                    \
+        }                                                                                                   \
+        for (int p = 0; p < 4; p++) { /* sub-blocks 2p (low nibbles) and 2p + 1 (high) */                  \
+            __m512i lo[8], hi[8];                                                                           \
+            for (int k = 0; k < 8; k++) {                                                                  \
+                const __m512i v = load64(qs + 64 * (8 * p + k));                                            \
+                lo[k] = _mm512_and_si512(v, _mm512_set1_epi8(15));                                         \
+                hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));                   \
+            }                                                                                               \
+            for (int64_t r = 0; r < nr; r++) {                                                              \
+                const int64_t b0 = 8 * sb + 2 * p;                                                          \
+                const int8_t *x0 = x->q + r * x->n_in + 32 * b0, *x1 = x0 + 32;                             \
+                __m512i s0 = _mm512_setzero_si512(), s1 = s0, t0 = s0, t1 = s0;                             \
+                for (int k = 0; k < 8; k += 2) {                                                            \
+                    s0 = DOT(s0, lo[k], bcast4(x0 + 4 * k));                                                \
+                    s1 = DOT(s1, lo[k + 1], bcast4(x0 + 4 * k + 4));                                        \
+                    t0 = DOT(t0, hi[k], bcast4(x1 + 4 * k));                                                \
+                    t1 = DOT(t1, hi[k + 1], bcast4(x1 + 4 * k + 4));                                        \
+                }                                                                                           \
+                const float dx0 = x->d[r * nb + b0], dx1 = x->d[r * nb + b0 + 1];                           \
+                __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(dsc[2 * p], _mm512_set1_ps(dx0)),                 \
+                                           _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), a[r]);             \
+                v = _mm512_fmadd_ps(_mm512_mul_ps(dsc[2 * p + 1], _mm512_set1_ps(dx1)),                    \
+                                    _mm512_cvtepi32_ps(_mm512_add_epi32(t0, t1)), v);                       \
+                v = _mm512_fnmadd_ps(dm[2 * p], _mm512_set1_ps(x->ds[r * nb + b0]), v);                    \
+                a[r] = _mm512_fnmadd_ps(dm[2 * p + 1], _mm512_set1_ps(x->ds[r * nb + b0 + 1]), v);         \
+            }                                                                                               \
+        }                                                                                                   \
+    }                                                                                                       \
+    for (int64_t r = 0; r < nr; r++) _mm512_storeu_ps(acc + 16 * r, a[r]);
 
-/* Without VNNI: vpmaddubsw sums byte pairs to int16, which q4_0's codes
- * (< 16) never saturate; q8_0's (code + 128, up to 255) could, so they go
- * back to signed and in as |w| with x carrying w's sign (offset then 0). */
-static inline __m512i dot_bw(__m512i acc, __m512i u, __m512i xv, int q8) {
-    if (q8) {
-        const __m512i w = _mm512_xor_si512(u, _mm512_set1_epi8((char)0x80));
-        xv = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), _mm512_setzero_si512(), xv);
-        u = _mm512_abs_epi8(w);
-    }
+/* q6_K: quarter q (32 weights, x block 8 sb + q; half h = q / 4, s = q % 4):
+ * code = low 4 bits from nibble s / 2 of ql chunks 16 h + 8 (s % 2) + k,
+ * high 2 bits at bit 2 s of qh chunks 8 h + k (k < 8); w = d sc_j (code - 32),
+ * sub-block j = 8 h + 2 s (+1 for the second 16 weights, chunks k >= 4). */
+#define GROUP_Q6_K(DOT)                                                                                    \
+    const int64_t nb = x->n_in / 32;                                                                        \
+    __m512 a[FD_QROWS];                                                                                     \
+    for (int64_t r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();                                           \
+    for (int64_t sb = 0; sb < nb / 8; sb++) {                                                               \
+        const uint8_t *blk = grp + sb * 3360, *ql = blk, *qh = blk + 2048;                                  \
+        const __m512 d = scales16(blk + 3328);                                                              \
+        _Pragma("GCC unroll 8") /* h, s, j constants: immediate shifts */                                    \
+        for (int q = 0; q < 8; q++) {                                                                       \
+            const int h = q / 4, s = q % 4, j = 8 * h + 2 * s;                                             \
+            const __m512i S = load64(blk + 3072 + 64 * (j / 4)); /* int8 scales j .. j+1 at bytes j % 4 */  \
+            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(S, 24 - 8 * (j % 4)), 24);             \
+            const __m512i sc1 = _mm512_srai_epi32(_mm512_slli_epi32(S, 16 - 8 * (j % 4)), 24);             \
+            __m512i c[8];                                                                                   \
+            for (int k = 0; k < 8; k++) {                                                                  \
+                __m512i lo = load64(ql + 64 * (16 * h + 8 * (s % 2) + k));                                  \
+                lo = _mm512_and_si512(s / 2 ? _mm512_srli_epi16(lo, 4) : lo, _mm512_set1_epi8(15));        \
+                __m512i hi = _mm512_srli_epi16(load64(qh + 64 * (8 * h + k)), 2 * s);                       \
+                hi = _mm512_slli_epi16(_mm512_and_si512(hi, _mm512_set1_epi8(3)), 4);                      \
+                c[k] = _mm512_or_si512(lo, hi);                                                            \
+            }                                                                                               \
+            const int64_t b = 8 * sb + q;                                                                   \
+            for (int64_t r = 0; r < nr; r++) {                                                              \
+                const int8_t *xq = x->q + r * x->n_in + 32 * b;                                             \
+                __m512i u0 = _mm512_set1_epi32(-32 * xsum(x, r, b, 0)), u1 = _mm512_setzero_si512();       \
+                __m512i v0 = _mm512_set1_epi32(-32 * xsum(x, r, b, 1)), v1 = _mm512_setzero_si512();       \
+                for (int k = 0; k < 4; k += 2) {                                                            \
+                    u0 = DOT(u0, c[k], bcast4(xq + 4 * k));                                                 \
+                    u1 = DOT(u1, c[k + 1], bcast4(xq + 4 * k + 4));                                         \
+                    v0 = DOT(v0, c[4 + k], bcast4(xq + 16 + 4 * k));                                        \
+                    v1 = DOT(v1, c[5 + k], bcast4(xq + 20 + 4 * k));                                        \
+                }                                                                                           \
+                const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(sc0, _mm512_add_epi32(u0, u1)),      \
+                                                   _mm512_mullo_epi32(sc1, _mm512_add_epi32(v0, v1)));     \
+                a[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x->d[r * nb + b])),                 \
+                                       _mm512_cvtepi32_ps(t), a[r]);                                        \
+            }                                                                                               \
+        }                                                                                                   \
+    }                                                                                                       \
+    for (int64_t r = 0; r < nr; r++) _mm512_storeu_ps(acc + 16 * r, a[r]);
+
+#define DOT_VNNI(acc, u, xv) _mm512_dpbusd_epi32(acc, u, xv)
+#define VNNI_FN __attribute__((target("avx512vnni"))) static inline __attribute__((always_inline)) void
+VNNI_FN q8q4_vnni(float *acc, const uint8_t *grp, int fmt, const fd_qx *x, int64_t nr) { GROUP_Q8_Q4(DOT_VNNI, 0) }
+VNNI_FN q4K_vnni(float *acc, const uint8_t *grp, int fmt, const fd_qx *x, int64_t nr) { (void)fmt; GROUP_Q4_K(DOT_VNNI) }
+VNNI_FN q6K_vnni(float *acc, const uint8_t *grp, int fmt, const fd_qx *x, int64_t nr) { (void)fmt; GROUP_Q6_K(DOT_VNNI) }
+
+/* Without VNNI: vpmaddubsw sums byte pairs to int16, which codes below 64
+ * never saturate; q8_0's (code + 128, up to 255) could, so they go back to
+ * signed and in as |w| with x carrying w's sign. */
+static inline __m512i dot_bw(__m512i acc, __m512i u, __m512i xv) {
     return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, xv), _mm512_set1_epi16(1)));
 }
-static inline __attribute__((always_inline)) void group_bw(float *acc, const uint8_t *grp, int fmt,
-                                                              const fd_qx *x, int64_t nr) {
-#define DOT_BW(acc, u, xv) dot_bw(acc, u, xv, (int)q8)
-    X16_GROUP(DOT_BW, q8 ? 0 : -8) /* q8_0's signed products need no offset */
-#undef DOT_BW
+static inline __m512i dot_bw_signed(__m512i acc, __m512i u, __m512i xv) {
+    const __m512i w = _mm512_xor_si512(u, _mm512_set1_epi8((char)0x80));
+    xv = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), _mm512_setzero_si512(), xv);
+    return dot_bw(acc, _mm512_abs_epi8(w), xv);
 }
-#endif
-
-#if !defined(FD_LEVEL_avx512)
-/* acc: [nr, 16]; grp: one group's nb blocks; plain C */
-static inline void group_scalar(float *acc, const uint8_t *grp, int fmt, const fd_qx *x, int64_t nr) {
-    const int64_t nb = x->n_in / 32, q8 = fmt == FD_FMT_Q8_0_X16, gb = q8 ? 544 : 288;
-    const int32_t off = q8 ? -128 : -8;
-    for (int64_t i = 0; i < nr * X16; i++) acc[i] = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = grp + b * gb;
-        for (int64_t r = 0; r < nr; r++) {
-            const int8_t *xq = x->q + r * x->n_in + 32 * b;
-            const int32_t base = off * xsum(x, r, b);
-            for (int l = 0; l < X16; l++) {
-                int32_t s = base;
-                for (int k = 0; k < (q8 ? 8 : 4); k++)
-                    for (int i = 0; i < 4; i++) {
-                        const int c = blk[32 + 64 * k + 4 * l + i];
-                        if (q8) s += c * xq[4 * k + i];
-                        else s += (c & 15) * xq[4 * k + i] + (c >> 4) * xq[16 + 4 * k + i];
-                    }
-                acc[r * X16 + l] += fd_f16_to_f32(blk + 2 * l) * x->d[r * nb + b] * (float)s;
-            }
-        }
-    }
-}
+#define DOT_BW(acc, u, xv) (q8 ? dot_bw_signed(acc, u, xv) : dot_bw(acc, u, xv))
+#define BW_FN static inline __attribute__((always_inline)) void
+BW_FN q8q4_bw(float *acc, const uint8_t *grp, int fmt, const fd_qx *x, int64_t nr) { GROUP_Q8_Q4(DOT_BW, 1) }
+BW_FN q4K_bw(float *acc, const uint8_t *grp, int fmt, const fd_qx *x, int64_t nr) { (void)fmt; GROUP_Q4_K(dot_bw) }
+BW_FN q6K_bw(float *acc, const uint8_t *grp, int fmt, const fd_qx *x, int64_t nr) { (void)fmt; GROUP_Q6_K(dot_bw) }
 #endif
 
 /* ----------------------------------------------------------------------------
  * out[:, lo:hi] of out [rows, n_out] = x W^T + bias, W in groups
  * ---------------------------------------------------------------------------- */
 
-/* out rows r0 .. r0 + nr, columns of groups g0 .. g1; part: those rows of x */
 static inline __attribute__((always_inline)) void store_group(float *out, const float *acc, const float *bias,
                                                               int64_t r0, int64_t nr, int64_t n_out, int64_t g) {
     for (int64_t r = 0; r < nr; r++)
@@ -211,9 +261,9 @@ static inline __attribute__((always_inline)) void store_group(float *out, const 
             out[(r0 + r) * n_out + g * X16 + l] = acc[16 * r + l] + (bias ? bias[g * X16 + l] : 0.0f);
 }
 
-/* One pass of nr rows of x over groups g0 .. g1, with GROUP as the group
+/* One pass of nr rows of x (part) over groups g0 .. g1 with GROUP as the
  * kernel (one row of x gets its own copy, nr a constant: its accumulators
- * then stay in registers). */
+ * stay in registers). */
 #define X16_PASS(NAME, ATTR, GROUP)                                                                          \
     ATTR static void NAME(float *out, const fd_qx *part, const uint8_t *w, const float *bias, int fmt,       \
                           int64_t r0, int64_t nr, int64_t n_out, int64_t g0, int64_t g1, int64_t gbytes) {   \
@@ -225,26 +275,49 @@ static inline __attribute__((always_inline)) void store_group(float *out, const 
         }                                                                                                   \
     }
 #if defined(FD_LEVEL_avx512)
-X16_PASS(pass_vnni, __attribute__((target("avx512vnni"))), group_vnni)
-X16_PASS(pass_bw, , group_bw)
-#else
-X16_PASS(pass_scalar, , group_scalar)
+#define VNNI_ATTR __attribute__((target("avx512vnni")))
+X16_PASS(pass_q8q4_vnni, VNNI_ATTR, q8q4_vnni)
+X16_PASS(pass_q4K_vnni, VNNI_ATTR, q4K_vnni)
+X16_PASS(pass_q6K_vnni, VNNI_ATTR, q6K_vnni)
+X16_PASS(pass_q8q4_bw, , q8q4_bw)
+X16_PASS(pass_q4K_bw, , q4K_bw)
+X16_PASS(pass_q6K_bw, , q6K_bw)
 #endif
 
 /* lo, hi: the groups from the first row at or after each (callers split on
- * multiples of 16: fd_split16) */
+ * multiples of 16: fd_split16). Levels below avx512 take each row of a
+ * group back to GGUF's layout (row: [row bytes] scratch) and use quant_dot.c;
+ * without the scratch (no memory) the columns are NaN. */
 void FD_FN(fd_x16_cols)(float *out, const fd_qx *xq, const uint8_t *w, const float *bias, int fmt, int64_t rows,
                         int64_t n_in, int64_t n_out, int64_t lo, int64_t hi) {
-    const int64_t nb = n_in / FD_QK, gbytes = nb * X16 * block_bytes(fmt);
+    const int base = fd_x16_base(fmt);
+    const int64_t nb = n_in / FD_QK, gbytes = X16 * fd_quant_row_bytes(base, n_in);
     const int64_t g0 = (lo + X16 - 1) / X16, g1 = (hi + X16 - 1) / X16 < n_out / X16 ? (hi + X16 - 1) / X16 : n_out / X16;
+#if !defined(FD_LEVEL_avx512)
+    uint8_t *row = malloc((size_t)(gbytes / X16 + 1));
+#endif
     for (int64_t r0 = 0; r0 < rows; r0 += FD_QROWS) {
         const int64_t nr = rows - r0 < FD_QROWS ? rows - r0 : FD_QROWS;
         const fd_qx part = {xq->q + r0 * n_in, xq->d + r0 * nb, xq->ds + r0 * nb, xq->s + r0 * 2 * nb, n_in};
 #if defined(FD_LEVEL_avx512)
-        if (fd_vnni_enabled()) pass_vnni(out, &part, w, bias, fmt, r0, nr, n_out, g0, g1, gbytes);
-        else pass_bw(out, &part, w, bias, fmt, r0, nr, n_out, g0, g1, gbytes);
+        const int vnni = fd_vnni_enabled();
+        if (base == FD_FMT_Q4_K) (vnni ? pass_q4K_vnni : pass_q4K_bw)(out, &part, w, bias, fmt, r0, nr, n_out, g0, g1, gbytes);
+        else if (base == FD_FMT_Q6_K) (vnni ? pass_q6K_vnni : pass_q6K_bw)(out, &part, w, bias, fmt, r0, nr, n_out, g0, g1, gbytes);
+        else (vnni ? pass_q8q4_vnni : pass_q8q4_bw)(out, &part, w, bias, fmt, r0, nr, n_out, g0, g1, gbytes);
 #else
-        pass_scalar(out, &part, w, bias, fmt, r0, nr, n_out, g0, g1, gbytes);
+        for (int64_t g = g0; g < g1; g++)
+            for (int l = 0; l < X16; l++) {
+                float acc[FD_QROWS];
+                if (row) {
+                    fd_x16_row(row, w + g * gbytes, fmt, l, n_in);
+                    FD_FN(fd_dot_blocks)(acc, row, base, &part, nr);
+                }
+                for (int64_t r = 0; r < nr; r++)
+                    out[(r0 + r) * n_out + g * X16 + l] = row ? acc[r] + (bias ? bias[g * X16 + l] : 0.0f) : NAN;
+            }
 #endif
     }
+#if !defined(FD_LEVEL_avx512)
+    free(row);
+#endif
 }

@@ -1,4 +1,4 @@
-"""q8_0/q4_0 weights repacked 16 rows at a time (QuantizedTensor.repack,
+"""Block-format weights (q8_0, q4_0, q4_K, q6_K) repacked 16 rows at a time (QuantizedTensor.repack,
 csrc/quant_x16.c): the same bytes, GGUF's layout given back exactly, and
 products equal to the GGUF layout's within float32 rounding at every SIMD
 level, with and without AVX-512 VNNI."""
@@ -13,7 +13,11 @@ from test_formats import assert_close_to_reference, weights
 
 native = pytest.importorskip("fastdecode._native", reason="the x16 layout is the C backend's")
 
-X16 = ["q8_0", "q4_0"]
+X16 = ["q8_0", "q4_0", "q4_K", "q6_K"]
+
+
+def n_in_of(fmt, blocks=3):  # an odd number of blocks
+    return blocks * formats.format_info(fmt).block
 
 
 @pytest.fixture(params=["vnni", "no-vnni"])
@@ -28,8 +32,9 @@ def vnni(request, simd):
 
 
 @pytest.mark.parametrize("fmt", X16)
-@pytest.mark.parametrize("shape", [(16, 32), (48, 96), (4096, 64), (32, 768)])
+@pytest.mark.parametrize("shape", [(16, 1), (48, 3), (4096, 2), (32, 24)])
 def test_repack_keeps_the_gguf_bytes(fmt, shape, rng):
+    shape = (shape[0], n_in_of(fmt, shape[1]))
     qt = fd.quantize(weights(rng, shape), fmt)
     before, deq = qt.data.copy(), fd.dequantize(qt)
     assert qt.repack() is qt and qt.layout == "x16" and qt.nbytes == before.nbytes
@@ -43,7 +48,7 @@ def test_repack_keeps_the_gguf_bytes(fmt, shape, rng):
     np.testing.assert_array_equal(qt[rows], deq[rows])
 
 
-@pytest.mark.parametrize("fmt,shape", [("q4_K", (32, 256)), ("q6_K", (32, 256)), ("bf16", (32, 64)),
+@pytest.mark.parametrize("fmt,shape", [("f16", (32, 256)), ("bf16", (32, 64)), ("q6_K", (40, 256)),
                                        ("q8_0", (37, 64)), ("q4_0", (8, 64))])
 def test_repack_leaves_other_tensors_alone(fmt, shape, rng):
     qt = fd.quantize(weights(rng, shape), fmt)
@@ -58,7 +63,7 @@ def test_x16_linear_every_level(vnni, fmt, rows, rng):
     """The int8 path (up to INT8_X_MAX_ROWS rows) and the prefill path (tiles
     decoded from whole groups, then BLAS): against the NumPy reference, with
     assert_close_to_reference's bound (same integer sums, other float order)."""
-    n_in = 96  # an odd number of 32-blocks
+    n_in = n_in_of(fmt)
     qt = fd.quantize(weights(rng, (48, n_in)), fmt).repack()
     x = rng.standard_normal((rows, n_in)).astype(np.float32)
     b = rng.standard_normal(48).astype(np.float32)
@@ -68,8 +73,9 @@ def test_x16_linear_every_level(vnni, fmt, rows, rng):
 
 @pytest.mark.parametrize("fmt", X16)
 def test_x16_threads_split_on_groups(fmt, rng):
-    qt = fd.quantize(weights(rng, (4112, 64)), fmt)  # 257 groups: shares of uneven size
-    x = rng.standard_normal((3, 64)).astype(np.float32)
+    n_in = n_in_of(fmt, 1)
+    qt = fd.quantize(weights(rng, (4112, n_in)), fmt)  # 257 groups: shares of uneven size
+    x = rng.standard_normal((3, n_in)).astype(np.float32)
     want = fd.linear(x, qt)
     qt.repack()
     before = fd.get_num_threads()
@@ -93,7 +99,7 @@ def test_x16_wrappers_keep_c_inside_the_groups(rng):
     with pytest.raises(ValueError):
         native.x16_convert(np.empty((16, 10), np.uint8), blocks, 0, True)
     with pytest.raises(ValueError):
-        native.x16_convert(np.empty_like(blocks), blocks, 2, True)  # q4_K has no x16 layout
+        native.x16_convert(np.empty_like(blocks), blocks, 4, True)  # bf16 has no x16 layout
 
 
 def test_loaded_models_are_repacked_where_the_cpu_has_avx512(monkeypatch):

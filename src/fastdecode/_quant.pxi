@@ -11,9 +11,10 @@ cdef extern from "fastdecode.h":
     void fd_x16_unpack(unsigned char *gguf, const unsigned char *x16, int fmt, int64_t n_out, int64_t n_in) nogil
     int fd_set_vnni(int on) nogil
 
-# weights per block of FD_FMT_Q8_0 .. FD_FMT_F16, FD_FMT_Q8_0_X16, FD_FMT_Q4_0_X16
-QUANT_BLOCKS = (32, 32, 256, 256, 1, 1, 32, 32)
-X16_FORMATS = {0: 6, 1: 7}  # GGUF format code -> its 16-row interleaved code (csrc/quant_x16.c)
+# weights per block of FD_FMT_Q8_0 .. FD_FMT_F16, then FD_FMT_Q8_0_X16 .. FD_FMT_Q6_K_X16
+QUANT_BLOCKS = (32, 32, 256, 256, 1, 1, 32, 32, 256, 256)
+X16_FORMATS = {0: 6, 1: 7, 2: 8, 3: 9}  # GGUF format code -> its 16-row interleaved code (csrc/quant_x16.c)
+X16_BLOCK_BYTES = (34, 18, 144, 210)
 
 
 cdef int64_t _quant_row_bytes(int fmt, int64_t n_in) except -1:
@@ -40,10 +41,10 @@ def set_vnni(bint on):
 
 def x16_convert(unsigned char[:, ::1] out, const unsigned char[:, ::1] src, int fmt, bint pack):
     """out = src in the other layout (pack: GGUF rows -> x16 groups, else back); both
-    [n_out, row bytes] of format fmt (q8_0/q4_0: 0/1), n_out a multiple of 16."""
+    [n_out, row bytes] of block format fmt (0-3: q8_0, q4_0, q4_K, q6_K), n_out a multiple of 16."""
     if fmt not in X16_FORMATS or out.shape[0] != src.shape[0] or out.shape[1] != src.shape[1]:
-        raise ValueError("x16_convert: q8_0 or q4_0 blocks of one shape")
-    cdef int64_t n_out = src.shape[0], n_in = src.shape[1] // (34 if fmt == 0 else 18) * 32
+        raise ValueError("x16_convert: blocks of q8_0, q4_0, q4_K or q6_K, of one shape")
+    cdef int64_t n_out = src.shape[0], n_in = src.shape[1] // X16_BLOCK_BYTES[fmt] * QUANT_BLOCKS[fmt]
     if src.shape[1] != _quant_row_bytes(fmt, n_in):
         raise ValueError("x16_convert: rows of whole blocks")
     cdef int code = X16_FORMATS[fmt]

@@ -145,11 +145,12 @@ class QuantizedTensor:
         """Rearrange the blocks, in place, into the layout the AVX-512 int8
         kernels read fastest: 16 rows interleaved 4 bytes at a time
         (``csrc/quant_x16.c`` draws it), the same bytes, GGUF's layout
-        given back by :attr:`data`. Only ``q8_0``/``q4_0`` with ``out`` a
-        multiple of 16 (and the C backend built); otherwise nothing
+        given back by :attr:`data`. Only the block formats (``q8_0``,
+        ``q4_0``, ``q4_K``, ``q6_K``) with ``out`` a multiple of 16 (and the
+        C backend built); otherwise nothing
         changes. ``fastdecode.load`` repacks a model's projections when the
         CPU has AVX-512. Returns ``self``."""
-        if self._x16 is not None or self.format not in ("q8_0", "q4_0") or self.shape[0] % 16 or not self.shape[0]:
+        if self._x16 is not None or self._info.code > 3 or self.shape[0] % 16 or not self.shape[0]:
             return self
         from . import backend
 
@@ -168,7 +169,7 @@ class QuantizedTensor:
         row_bytes]``, and their format number (fastdecode.h's ``FD_FMT_*``)."""
         if self._x16 is None:
             return self._blocks, self._info.code
-        return self._x16, self._info.code + 6  # FD_FMT_Q8_0_X16, FD_FMT_Q4_0_X16
+        return self._x16, self._info.code + 6  # FD_FMT_Q8_0_X16 .. FD_FMT_Q6_K_X16
 
     @property
     def nbytes(self) -> int:

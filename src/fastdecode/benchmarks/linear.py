@@ -87,6 +87,7 @@ def format_cases(quick: bool) -> list:
     import fastdecode as fd
     from fastdecode import empty_aligned
 
+    from ..model.quantize import repack_tensor
     from .bandwidth import read_probe
 
     torch = optional_import("torch")
@@ -107,7 +108,7 @@ def format_cases(quick: bool) -> list:
             for _ in range(_copies(qt.nbytes)):  # aligned, as fd.load places them
                 data = empty_aligned(qt.data.shape, np.uint8)
                 data[...] = qt.data
-                copies.append(fd.QuantizedTensor(fmt, qt.shape, data))
+                copies.append(repack_tensor(fd.QuantizedTensor(fmt, qt.shape, data)))  # as fd.load lays it out
             c[f"fastdecode-c {fmt}"] = _cycling(copies, lambda q, x=x, buf=buf: _with("c", x, q, None, buf))
             params["bytes"][fmt] = qt.nbytes
         if torch is not None:

@@ -124,22 +124,30 @@ def quantize_weights(weights, spec):
 
 
 def repack(weights) -> None:
-    """Each q8_0/q4_0 projection with a multiple of 32 rows (and the head,
-    unless it is the embedding table) rearranged in place for the AVX-512
-    int8 kernels (:meth:`fastdecode.QuantizedTensor.repack`), when the CPU
-    has AVX-512 and ``FASTDECODE_REPACK`` is not ``0``. The same bytes; a
-    lookup table keeps GGUF's layout (its rows are decoded one by one)."""
-    from .. import backend
-
-    if os.environ.get("FASTDECODE_REPACK", "1") == "0" or backend._native is None or \
-            backend._native.cpu_max_level() != "avx512":
-        return
+    """The projections of ``weights`` (and the head, unless it is the
+    embedding table, whose rows are looked up) rearranged in place for the
+    AVX-512 int8 kernels, as :func:`repack_tensor` says."""
     mats = [getattr(layer, m) for layer in weights.layers for m in MATRICES]
     if weights.head is not weights.embed:
         mats.append(weights.head)
     for w in mats:
-        if isinstance(w, formats.QuantizedTensor) and w.shape[0] % 32 == 0:
-            w.repack()
+        repack_tensor(w)
+
+
+def repack_tensor(w):
+    """``w`` in the layout ``fastdecode.load`` gives a projection: a q8_0,
+    q4_0 or q4_K :class:`~fastdecode.QuantizedTensor` with a multiple of 32
+    rows is repacked (:meth:`~fastdecode.QuantizedTensor.repack`) when the
+    CPU has AVX-512 and ``FASTDECODE_REPACK`` is not ``0``; q6_K stays (its
+    kernel spends more on unpacking 6-bit codes than the layout saves at one
+    row). Anything else is returned as it is."""
+    from .. import backend
+
+    if isinstance(w, formats.QuantizedTensor) and w.format in ("q8_0", "q4_0", "q4_K") and w.shape[0] % 32 == 0 \
+            and os.environ.get("FASTDECODE_REPACK", "1") != "0" and backend._native is not None \
+            and backend._native.cpu_max_level() == "avx512":
+        w.repack()
+    return w
 
 
 def _release_freed_memory() -> None:
