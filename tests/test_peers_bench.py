@@ -67,7 +67,7 @@ def test_each_peer_runs_in_its_own_process_and_makes_the_tokens_asked(engine, fm
     assert [(c["model"], c["peer"]) for c in comps] == [(m, peers.label((engine, peer_fmt))) for m in models]
     for c in comps:
         assert len(c["ratios"]) <= 2 and all(x > 0 for x in c["ratios"])
-    table = peers.table(rows, peers.l3_bytes(), groups)
+    table = peers.table(rows, groups, peers.l3_bytes())
     assert table.count("\n") == 1 + len(comps)
     if engine == "llama.cpp":
         ttft = peers.time_to_first_token(rows, groups)  # same format only: none for bf16 against f16
@@ -87,7 +87,7 @@ def test_a_missing_or_unsupported_peer_is_a_row_that_says_so(tmp_path, monkeypat
     assert status["onnxruntime-genai int8"].startswith(("not supported: onnxruntime-genai's model builder has no gpt2",
                                                         "not installed: onnxruntime-genai"))
     check_rows([r for r in rows if r["engine"] == "fastdecode"], rounds=1)
-    table = peers.table(rows, None, groups)
+    table = peers.table(rows, groups)
     assert "not installed: ctranslate2" in table and "onnxruntime-genai int8" in table  # never dropped
 
 
@@ -137,3 +137,17 @@ def test_the_synthetic_tokenizer_has_the_checkpoints_vocabulary_size(tmp_path):
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert tok.token_to_id(config["eos_token"]) == 299 and tok.token_to_id(config["bos_token"]) == 0
     assert os.path.getsize(tmp_path / "tokenizer.json") > 0
+
+
+def test_a_run_that_makes_other_than_the_tokens_asked_or_fails_is_an_error(tmp_path):
+    short = tmp_path / "short-python"  # stands in for an engine's interpreter: one token where 6 were asked
+    short.write_text('#!/bin/sh\necho \'{"ids": [7], "n_one": 1, "full_s": 0.2, "one_s": 0.1}\'\n')
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'Traceback: ImportError: no engine' >&2\nexit 1\n")
+    for script in (short, broken):
+        script.chmod(0o755)
+    req = {"engine": "ctranslate2", "format": "int8", "new_tokens": NEW}
+    with pytest.raises(RuntimeError, match="made 1 and 1 new tokens, asked for 6 and 1"):
+        peers.run_worker(str(short), req, timeout=60)
+    with pytest.raises(RuntimeError, match="(?s)ctranslate2 int8 worker failed \\(exit code 1\\).*no engine"):
+        peers.run_worker(str(broken), req, timeout=60)
