@@ -151,3 +151,18 @@ def test_a_run_that_makes_other_than_the_tokens_asked_or_fails_is_an_error(tmp_p
         peers.run_worker(str(short), req, timeout=60)
     with pytest.raises(RuntimeError, match="(?s)ctranslate2 int8 worker failed \\(exit code 1\\).*no engine"):
         peers.run_worker(str(broken), req, timeout=60)
+
+
+def test_time_to_first_token_pairs_the_same_format_and_skips_runs_without_it():
+    def row(engine, fmt, ttft):
+        rounds = [{"decode_tokens_per_s": 10.0, **({"ttft_s": ttft} if ttft else {})}]
+        return {"model": "m", "threads": 1, "engine": engine, "format": fmt, "contender": f"{engine} {fmt}",
+                "status": "ok", "rounds": rounds}
+
+    groups = (("float32", (("llama.cpp", "f32"),)), ("q4_0", (("llama.cpp", "q4_0"),)))
+    rows = [row("fastdecode", "float32", 0.5), row("llama.cpp", "f32", 1.0),
+            row("fastdecode", "q4_0", None), row("llama.cpp", "q4_0", None)]
+    [t] = peers.time_to_first_token(rows, groups)
+    assert (t["fastdecode"], t["peer"], t["fastdecode_s"], t["peer_s"], t["ratios"]) == \
+        ("fastdecode float32", "llama.cpp f32", 0.5, 1.0, [2.0])
+    assert "| m | 1 | fastdecode float32 | llama.cpp f32 | 0.500 | 1.000 | 2.00x |" in peers.ttft_table(rows, groups)

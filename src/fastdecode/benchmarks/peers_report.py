@@ -47,8 +47,10 @@ def time_to_first_token(rows: list[dict], groups) -> list[dict]:
             ll = _row(rows, model, threads, ("llama.cpp", GGUF_FORMAT.get(fmt, fmt)))
             if fd is None or ll is None:
                 continue
-            a = [x["ttft_s"] for x in fd["rounds"]]
-            b = [x["ttft_s"] for x in ll["rounds"]]
+            a = [x["ttft_s"] for x in fd["rounds"] if "ttft_s" in x]
+            b = [x["ttft_s"] for x in ll["rounds"] if "ttft_s" in x]
+            if fd["status"] == ll["status"] == "ok" and not (a or b):
+                continue  # run without the long prompt (--no-ttft)
             ok = fd["status"] == "ok" and ll["status"] == "ok" and a and b
             out.append({"model": model, "threads": threads, "fastdecode": fd["contender"], "peer": ll["contender"],
                         "status": "ok" if ok else (fd["status"] if fd["status"] != "ok" else ll["status"]),
