@@ -74,8 +74,9 @@ def test_each_peer_runs_in_its_own_process_and_makes_the_tokens_asked(engine, fm
         assert [t["model"] for t in ttft] == (models if fmt == peer_fmt else [])
         assert all(t["status"] == "ok" and t["fastdecode_s"] > 0 and t["peer_s"] > 0 for t in ttft)
         assert all(x["ttft_s"] > 0 for r in rows for x in r["rounds"])
-        assert all("perf" in x and x["perf"]["n_eval"] >= 1 for r in rows if r["engine"] == "llama.cpp"
-                   for x in r["rounds"])
+        assert all(x["perf"]["n_p_eval"] == peers.PROMPT_TOKENS and 1 <= x["perf"]["n_eval"] <= NEW
+                   for r in rows if r["engine"] == "llama.cpp" for x in r["rounds"])  # timers of one run
+        assert table.count("llama.cpp's own timer: ") == len(comps)
 
 
 def test_a_missing_or_unsupported_peer_is_a_row_that_says_so(tmp_path, monkeypatch):

@@ -28,12 +28,15 @@ def comparisons(rows: list[dict], groups) -> list[dict]:
                 ratios = [a["decode_tokens_per_s"] / b["decode_tokens_per_s"] for a, b in zip(fd["rounds"], p["rounds"])
                           if a["decode_tokens_per_s"] and b["decode_tokens_per_s"]]
                 agree = [x.get("same_tokens_as_fastdecode_float32") for x in p["rounds"][:1]]
+                own = [x["perf"]["n_eval"] / x["perf"]["t_eval_ms"] * 1e3 for x in p["rounds"]
+                       if x.get("perf", {}).get("t_eval_ms")]  # llama.cpp's own eval timers
                 status = fd["status"] if fd["status"] != "ok" else p["status"]
                 out.append({"model": model, "threads": threads, "fastdecode": fd["contender"],
                             "peer": p["contender"], "status": status,
                             "fastdecode_tokens_per_s": fd["decode_tokens_per_s"],
                             "peer_tokens_per_s": p["decode_tokens_per_s"], "ratios": ratios,
                             "peer_same_tokens_as_fastdecode_float32": agree[0] if agree else None,
+                            "peer_own_timer": f"{p['engine']}'s own timer: {np.median(own):.1f} tok/s" if own else "",
                             "median_ratio": float(np.median(ratios)) if ratios and status == "ok" else None})
     return out
 
@@ -87,7 +90,7 @@ def table(rows: list[dict], groups, l3: int | None = None) -> str:
              "|---|---:|---|---|---:|---:|---|---:|---:|---|"]
     for c in comparisons(rows, groups):
         fmt = c["fastdecode"].split()[-1]
-        note = l3_note(rows, c["model"], fmt, l3)
+        note = "; ".join(x for x in (l3_note(rows, c["model"], fmt, l3), c["peer_own_timer"]) if x)
         if c["status"] != "ok":
             lines.append(f"| {c['model']} | {c['threads']} | {c['fastdecode']} | {c['peer']} | - | - | - | - | - | "
                          f"{_short(c['status'])} |")

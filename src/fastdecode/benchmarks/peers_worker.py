@@ -40,6 +40,7 @@ def llama_cpp_engine(req):
 
     def run(prompt, new):
         llm.reset()  # generate() would reuse the KV cache of a shared prefix: every run prefills its prompt
+        llama_cpp.llama_perf_context_reset(llm.ctx)  # its timers then cover this run alone
         out = []
         for token in llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
             out.append(int(token))  # generate() never stops at eos by itself
