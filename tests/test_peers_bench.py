@@ -101,6 +101,7 @@ def test_main_writes_the_table_and_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| llama-tiny | 1 | fastdecode float32 | ctranslate2 float32 |" in printed
     assert "avx512_vnni" in printed and "Machine:" in printed
+    assert "- llama-tiny ctranslate2 float32: ctranslate2 TransformersConverter float32" in printed
     data = json.loads(out.read_text())
     assert set(data) == {"machine", "settings", "rows", "comparisons", "time_to_first_token"}
     assert data["settings"]["new_tokens"] == peers.QUICK_NEW_TOKENS

@@ -327,7 +327,8 @@ def main(argv=None) -> int:
     rows = run(models, harness.resolve_threads(args.threads), rounds, new_tokens, long_prompt, pythons,
                args.cache or default_cache_dir(), groups, progress=progress, timeout=args.timeout)
     print(describe(m))
-    print("\n".join(["", "Engines:", *engines(rows)]))
+    print("\n".join(["", "Engines:", *engines(rows), "", "Files:",
+                      *dict.fromkeys(f"- {r['model']} {r['contender']}: {r['made_by']}" for r in rows if r["made_by"])]))
     print(f"\nDecode tokens/s, {PROMPT_TOKENS}-token prompt, {new_tokens} new tokens, greedy, batch 1: "
           f"(T({new_tokens}) - T(1)) / {new_tokens - 1} per token, each contender in its own process, "
           f"{rounds} round(s) in rotated order; ratio = fastdecode / peer. GGUF files written by fastdecode.\n")
