@@ -20,6 +20,7 @@ sampling, fastdecode and transformers, and the bandwidth probe see the same
 stretch of this shared machine.
 
     python bench/decode.py [--threads 1,all] [--quick] [--rounds N] [--json PATH] [--cache DIR]
+    python bench/decode.py --peers [peers.py's arguments]    # the engines side by side (peers.py)
 """
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ for line in sys.stdin:
     req = json.loads(line)
     torch.set_num_threads(req["threads"])
     with torch.no_grad():
-        model.generate(torch.tensor([req["prompt"]]), max_new_tokens=req["n"], **req["mode"])
+        ids = torch.tensor([req["prompt"]])  # the mask given: else prompt ids equal to pad_token_id are masked
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=req["n"], **req["mode"])
     time.sleep(0.03)  # torch's idle OpenMP workers spin for a while (harness.Worker)
     print(json.dumps("done"), flush=True)
 """
@@ -335,7 +337,14 @@ def cases(quick: bool) -> list:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--peers" in argv:  # the side-by-side peer benchmark (peers.py) takes the other arguments
+        from . import peers
+
+        return peers.main([a for a in argv if a != "--peers"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers", action="store_true",
+                        help="run bench/peers.py instead: llama.cpp, CTranslate2, onnxruntime-genai (see its --help)")
     parser.add_argument("--threads", default="1,all", help="thread counts, e.g. '1,all' (default) or '2'")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
     parser.add_argument("--quick", action="store_true", help="one round, 32 new tokens")
