@@ -186,3 +186,32 @@ def test_a_freed_slot_fits_the_smallest_cache(model):
     for p, g in zip(prompts, got):
         assert g.token_ids == model.generate(p["prompt"], max_new_tokens=p["max_new_tokens"],
                                              ignore_eos=True).token_ids
+
+
+CHATS = [[{"role": "user", "content": "Hi"}],
+         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello 東京"},
+          {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "More?"}]]
+
+
+def test_messages_are_rendered_with_the_chat_template():
+    """A {"messages": [...]} item gives model.chat's answer: the template's prompt, its end-of-turn stop."""
+    from chat_checkpoints import chat_checkpoint
+
+    m = fastdecode.load(chat_checkpoint(), prefix_cache_mb=0)
+    items = [{"messages": CHATS[0], "max_new_tokens": 20, "seed": 4, "do_sample": True},
+             {"messages": CHATS[1], "max_new_tokens": 20}, "plain text"]
+    got = m.generate_many(items, max_batch=2, max_new_tokens=20)
+    for item, g in zip(items[:2], got):
+        w = m.chat(item["messages"], max_new_tokens=20, rng=item.get("seed"), do_sample=item.get("do_sample"))
+        assert (g.token_ids, g.text, g.finish_reason, g.prompt_ids) == (w.token_ids, w.text, w.finish_reason,
+                                                                         w.prompt_ids)
+    assert got[2].token_ids == m.generate("plain text", max_new_tokens=20).token_ids
+    with pytest.raises(ValueError, match="prompt 0: .*not both"):
+        m.generate_many([{"prompt": "a", "messages": CHATS[0]}])
+
+
+def test_messages_without_a_chat_template_name_the_prompt(model):
+    from fastdecode.chat import ChatTemplateError
+
+    with pytest.raises(ChatTemplateError, match="prompt 1: .*no chat template"):
+        model.generate_many(["a", {"messages": CHATS[0]}])

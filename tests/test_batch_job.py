@@ -152,3 +152,26 @@ def test_weights_format_flag(model_dir, tmp_path):
     p = cli("-m", model_dir, "--input", str(src), "--output", str(out), "-n", "3", "--weights", "f16")
     assert p.wait(timeout=300) == 0, p.stderr.read()
     assert read_output(out)[0]["generated_tokens"] == 3
+
+
+def test_messages_lines_answer_as_model_chat(tmp_path):
+    """{"messages": [...]} lines: the chat template's prompt and end-of-turn stop, model.chat's text."""
+    import fastdecode
+    from chat_checkpoints import chat_checkpoint
+
+    chats = [[{"role": "user", "content": "Hi"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello 東京"}]]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(src, [{"id": "c0", "messages": chats[0], "max_new_tokens": 15},
+                      {"id": "c1", "messages": chats[1], "do_sample": True, "seed": 3, "max_new_tokens": 15},
+                      {"id": "bad", "messages": "not a list"}, {"id": "p", "prompt": "Hello"}])
+    p = cli("-m", chat_checkpoint(), "--input", str(src), "--output", str(out), "-n", "15", "--on-error", "skip")
+    assert p.wait(timeout=300) == 1
+    assert "in.jsonl:3 (id \"bad\"): messages must be a list" in p.stderr.read()
+    got = {r["id"]: r for r in read_output(out)}
+    m = fastdecode.load(chat_checkpoint(), prefix_cache_mb=0)
+    for rid, messages, settings in (("c0", chats[0], {}), ("c1", chats[1], {"do_sample": True, "rng": 3})):
+        w = m.chat(messages, max_new_tokens=15, **settings)
+        assert (got[rid]["text"], got[rid]["token_ids"], got[rid]["finish_reason"]) == \
+            (w.text, w.token_ids, w.finish_reason)
+    assert sorted(got) == ["c0", "c1", "p"]

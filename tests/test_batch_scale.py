@@ -90,6 +90,24 @@ def test_predictor_reports_bad_rows(model_dir):
         Predictor(model_dir, column="text")(frame)
 
 
+def test_predictor_renders_messages(tmp_path):
+    """A cell holding a conversation is answered as model.chat answers it; one without a template is an error row."""
+    import fastdecode
+    from chat_checkpoints import chat_checkpoint
+
+    chats = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "a"},
+                                                    {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]]
+    frame = pd.DataFrame({"messages": chats, "seed": [1, 2]})
+    out = Predictor(chat_checkpoint(), column="messages", max_new_tokens=12, do_sample=True)(frame)
+    m = fastdecode.load(chat_checkpoint(), prefix_cache_mb=0)
+    for i, messages in enumerate(chats):
+        w = m.chat(messages, max_new_tokens=12, do_sample=True, rng=i + 1)
+        assert (out["generated_text"][i], list(out["token_ids"][i])) == (w.text, w.token_ids)
+    jsonl = pd.DataFrame({"line": [json.dumps({"messages": chats[0]})]})
+    bad = Predictor(checkpoint("llama-gqa-tied"), column="line", jsonl=True)(jsonl)
+    assert "no chat template" in bad["error"][0] and pd.isna(bad["generated_text"][0])
+
+
 def test_ray_equals_serial(ray_local, model_dir, serial):
     import fastdecode.ray
 

@@ -41,7 +41,7 @@ from .model.transformer import ContextOverflowError, KVCache, forward
 
 __all__ = ["Request", "Completion", "prepare", "row_seed", "generate_many", "model_step"]
 
-_NOT_SETTINGS = ("prompt", "seed")
+_NOT_SETTINGS = ("prompt", "messages", "seed")
 
 
 class Completion(NamedTuple):
@@ -82,14 +82,19 @@ def row_seed(seed, key):
 def prepare(model, item, index: int, config: GenerationConfig, rng=None, key=None) -> Request:
     """A :class:`Request` from one input item: a str, a list of token ids, or
     a dict ``{"prompt": str | ids, "seed": int, <any GenerationConfig
-    field>: value}`` whose settings override ``config``. ``key`` (default
-    ``index``) names the row for :func:`row_seed`. Raises TypeError or
-    ValueError (ContextOverflowError when the prompt plus max_new_tokens
-    exceed the model) for a bad item."""
+    field>: value}`` whose settings override ``config``. In place of
+    ``"prompt"``, ``"messages"`` (a conversation, ``[{"role": ..., "content":
+    ...}, ...]``) is rendered with the checkpoint's chat template and stops
+    at its end-of-turn token, as :meth:`fastdecode.Model.chat` does. ``key``
+    (default ``index``) names the row for :func:`row_seed`. Raises TypeError
+    or ValueError (ContextOverflowError when the prompt plus max_new_tokens
+    exceed the model; fastdecode.chat.ChatTemplateError for messages to a
+    model without a chat template) for a bad item."""
     seed = row_seed(rng, index if key is None else key)
     if isinstance(item, dict):
-        if "prompt" not in item:
-            raise ValueError("a dict prompt needs a 'prompt' key (text or token ids)")
+        if ("prompt" in item) == ("messages" in item):
+            raise ValueError("a dict prompt needs a 'prompt' key (text or token ids) or a 'messages' key "
+                             "(a conversation), not both")
         if "seed" in item and item["seed"] is not None:
             seed = item["seed"]
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -101,7 +106,12 @@ def prepare(model, item, index: int, config: GenerationConfig, rng=None, key=Non
         if unknown:
             raise TypeError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
         config = dataclasses.replace(config, **overrides)
-        item = item["prompt"]
+        if "messages" in item:
+            from . import chat
+
+            item, config = chat.prepare(model, item["messages"], config)
+        else:
+            item = item["prompt"]
     if isinstance(item, (list, tuple, np.ndarray)) and len(item) and not isinstance(item[0], (int, np.integer)):
         raise TypeError(f"a prompt is a str or a list of token ids; got a list of {type(item[0]).__name__}")
     (ids,), _ = _prompts(model, item)

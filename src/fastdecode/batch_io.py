@@ -4,12 +4,17 @@ Input, one JSON object per line::
 
     {"id": "doc-1", "prompt": "Translate: ...", "max_new_tokens": 128, "temperature": 0.7, "seed": 3}
 
-``prompt`` is text or a list of token ids; ``id`` (any JSON value; default:
-the line number, from 1) names the row in the output; ``seed`` and any
-:class:`~fastdecode.generation.GenerationConfig` field (except
-logits_processors) set that row. ``messages`` needs a chat template, which
-this build does not have: such lines are reported as bad. Output, one
-line per finished row, in completion order::
+    {"id": "chat-1", "messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 64}
+
+``prompt`` is text or a list of token ids; ``messages`` (in its place) a
+conversation in the OpenAI / Hugging Face chat form, rendered with the
+checkpoint's chat template and stopped at its end-of-turn token, so the
+row's text equals ``model.chat(messages, rng=seed, ...)``'s (a model
+without a template: the line is reported as bad). ``id`` (any JSON value;
+default: the line number, from 1) names the row in the output; ``seed``
+and any :class:`~fastdecode.generation.GenerationConfig` field (except
+logits_processors) set that row. Output, one line per finished row, in
+completion order::
 
     {"id": "doc-1", "text": "...", "token_ids": [...], "prompt_tokens": 12, "generated_tokens": 40,
      "finish_reason": "eos"}
@@ -56,10 +61,8 @@ def parse_record(record, default_id):
     unknown = set(record) - KEYS
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KEYS))}")
-    if "messages" in record:
-        raise ValueError("'messages' needs a chat template, which this build does not support: give 'prompt'")
-    if "prompt" not in record:
-        raise ValueError("no 'prompt'")
+    if ("prompt" in record) == ("messages" in record):
+        raise ValueError("a line needs 'prompt' or 'messages'" + (", not both" if "prompt" in record else ""))
     rid = record.get("id", default_id)
     if isinstance(rid, (dict, list)) or rid is None:
         raise ValueError(f"'id' must be a string or a number; got {json.dumps(rid)}")
@@ -247,7 +250,9 @@ class Predictor:
     A batch is a dict of column -> array (Ray's "numpy" format) or a
     pandas DataFrame. Each row's prompt is in ``column`` (text or token
     ids); columns named like a GenerationConfig field or ``seed`` set that
-    row (null/NaN: not set); with ``jsonl=True`` the column holds whole
+    row (null/NaN: not set); a cell holding a list of ``{"role", "content"}``
+    dicts is a conversation, rendered with the chat template as
+    :meth:`fastdecode.Model.chat` does; with ``jsonl=True`` the column holds whole
     input lines of the batch job instead. Rows without a seed draw from
     ``row_seed(seed, key)``, key being the ``id_column`` value, else the
     prompt itself, so a row's tokens never depend on how rows were split.
@@ -337,7 +342,8 @@ class Predictor:
             if self.jsonl:
                 rid, item = parse_record(json.loads(value), value)  # no id: the line itself keys the row
                 return rid, item
-            item = {"prompt": value}
+            is_chat = isinstance(value, list) and value and isinstance(value[0], dict)
+            item = {"messages" if is_chat else "prompt": value}
             for name in columns:
                 if name in SETTINGS or name == "seed":
                     v = _plain(columns[name][i])
