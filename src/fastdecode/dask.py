@@ -14,6 +14,11 @@ result equals a serial run's for any partitioning. Run one thread per
 worker process (``threads_per_worker=1``) and give the cores to
 fastdecode's own threads (``num_threads``) rather than to Dask's.
 
+Prompts given as token-id lists: Dask turns object columns into strings
+by default, so make the frame under
+``dask.config.set({"dataframe.convert-string": False})`` (text prompts
+need nothing).
+
 Needs ``pip install fastdecode[dask]``.
 """
 from __future__ import annotations

@@ -2,12 +2,17 @@
 generate(), and the same job on a local Ray cluster and a Dask LocalCluster.
 
 One job (N prompts of random token ids, each with its own length and
-max_new_tokens, eos ignored so every run makes the same tokens) is run by
-every contender in each round, the order rotated between rounds; the
-table gives the median generated tokens/s and the median of the paired
-ratios to one-by-one generate() of the same round. Ray and Dask runs are
-end to end (actors or workers start, load the model, decode, return), at
-the same total CPU count as in-process.
+max_new_tokens, eos ignored so every run makes exactly the same number of
+tokens) is run by every contender in each round, the order rotated between
+rounds; the table gives the median generated tokens/s and the median of the
+paired ratios to one-by-one generate() of the same round. The model is
+loaded without a prefix cache, so a later round's generate() cannot reuse
+an earlier round's prompts. Ray and Dask runs are end to end (Ray: a new
+actor pool starts and loads the model each run; Dask: the workers persist,
+the model is loaded once per worker), at the same total CPU count as
+in-process. Each scale-out run gets a dataset of its own (a fresh run
+column), so Dask computes a new graph every time, and every run's output is
+checked to hold all N rows and all the job's tokens.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import time
 
 import numpy as np
 
+from . import harness
 from .decode import checkpoint
 
 
@@ -31,22 +37,38 @@ def job(n: int, prompt_range, new_range, vocab: int, seed: int = 0) -> list:
             for _ in range(n)]
 
 
-def contenders(model, path: str, items: list, batches, threads: int, engines) -> dict:
+def contenders(model, path: str, items: list, batches, threads: int, engines, weights=None) -> dict:
+    """{name: fn() -> generated tokens} for every contender; "_close" shuts the clusters down."""
+    import itertools
+
     import fastdecode
 
     def one_by_one():
-        for item in items:
-            model.generate(item["prompt"], max_new_tokens=item["max_new_tokens"], ignore_eos=True)
+        return sum(len(model.generate(item["prompt"], max_new_tokens=item["max_new_tokens"], ignore_eos=True)
+                       .token_ids) for item in items)
 
     fns = {"generate one by one": one_by_one}
     for b in batches:
-        fns[f"generate_many B={b}"] = lambda b=b: model.generate_many(items, max_batch=b)
+        fns[f"generate_many B={b}"] = lambda b=b: sum(len(r.token_ids) for r in model.generate_many(items, max_batch=b))
+    runs = itertools.count()
     frame = None
     if engines:
         import pandas as pd
 
         frame = pd.DataFrame({"prompt": [i["prompt"] for i in items],
                               "max_new_tokens": [i["max_new_tokens"] for i in items]})
+
+    def fresh():  # a new run column: new data, so a new Dask graph (keys) and Ray dataset every run
+        return frame.assign(run=next(runs))
+
+    def checked(out):  # -> tokens generated; every row there, none failed
+        if len(out) != len(items) or out["error"].notna().any():
+            raise RuntimeError(f"a scale-out run returned {len(out)} of {len(items)} rows or errors: "
+                               f"{out['error'].dropna().head(3).tolist()}")
+        return int(out["generated_tokens"].sum())
+
+    big = max(batches)
+    parts = threads * 4
     if "ray" in engines:
         import ray
 
@@ -55,11 +77,14 @@ def contenders(model, path: str, items: list, batches, threads: int, engines) ->
         ray.init(num_cpus=threads, log_to_driver=False, include_dashboard=False)
 
         def on_ray():
-            ds = ray.data.from_pandas([frame.iloc[i::threads * 4] for i in range(threads * 4)])
-            fastdecode.ray.generate(ds, model=path, concurrency=threads, num_cpus=1, max_batch=max(batches),
-                                    batch_size=len(items) // (threads * 4), ignore_eos=True).materialize()
-        fns[f"Ray, {threads} actors x 1 CPU, B={max(batches)}"] = on_ray
+            run = fresh()
+            ds = ray.data.from_pandas([run.iloc[i::parts] for i in range(parts)])
+            out = fastdecode.ray.generate(ds, model=path, concurrency=threads, num_cpus=1, max_batch=big,
+                                          batch_size=-(-len(items) // parts), weights=weights, ignore_eos=True)
+            return checked(out.to_pandas())
+        fns[f"Ray, {threads} actors x 1 CPU, B={big}"] = on_ray
     if "dask" in engines:
+        import dask
         import dask.dataframe as dd
         import distributed
 
@@ -69,9 +94,11 @@ def contenders(model, path: str, items: list, batches, threads: int, engines) ->
         client = distributed.Client(cluster)
 
         def on_dask():
-            df = dd.from_pandas(frame, npartitions=threads * 4)
-            fastdecode.dask.generate(df, model=path, max_batch=max(batches), num_threads=1, ignore_eos=True).compute()
-        fns[f"Dask, {threads} workers x 1 thread, B={max(batches)}"] = on_dask
+            with dask.config.set({"dataframe.convert-string": False}):  # else the token-id lists arrive as text
+                df = dd.from_pandas(fresh(), npartitions=parts)
+            return checked(fastdecode.dask.generate(df, model=path, max_batch=big, num_threads=1, weights=weights,
+                                                    ignore_eos=True).compute())
+        fns[f"Dask, {threads} workers x 1 thread, B={big}"] = on_dask
         fns["_close"] = lambda: (client.close(), cluster.close())
     fastdecode.set_num_threads(threads)
     return fns
@@ -85,8 +112,10 @@ def measure(fns: dict, rounds: int, tokens: int) -> dict:
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             t0 = time.perf_counter()
-            fns[name]()
+            made = fns[name]()
             times[name].append(time.perf_counter() - t0)
+            if made != tokens:
+                raise RuntimeError(f"{name} generated {made} tokens; the job has {tokens}")
             print(f"  round {r + 1}: {name}: {tokens / times[name][-1]:.1f} tokens/s", file=sys.stderr, flush=True)
     if close:
         close()
@@ -98,7 +127,8 @@ def measure(fns: dict, rounds: int, tokens: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="llama-125m", help="bench checkpoint name or a directory (default llama-125m)")
-    parser.add_argument("--prompts", type=int, default=256, help="prompts in the job (default 256)")
+    parser.add_argument("--prompts", type=int, default=256, help="prompts in the job (default 256; e.g. 16 for a smoke run)")
+    parser.add_argument("--weights", default="q8_0", help="weight format to load (default q8_0; 'none': as stored)")
     parser.add_argument("--prompt-tokens", default="16,128", help="prompt length range (default 16,128)")
     parser.add_argument("--new-tokens", default="32,256", help="max_new_tokens range (default 32,256)")
     parser.add_argument("--batch", default="1,4,16,64", help="generate_many batch sizes (default 1,4,16,64)")
@@ -110,20 +140,23 @@ def main(argv=None) -> int:
     import fastdecode
 
     path = args.model if os.path.isdir(args.model) else checkpoint(args.model)
-    model = fastdecode.load(path)
+    weights = None if args.weights == "none" else args.weights
+    model = fastdecode.load(path, weights=weights, prefix_cache_mb=0)
     items = job(args.prompts, [int(x) for x in args.prompt_tokens.split(",")],
                 [int(x) for x in args.new_tokens.split(",")], model.config.vocab_size)
     tokens = sum(i["max_new_tokens"] for i in items)
     engines = [] if args.engines == "none" else args.engines.split(",")
-    fns = contenders(model, path, items, [int(b) for b in args.batch.split(",")], args.threads, engines)
+    fns = contenders(model, path, items, [int(b) for b in args.batch.split(",")], args.threads, engines, weights)
     results = measure(fns, args.rounds, tokens)
-    print(f"\n{args.model}, {args.prompts} prompts of {args.prompt_tokens} tokens, {args.new_tokens} new tokens "
-          f"each ({tokens} in all), {args.threads} threads, backend {fastdecode.get_backend()}, {platform.processor() or platform.machine()}; "
-          f"median of {args.rounds} rounds, order rotated\n")
+    host = harness.machine()
+    print(f"\n{args.model} ({args.weights} weights), {args.prompts} prompts of {args.prompt_tokens} tokens, "
+          f"{args.new_tokens} new tokens each (eos ignored: {tokens} in all), {args.threads} threads, backend "
+          f"{fastdecode.get_backend()}, {host.get('cpu', platform.machine())}; median of {args.rounds} rounds, "
+          "order rotated\n")
     print("| contender | generated tokens/s | x one by one (median of paired ratios) |\n|---|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "tokens": tokens, "results": results}, f, indent=1)
+            json.dump({"args": vars(args), "machine": host, "tokens": tokens, "results": results}, f, indent=1)
     return 0
