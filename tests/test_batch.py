@@ -215,3 +215,21 @@ def test_messages_without_a_chat_template_name_the_prompt(model):
 
     with pytest.raises(ChatTemplateError, match="prompt 1: .*no chat template"):
         model.generate_many(["a", {"messages": CHATS[0]}])
+
+
+def test_the_batch_shrinks_once_the_input_is_spent(model):
+    """When no prompt waits and half the slots are empty, the rows left decode in a smaller batch, same tokens."""
+    rows = []
+    plain = batch.default_step(model)
+
+    def step(tokens, cache, counts=None, out=None):
+        if tokens.shape[1] == 1:
+            rows.append(tokens.shape[0])
+        return plain(tokens, cache, counts, out)
+
+    items = [{"prompt": prompt_ids(4 + i, seed=i), "max_new_tokens": n} for i, n in enumerate((3, 20, 4, 5, 30, 2))]
+    got = model.generate_many(items, max_batch=4, ignore_eos=True, step=step)
+    assert rows[0] == 4 and rows[-1] == 1 and 2 in rows and rows == sorted(rows, reverse=True)
+    for item, g in zip(items, got):
+        assert g.token_ids == model.generate(item["prompt"], max_new_tokens=item["max_new_tokens"],
+                                             ignore_eos=True).token_ids

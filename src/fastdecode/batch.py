@@ -21,9 +21,10 @@ other: a batched projection sums in another order than a one-row one (the
 same holds for ``generate([...])``).
 
 The engine calls one per-step function, ``step(tokens [B, T] int64, cache,
-counts [B] | None, out [B, V] float32) -> logits [B, V]``; :func:`model_step`
-gives the NumPy forward (its kernels on the active backend). A compiled
-step with the same signature plugs in through ``generate_many(step=...)``.
+counts [B] | None, out [B, V] float32) -> logits [B, V]``: by default
+:func:`default_step`, the compiled step generate() runs (C backend), else
+:func:`model_step`, the NumPy forward; any function with that signature
+plugs in through ``generate_many(step=...)``.
 """
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ import numpy as np
 from . import backend, ops
 from .generation import (GenerationConfig, GenerationResult, Timing, _processed, _prompts, _Sequence, _stops,
                          next_tokens, validate)
+from .model import compiled as compiled_step
 from .model.transformer import ContextOverflowError, KVCache, forward
 
-__all__ = ["Request", "Completion", "prepare", "row_seed", "generate_many", "model_step"]
+__all__ = ["Request", "Completion", "prepare", "row_seed", "generate_many", "model_step", "default_step"]
 
 _NOT_SETTINGS = ("prompt", "messages", "seed")
 
@@ -131,6 +133,14 @@ def model_step(model) -> Callable:
     return step
 
 
+def default_step(model) -> Callable:
+    """The step generate() would run: the compiled step (one C call per
+    step, :mod:`fastdecode.model.compiled`) on the C backend, else
+    :func:`model_step`."""
+    compiled = compiled_step.for_model(model)
+    return model_step(model) if compiled is None else compiled.forward
+
+
 # ---------------------------------------------------------------------------
 # One row in a slot
 # ---------------------------------------------------------------------------
@@ -140,7 +150,10 @@ class _Row:
         self.request, self.config = request, request.config
         self.seq = _Sequence(request.prompt_ids, model.tokenizer, *_stops(model, request.config))
         self.rng = np.random.default_rng(request.seed)
-        self.fed = 0  # prompt tokens in the cache
+        self.fed = 0  # prompt tokens in `prefill`, then in the batch's cache
+        # the prompt is prefilled into a cache of its own (contiguous, as the compiled step needs), then copied
+        # into the row's slot: one copy of its keys and values per row, no batch-wide step per chunk
+        self.prefill = KVCache(model.config, 1, len(request.prompt_ids))
         self.pending = None  # the token to feed at the next decode step
         self.prefill_s = self.decode_s = 0.0
         c = self.config
@@ -168,12 +181,13 @@ class _Row:
 # The engine
 # ---------------------------------------------------------------------------
 
-def _row_view(cache: KVCache, slot: int) -> KVCache:
-    """Slot `slot` of `cache` as a one-row cache (views: writes land in `cache`)."""
-    view = KVCache.__new__(KVCache)
-    view.k, view.v = cache.k[:, slot:slot + 1], cache.v[:, slot:slot + 1]
-    view.lengths, view.max_len = cache.lengths[slot:slot + 1], cache.max_len
-    return view
+def _settle(cache: KVCache, slot: int, row: _Row) -> None:
+    """Move a row's prefilled keys and values into its slot of the batch cache."""
+    n = len(row.request.prompt_ids)
+    cache.k[:, slot, :, :n] = row.prefill.k[:, 0, :, :n]
+    cache.v[:, slot, :, :n] = row.prefill.v[:, 0, :, :n]
+    cache.lengths[slot] = n
+    row.prefill = None
 
 
 def _grown(cache: KVCache | None, config, rows: int, need: int) -> KVCache:
@@ -189,6 +203,17 @@ def _grown(cache: KVCache | None, config, rows: int, need: int) -> KVCache:
     return new
 
 
+def _shrunk(cache: KVCache, config, slots: list, order: list) -> tuple:
+    """(cache, slots, order) holding only the occupied slots, in the same order; the rows' keys and values copied."""
+    kept = [s for s in range(len(slots)) if slots[s] is not None]
+    new = KVCache(config, len(kept), cache.max_len)
+    new.k[:] = cache.k[:, kept]
+    new.v[:] = cache.v[:, kept]
+    new.lengths[:] = cache.lengths[kept]
+    place = {s: i for i, s in enumerate(kept)}
+    return new, [slots[s] for s in kept], [place[s] for s in order]
+
+
 def run(model, requests: Iterable[Request], max_batch: int, prefill_chunk: int, step: Callable) -> Iterator[Completion]:
     """Decode `requests`, up to `max_batch` at a time; yield each as it finishes."""
     waiting = iter(requests)
@@ -198,7 +223,7 @@ def run(model, requests: Iterable[Request], max_batch: int, prefill_chunk: int, 
     tokens = np.zeros((max_batch, 1), np.int64)
     reads = model.weights.decode_order()
     while True:
-        for s in range(max_batch):
+        for s in range(len(slots)):
             if slots[s] is None and waiting is not None:
                 request = next(waiting, None)
                 if request is None:
@@ -218,6 +243,11 @@ def run(model, requests: Iterable[Request], max_batch: int, prefill_chunk: int, 
             order.remove(s)
             cache.lengths[s] = 0  # an empty slot decodes a dummy at position 0 until refilled
             yield Completion(row.request.index, row.result())
+        if waiting is None and 0 < len(order) <= len(slots) // 2:
+            # the input is spent and half the slots decode dummies (as much work as real rows): move the rows
+            # left into a cache of their own size (the tail of a B = 64 job wastes ~20% of its steps otherwise)
+            cache, slots, order = _shrunk(cache, model.config, slots, order)
+            logits, tokens = logits[:len(slots)], tokens[:len(slots)]
 
 
 def _prefill(slots, order, cache, logits, budget: int, step) -> list:
@@ -234,11 +264,13 @@ def _prefill(slots, order, cache, logits, budget: int, step) -> list:
                 break
             continue
         t0 = time.perf_counter()
-        out = step(np.array([prompt[row.fed:row.fed + n]], np.int64), _row_view(cache, s), None, logits[s:s + 1])
+        out = step(np.array([prompt[row.fed:row.fed + n]], np.int64), row.prefill, None, logits[s:s + 1])
         row.fed += n
         budget -= n
-        if row.fed == len(prompt) and row.add(row.choose(out)):
-            done.append(s)
+        if row.fed == len(prompt):
+            _settle(cache, s, row)
+            if row.add(row.choose(out)):
+                done.append(s)
         row.prefill_s += time.perf_counter() - t0
     return done
 
@@ -298,7 +330,7 @@ def generate_many(model, prompts: Iterable, config: GenerationConfig, *, max_bat
                 raise type(exc)(f"prompt {i}: {exc}") from None
             yield request
 
-    completions = run(model, requests(), int(max_batch), int(prefill_chunk), step or model_step(model))
+    completions = run(model, requests(), int(max_batch), int(prefill_chunk), step or default_step(model))
     if as_completed:
         return completions
     with backend.weight_order(model.weights.decode_order()):  # nothing runs between steps: hold it throughout

@@ -159,7 +159,7 @@ def generate_records(model, records: Iterable[tuple], config: GenerationConfig, 
             tags[index] = (tag, rid)
             yield request
 
-    for index, result in batch.run(model, requests(), max_batch, prefill_chunk, step or batch.model_step(model)):
+    for index, result in batch.run(model, requests(), max_batch, prefill_chunk, step or batch.default_step(model)):
         yield from _drain(errors)
         yield (*tags.pop(index), result, None)
     yield from _drain(errors)

@@ -404,8 +404,7 @@ def _loop(model, prompts, batched, lengths, need, seqs, gen, rng, store, drafter
     # -- the compiled step (fastdecode.model.compiled): on the C backend one C call per step, the token
     # choice included unless Python logits processors need the logits; the NumPy backend runs forward()
     # (prompt lookup's drafts are checked by forward() too)
-    compiled = model.compiled() if backend.active().name == "c" and compiled_step.enabled() and \
-        compiled_step.supported(model.weights) else None
+    compiled = compiled_step.for_model(model)
 
     def forward_choose(tokens, counts=None):  # tokens [B, T] -> the chosen ids [B]
         if compiled is None:

@@ -182,7 +182,8 @@ class Model:
         that prompt alone with that seed. Returns a list of GenerationResult in
         input order, or with ``as_completed=True`` an iterator of
         ``Completion(index, result)`` in the order rows finish. ``step``: the
-        per-step function (default :func:`fastdecode.batch.model_step`).
+        per-step function (default :func:`fastdecode.batch.default_step`, the
+        compiled step on the C backend).
         Raises TypeError/ValueError naming the prompt's index for a bad item.
         """
         from .. import batch

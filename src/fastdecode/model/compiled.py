@@ -234,6 +234,17 @@ def supported(weights: Weights) -> bool:
     return all(m.dtype == np.float32 and (isinstance(m, np.ndarray) or m.shape[1] % 32 == 0) for m in mats)
 
 
+def for_model(model) -> CompiledModel | None:
+    """The compiled step generate() and generate_many() run for ``model`` in
+    this thread: on the C backend, when :func:`enabled` and :func:`supported`;
+    else None (they run the NumPy forward on the active backend)."""
+    from .. import backend
+
+    if backend.active().name == "c" and enabled() and supported(model.weights):
+        return model.compiled()
+    return None
+
+
 def compiled(model) -> CompiledModel:
     """``model``'s compiled step, built on first use and kept on the model."""
     found = getattr(model, "_compiled", None)
