@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="generate for every line of a JSONL file (continuous batching, restartable)")
     p.add_argument("-m", "--model", default="default", help="Hugging Face model directory (default: the embedded model)")
     p.add_argument("--weights", default=None, metavar="FMT", help="weight format made at load (as generate)")
-    p.add_argument("--input", required=True, help='JSON lines: {"id": ..., "prompt": ..., <settings>, "seed": ...}')
+    p.add_argument("--input", required=True, help='JSON lines: {"id": ..., "prompt": ... or "messages": [...], <settings>, "seed": ...}')
     p.add_argument("--output", required=True, help="JSON lines, appended; a rerun skips the ids already there")
     p.add_argument("--max-batch", type=_positive_int, default=16, help="rows decoded together (default 16)")
     p.add_argument("--prefill-chunk", type=_positive_int, default=128,
