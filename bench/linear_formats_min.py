@@ -5,7 +5,11 @@ call is the one no other process interrupted, so min/min ratios (a
 format's read rate of its packed bytes against the probe's best read
 rate) stay meaningful when medians are dominated by the scheduler.
 
-    python bench/linear_formats_min.py [--threads 1,2] [--calls 200] [--json PATH]
+Workers poll between calls for --spin-us microseconds (default 300: as
+generate() runs its decode steps; fd.set_worker_spin), so a second thread
+joins a call at once; 0 times the sleep-at-once default of a lone call.
+
+    python bench/linear_formats_min.py [--threads 1,2] [--calls 200] [--spin-us 300] [--json PATH]
 """
 import argparse
 import json
@@ -21,8 +25,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--calls", type=int, default=200, help="calls per contender, in rotation")
+    parser.add_argument("--spin-us", type=float, default=300.0, help="worker polling between calls (us)")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
+    import fastdecode as fd
+
+    fd.set_worker_spin(args.spin_us)
     cases = linear.format_cases(quick=False)
     rows = []
     for n in harness.resolve_threads(args.threads):
@@ -37,7 +45,7 @@ def main(argv=None) -> int:
                         times[k].append(time.perf_counter() - t0)
                 probe = min(times[linear.PROBE])
                 machine = case.params["probe_bytes"] / probe / 1e9
-                row = {"case": case.name, "threads": n, "machine_gbps_best": machine, "contenders": {}}
+                row = {"case": case.name, "threads": n, "spin_us": args.spin_us, "machine_gbps_best": machine, "contenders": {}}
                 for k, ts in times.items():
                     if k == linear.PROBE:
                         continue

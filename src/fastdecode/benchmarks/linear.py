@@ -98,9 +98,9 @@ def format_cases(quick: bool) -> list:
         x = rng.standard_normal((1, n_in), dtype=np.float32)
         w = (rng.standard_normal((n_out, n_in), dtype=np.float32) * 0.02)
         buf = np.empty((1, n_out), np.float32)
-        ws = [w.copy() for _ in range(_copies(w.nbytes))]
-        c = {"fastdecode-c float32": _cycling(ws, lambda w, x=x, buf=buf: _with("c", x, w, None, buf)),
-             "numpy float32": _cycling(ws, lambda w, x=x, buf=buf: np.matmul(x, w.T, out=buf))}
+        ws, ws_np = ([w.copy() for _ in range(_copies(w.nbytes))] for _ in range(2))  # own copies: never
+        c = {"fastdecode-c float32": _cycling(ws, lambda w, x=x, buf=buf: _with("c", x, w, None, buf)),  # the
+             "numpy float32": _cycling(ws_np, lambda w, x=x, buf=buf: np.matmul(x, w.T, out=buf))}  # other's L3
         params = {"rows": 1, "in": n_in, "out": n_out, "probe_bytes": probe_bytes, "bytes": {"float32": w.nbytes}}
         for fmt in FORMATS:
             qt = fd.quantize(w, fmt)
