@@ -227,9 +227,9 @@ FD_LEVELS(double, fd_read_sum_f32, (const float *x, int64_t n))
 #define FD_FMT_BF16 4
 #define FD_FMT_F16 5
 /* The block formats interleaved 16 rows at a time (quant_x16.c; code =
- * GGUF layout's + 6): the same bytes per row, n_out a multiple of 16; rows
- * lo..hi of [n_out, row bytes] are whole groups when lo and hi are
- * multiples of 16. */
+ * GGUF layout's + 6): the same bytes per row; the last n_out % 16 rows in
+ * GGUF's layout. Rows lo..hi of [n_out, row bytes] are whole groups (and
+ * the tail) when lo is a multiple of 16 and hi is one or n_out. */
 #define FD_FMT_Q8_0_X16 6
 #define FD_FMT_Q4_0_X16 7
 #define FD_FMT_Q4_K_X16 8
@@ -251,10 +251,10 @@ static inline int64_t fd_quant_row_bytes(int fmt, int64_t n_in) {
 FD_LEVELS(int, fd_linear_quant, (float *out, const float *x, const uint8_t *w, const float *bias, int fmt,
                                   int64_t rows, int64_t n_in, int64_t n_out))
 /* out: [rows, n_in] float32 = the weights of w: [rows, fd_quant_row_bytes(fmt, n_in)],
- * bit for bit the gguf package's dequantization (x16 formats: rows a multiple of 16). */
+ * bit for bit the gguf package's dequantization (x16 formats: w starts at a group). */
 FD_LEVELS(void, fd_dequantize_rows, (float *out, const uint8_t *w, int fmt, int64_t rows, int64_t n_in))
 /* x16: the FD_FMT_*_X16 layout of gguf: [n_out, fd_quant_row_bytes(base, n_in)]
- * (fmt: an FD_FMT_*_X16; n_out % 16 == 0, n_in a multiple of the block),
+ * (fmt: an FD_FMT_*_X16; n_in a multiple of the block),
  * and back; byte for byte. */
 void fd_x16_pack(uint8_t *x16, const uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in);
 void fd_x16_unpack(uint8_t *gguf, const uint8_t *x16, int fmt, int64_t n_out, int64_t n_in);

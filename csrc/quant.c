@@ -127,9 +127,11 @@ void FD_FN(fd_dequantize_rows)(float *out, const uint8_t *w, int fmt, int64_t ro
         const int64_t rb = fd_quant_row_bytes(base, n_in);
         uint8_t *row = malloc((size_t)rb + 1);
         for (int64_t r = 0; r < rows; r++) {
-            if (row) fd_x16_row(row, w + r / 16 * 16 * rb, fmt, (int)(r % 16), n_in);
+            const int tail = r >= rows / 16 * 16; /* past the last whole group: GGUF's layout */
+            if (row && !tail) fd_x16_row(row, w + r / 16 * 16 * rb, fmt, (int)(r % 16), n_in);
+            const uint8_t *src = tail ? w + r * rb : row;
             for (int64_t k = 0; k < n_in; k += FD_QCHUNK)
-                if (row) decode(out + r * n_in + k, row, base, k, n_in - k < FD_QCHUNK ? n_in - k : FD_QCHUNK);
+                if (src) decode(out + r * n_in + k, src, base, k, n_in - k < FD_QCHUNK ? n_in - k : FD_QCHUNK);
                 else for (int64_t i = k; i < n_in && i < k + FD_QCHUNK; i++) out[r * n_in + i] = NAN;
         }
         free(row);

@@ -4,11 +4,12 @@
  * QuantizedTensor.repack); GGUF's layout stays the contract: fd_x16_unpack
  * gives its bytes back exactly.
  *
- * Dimensions: n_out = rows of W (a multiple of 16), n_in = weights per row
+ * Dimensions: n_out = rows of W, n_in = weights per row
  * (a multiple of the block), nb = n_in / 32 int8 blocks of x, a group = 16
  * rows of W (lane l = row 16 g + l), rows = rows of x (nr <= FD_QROWS a pass).
  *
- * Layout: groups one after another; a group is its blocks (32 weights, or
+ * Layout: groups one after another, then the last n_out % 16 rows as GGUF
+ * lays them out; a group is its blocks (32 weights, or
  * 256 for the K formats) one after another; block b of a group holds the
  * 16 rows' blocks b, field by field in GGUF's order, each field 16 times
  * its size: 2-byte fields (the f16 scales) as 16 values, row l's at 2 l;
@@ -46,6 +47,11 @@
 void FD_FN(fd_x16_convert)(uint8_t *x16, uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in, int to_x16) {
     const int base = fd_x16_base(fmt);
     const int64_t bb = fd_quant_row_bytes(base, n_in) / (n_in / fd_x16_block(fmt)), nblk = n_in / fd_x16_block(fmt);
+    const int64_t tail = n_out / X16 * X16 * nblk * bb; /* the last n_out % 16 rows stay as they are */
+    for (int64_t i = tail; i < n_out * nblk * bb; i++) {
+        if (to_x16) x16[i] = gguf[i];
+        else gguf[i] = x16[i];
+    }
     for (int64_t g = 0; g < n_out / X16; g++)
         for (int64_t b = 0; b < nblk; b++) {
             uint8_t *blk = x16 + (g * nblk + b) * X16 * bb;
@@ -284,15 +290,18 @@ X16_PASS(pass_q4K_bw, , q4K_bw)
 X16_PASS(pass_q6K_bw, , q6K_bw)
 #endif
 
-/* lo, hi: the groups from the first row at or after each (callers split on
- * multiples of 16: fd_split16). Levels below avx512 take each row of a
- * group back to GGUF's layout (row: [row bytes] scratch) and use quant_dot.c;
- * without the scratch (no memory) the columns are NaN. */
+/* Columns lo .. hi: the groups from the first row at or after lo (callers
+ * split on multiples of 16: fd_split16), then the tail rows (past the last
+ * whole group, in GGUF's layout) in lo .. hi, with quant_dot.c. Levels
+ * below avx512 take each row of a group back to GGUF's layout (row: [row
+ * bytes] scratch) and use quant_dot.c too; without the scratch (no memory)
+ * those columns are NaN. */
 void FD_FN(fd_x16_cols)(float *out, const fd_qx *xq, const uint8_t *w, const float *bias, int fmt, int64_t rows,
                         int64_t n_in, int64_t n_out, int64_t lo, int64_t hi) {
     const int base = fd_x16_base(fmt);
-    const int64_t nb = n_in / FD_QK, gbytes = X16 * fd_quant_row_bytes(base, n_in);
+    const int64_t nb = n_in / FD_QK, rb = fd_quant_row_bytes(base, n_in), gbytes = X16 * rb;
     const int64_t g0 = (lo + X16 - 1) / X16, g1 = (hi + X16 - 1) / X16 < n_out / X16 ? (hi + X16 - 1) / X16 : n_out / X16;
+    const int64_t t0 = lo > n_out / X16 * X16 ? lo : n_out / X16 * X16; /* the tail rows in lo .. hi */
 #if !defined(FD_LEVEL_avx512)
     uint8_t *row = malloc((size_t)(gbytes / X16 + 1));
 #endif
@@ -316,6 +325,12 @@ void FD_FN(fd_x16_cols)(float *out, const fd_qx *xq, const uint8_t *w, const flo
                     out[(r0 + r) * n_out + g * X16 + l] = row ? acc[r] + (bias ? bias[g * X16 + l] : 0.0f) : NAN;
             }
 #endif
+        for (int64_t o = t0; o < hi; o++) {
+            float acc[FD_QROWS];
+            FD_FN(fd_dot_blocks)(acc, w + o * rb, base, &part, nr);
+            for (int64_t r = 0; r < nr; r++)
+                out[(r0 + r) * n_out + o] = acc[r] + (bias ? bias[o] : 0.0f);
+        }
     }
 #if !defined(FD_LEVEL_avx512)
     free(row);

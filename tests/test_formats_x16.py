@@ -32,7 +32,7 @@ def vnni(request, simd):
 
 
 @pytest.mark.parametrize("fmt", X16)
-@pytest.mark.parametrize("shape", [(16, 1), (48, 3), (4096, 2), (32, 24)])
+@pytest.mark.parametrize("shape", [(16, 1), (53, 3), (4096, 2), (32, 24), (19, 1)])  # 53, 19: tail rows
 def test_repack_keeps_the_gguf_bytes(fmt, shape, rng):
     shape = (shape[0], n_in_of(fmt, shape[1]))
     qt = fd.quantize(weights(rng, shape), fmt)
@@ -48,8 +48,8 @@ def test_repack_keeps_the_gguf_bytes(fmt, shape, rng):
     np.testing.assert_array_equal(qt[rows], deq[rows])
 
 
-@pytest.mark.parametrize("fmt,shape", [("f16", (32, 256)), ("bf16", (32, 64)), ("q6_K", (40, 256)),
-                                       ("q8_0", (37, 64)), ("q4_0", (8, 64))])
+@pytest.mark.parametrize("fmt,shape", [("f16", (32, 256)), ("bf16", (32, 64)), ("q6_K", (12, 256)),
+                                       ("q8_0", (15, 64)), ("q4_0", (8, 64))])
 def test_repack_leaves_other_tensors_alone(fmt, shape, rng):
     qt = fd.quantize(weights(rng, shape), fmt)
     assert qt.repack() is qt and qt.layout == "gguf"
@@ -64,9 +64,9 @@ def test_x16_linear_every_level(vnni, fmt, rows, rng):
     decoded from whole groups, then BLAS): against the NumPy reference, with
     assert_close_to_reference's bound (same integer sums, other float order)."""
     n_in = n_in_of(fmt)
-    qt = fd.quantize(weights(rng, (48, n_in)), fmt).repack()
+    qt = fd.quantize(weights(rng, (53, n_in)), fmt).repack()  # 3 groups and 5 rows in GGUF's layout
     x = rng.standard_normal((rows, n_in)).astype(np.float32)
-    b = rng.standard_normal(48).astype(np.float32)
+    b = rng.standard_normal(53).astype(np.float32)
     assert_close_to_reference(fd.linear(x, qt, b), x, qt, b)
     assert_close_to_reference(fd.linear(x, qt), x, qt, None)
 
@@ -74,7 +74,7 @@ def test_x16_linear_every_level(vnni, fmt, rows, rng):
 @pytest.mark.parametrize("fmt", X16)
 def test_x16_threads_split_on_groups(fmt, rng):
     n_in = n_in_of(fmt, 1)
-    qt = fd.quantize(weights(rng, (4112, n_in)), fmt)  # 257 groups: shares of uneven size
+    qt = fd.quantize(weights(rng, (4119, n_in)), fmt)  # 257 groups and 7 rows: shares of uneven size
     x = rng.standard_normal((3, n_in)).astype(np.float32)
     want = fd.linear(x, qt)
     qt.repack()
@@ -88,18 +88,25 @@ def test_x16_threads_split_on_groups(fmt, rng):
         fd.set_num_threads(before)
 
 
-def test_x16_wrappers_keep_c_inside_the_groups(rng):
-    qt = fd.quantize(weights(rng, (16, 64)), "q8_0")
-    blocks = qt.data
-    out = np.empty((1, 8), np.float32)
-    with pytest.raises(ValueError, match="multiple of 16"):  # 8 rows cannot be whole groups
-        native.linear_quant(out, np.ones((1, 64), np.float32), blocks[:8], None, 6)
-    with pytest.raises(ValueError, match="multiple of 16"):
-        native.dequantize_rows(np.empty((8, 64), np.float32), blocks[:8], 7 - 1)
+def test_x16_convert_refuses_what_it_cannot_hold(rng):
+    blocks = fd.quantize(weights(rng, (16, 64)), "q8_0").data
     with pytest.raises(ValueError):
         native.x16_convert(np.empty((16, 10), np.uint8), blocks, 0, True)
     with pytest.raises(ValueError):
         native.x16_convert(np.empty_like(blocks), blocks, 4, True)  # bf16 has no x16 layout
+
+
+@pytest.mark.parametrize("fmt", X16)
+def test_keep_gguf_serves_lookups_and_products(fmt, rng):
+    """A tied embedding/head: lookups read GGUF's rows, products the interleaved copy."""
+    n_in = n_in_of(fmt, 1)
+    qt = fd.quantize(weights(rng, (35, n_in)), fmt)
+    before = qt.data
+    x = rng.standard_normal((2, n_in)).astype(np.float32)
+    want = fd.linear(x, qt)
+    assert qt.repack(keep_gguf=True).layout == "x16" and qt.has_gguf_blocks and qt.data is before
+    np.testing.assert_allclose(fd.linear(x, qt), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_array_equal(qt[np.array([0, 34])], fd.dequantize(qt)[[0, 34]])
 
 
 def test_loaded_models_are_repacked_where_the_cpu_has_avx512(monkeypatch):
@@ -107,6 +114,8 @@ def test_loaded_models_are_repacked_where_the_cpu_has_avx512(monkeypatch):
     mats = [layer.qkv for layer in m.weights.layers]
     want = "x16" if native.cpu_max_level() == "avx512" else "gguf"
     assert {w.layout for w in mats} == {want}
+    if m.weights.head is m.weights.embed and isinstance(m.weights.head, formats.QuantizedTensor):
+        assert m.weights.head.layout == want and m.weights.head.has_gguf_blocks  # lookups keep GGUF's rows
     monkeypatch.setenv("FASTDECODE_REPACK", "0")
     assert {w.layout for w in (layer.qkv for layer in fd.load("default", weights="q8_0").weights.layers)} == {"gguf"}
     assert isinstance(mats[0], formats.QuantizedTensor)

@@ -59,7 +59,7 @@ cdef const float *_vector(object a, int64_t n, str name, bint optional=False) ex
     return &view[0]
 
 
-cdef fd_matrix _matrix(object a, int64_t rows, int64_t cols, str name) except *:
+cdef fd_matrix _matrix(object a, int64_t rows, int64_t cols, str name, bint split16=False) except *:
     """A weight [rows, cols]: a float32 array, or a formats.QuantizedTensor
     (its blocks [rows, fd_quant_row_bytes(format, cols)] and format code)."""
     cdef const float[:, ::1] view
@@ -75,10 +75,15 @@ cdef fd_matrix _matrix(object a, int64_t rows, int64_t cols, str name) except *:
                              f"[{view.shape[0]}, {view.shape[1]}]")
         m.data, m.format = &view[0, 0], FD_FMT_F32
         return m
-    blocks, m.format = a.kernel_view()
-    if m.format >= 6 and (name.endswith("embed") or rows % 32):
-        raise ValueError(f"CompiledModel: {name} in a 16-row interleaved layout must be a projection with a "
-                         "multiple of 32 rows")
+    if name == "embed":  # rows are looked up one by one: GGUF's layout
+        if a.layout != "gguf" and not a.has_gguf_blocks:
+            raise ValueError("CompiledModel: the embedding table needs GGUF's layout (repack(keep_gguf=True))")
+        blocks, m.format = a.data, a.info.code
+    else:
+        blocks, m.format = a.kernel_view()
+    if m.format >= 6 and name == "up" and split16 and rows % 32:  # gate/up partners split on whole groups
+        raise ValueError(f"CompiledModel: a gated up projection in the 16-row interleaved layout needs a "
+                         f"multiple of 32 rows; got {rows}")
     if tuple(a.shape) != (rows, cols) or cols % 32 or blocks.shape[0] != rows or \
             blocks.shape[1] != _quant_row_bytes(m.format, cols):
         raise ValueError(f"CompiledModel: {name} must be [{rows}, {cols}] (a multiple of 32) in whole blocks")
@@ -138,7 +143,7 @@ cdef class CompiledModel:
             self.layers[i].out_bias = _vector(L["out_bias"], d, "out_bias", True)
             self.layers[i].mlp_norm = _vector(L["mlp_norm"], d, "mlp_norm")
             self.layers[i].mlp_norm_bias = _vector(L["mlp_norm_bias"], d, "mlp_norm_bias", True)
-            self.layers[i].up = _matrix(L["up"], up, d, "up")
+            self.layers[i].up = _matrix(L["up"], up, d, "up", self.m.gated)
             self.layers[i].up_bias = _vector(L["up_bias"], up, "up_bias", True)
             self.layers[i].down = _matrix(L["down"], d, f, "down")
             self.layers[i].down_bias = _vector(L["down_bias"], d, "down_bias", True)

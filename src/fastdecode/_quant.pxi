@@ -27,13 +27,6 @@ cdef int64_t _quant_row_bytes(int fmt, int64_t n_in) except -1:
     return fd_quant_row_bytes(fmt, n_in)
 
 
-cdef int _check_groups(int fmt, int64_t rows) except -1:
-    """x16 formats come in groups of 16 rows: C reads whole groups."""
-    if fmt >= 6 and rows % 16:
-        raise ValueError(f"a 16-row interleaved weight needs a multiple of 16 rows; got {rows}")
-    return 0
-
-
 def set_vnni(bint on):
     """Use AVX-512 VNNI in the avx512 level's int8 kernels (where the CPU has it); returns the setting in use."""
     return bool(fd_set_vnni(on))
@@ -41,14 +34,13 @@ def set_vnni(bint on):
 
 def x16_convert(unsigned char[:, ::1] out, const unsigned char[:, ::1] src, int fmt, bint pack):
     """out = src in the other layout (pack: GGUF rows -> x16 groups, else back); both
-    [n_out, row bytes] of block format fmt (0-3: q8_0, q4_0, q4_K, q6_K), n_out a multiple of 16."""
+    [n_out, row bytes] of block format fmt (0-3: q8_0, q4_0, q4_K, q6_K); the last n_out % 16 rows stay."""
     if fmt not in X16_FORMATS or out.shape[0] != src.shape[0] or out.shape[1] != src.shape[1]:
         raise ValueError("x16_convert: blocks of q8_0, q4_0, q4_K or q6_K, of one shape")
     cdef int64_t n_out = src.shape[0], n_in = src.shape[1] // X16_BLOCK_BYTES[fmt] * QUANT_BLOCKS[fmt]
     if src.shape[1] != _quant_row_bytes(fmt, n_in):
         raise ValueError("x16_convert: rows of whole blocks")
     cdef int code = X16_FORMATS[fmt]
-    _check_groups(code, n_out)
     if n_out * n_in == 0:
         return
     with nogil:
@@ -64,7 +56,6 @@ def linear_quant(float[:, ::1] out, const float[:, ::1] x, const unsigned char[:
     if out.shape[0] != x.shape[0] or out.shape[1] != w.shape[0] or \
             w.shape[1] != _quant_row_bytes(fmt, x.shape[1]) or (bias is not None and bias.shape[0] != w.shape[0]):
         raise ValueError("linear_quant: inconsistent shapes")
-    _check_groups(fmt, w.shape[0])
     if out.shape[0] * out.shape[1] == 0:
         return
     if x.shape[1] == 0:  # no terms: the bias alone
@@ -85,7 +76,6 @@ def dequantize_rows(float[:, ::1] out, const unsigned char[:, ::1] w, int fmt):
     """out: [rows, n_in] float32 = the weights of w: [rows, row bytes] blocks."""
     if out.shape[0] != w.shape[0] or w.shape[1] != _quant_row_bytes(fmt, out.shape[1]):
         raise ValueError("dequantize_rows: inconsistent shapes")
-    _check_groups(fmt, w.shape[0])
     if out.shape[0] * out.shape[1] == 0:
         return
     with nogil:

@@ -141,16 +141,19 @@ class QuantizedTensor:
         """``"gguf"`` (rows one after another), or ``"x16"`` after :meth:`repack`."""
         return "gguf" if self._x16 is None else "x16"
 
-    def repack(self) -> "QuantizedTensor":
+    def repack(self, keep_gguf: bool = False) -> "QuantizedTensor":
         """Rearrange the blocks, in place, into the layout the AVX-512 int8
         kernels read fastest: 16 rows interleaved 4 bytes at a time
         (``csrc/quant_x16.c`` draws it), the same bytes, GGUF's layout
-        given back by :attr:`data`. Only the block formats (``q8_0``,
-        ``q4_0``, ``q4_K``, ``q6_K``) with ``out`` a multiple of 16 (and the
-        C backend built); otherwise nothing
-        changes. ``fastdecode.load`` repacks a model's projections when the
-        CPU has AVX-512. Returns ``self``."""
-        if self._x16 is not None or self._info.code > 3 or self.shape[0] % 16 or not self.shape[0]:
+        given back by :attr:`data` (the last ``out % 16`` rows stay as they
+        are). Only the block formats (``q8_0``, ``q4_0``, ``q4_K``,
+        ``q6_K``) with ``out >= 16`` (and the C backend built); otherwise
+        nothing changes. ``keep_gguf=True`` keeps GGUF's copy too (twice the
+        memory; an embedding table that is also the output head: lookups
+        read GGUF's rows, products the interleaved copy).
+        ``fastdecode.load`` repacks a model's projections when the CPU has
+        AVX-512. Returns ``self``."""
+        if self._x16 is not None or self._info.code > 3 or self.shape[0] < 16:
             return self
         from . import backend
 
@@ -161,8 +164,15 @@ class QuantizedTensor:
         x16 = empty_aligned(self._blocks.shape, np.uint8)
         backend._native.x16_convert(x16, self._blocks, self._info.code, True)
         x16.flags.writeable = False
-        self._x16, self._blocks = x16, None
+        self._x16 = x16
+        if not keep_gguf:
+            self._blocks = None
         return self
+
+    @property
+    def has_gguf_blocks(self) -> bool:
+        """Whether GGUF's bytes are held as such (not rebuilt from the interleaved copy)."""
+        return self._blocks is not None
 
     def kernel_view(self):
         """``(blocks, code)``: the bytes the C kernels read, uint8 ``[out,
