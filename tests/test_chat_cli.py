@@ -3,6 +3,7 @@ an answer, /reset, Ctrl-D."""
 import os
 import re
 import select
+import signal
 import sys
 import time
 
@@ -22,7 +23,8 @@ class Terminal:
     def __init__(self, argv, env):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the pty is its controlling terminal, so Ctrl-C is SIGINT
-            os.execve(sys.executable, [sys.executable, *argv], env)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a shell starts it, whatever ran pytest (a
+            os.execve(sys.executable, [sys.executable, *argv], env)  # background job ignores SIGINT)
         self.seen = ""
 
     def expect(self, pattern, timeout=120.0) -> str:

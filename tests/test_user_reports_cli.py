@@ -239,7 +239,9 @@ def test_cli_output_closed_early_exits_quietly(endless):
 
 def test_cli_ctrl_c_ends_the_line_and_exits_130(endless):
     proc = subprocess.Popen([sys.executable, "-m", "fastdecode", "generate", "hello", "-n", "20000", "--greedy",
-                             "-m", endless], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "-m", endless], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # SIGINT as a shell starts it, whatever ran pytest (a background job ignores it)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         got = b""
         while len(got) < len("hello") + 5:  # the prompt, then generated text: the loop is running
