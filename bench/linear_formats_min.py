@@ -63,8 +63,7 @@ def main(argv=None) -> int:
                  for c in r["contenders"].values()]
         print(f"| {r['case']} | {r['threads']} | {r['machine_gbps_best']:.1f} | " + " | ".join(cells) + " |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": harness.machine(), "results": rows}, f, indent=2)
+        harness.write_json(args.json, rows)
     return 0
 
 

@@ -91,6 +91,12 @@ static inline __m512i bcast4(const int8_t *p) { /* x[p .. p+3] in every 32-bit l
 
 static inline __m512i load64(const uint8_t *p) { return _mm512_loadu_si512(p); }
 
+/* lo, hi: the low and the high nibbles of v's bytes */
+static inline void nibbles(__m512i *lo, __m512i *hi, __m512i v) {
+    *lo = _mm512_and_si512(v, _mm512_set1_epi8(15));
+    *hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));
+}
+
 /* the 16 rows' 2-byte field at p (f16) as floats */
 static inline __m512 scales16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 
@@ -116,11 +122,7 @@ static inline int32_t xsum(const fd_qx *x, int64_t r, int64_t b, int h) {
         if (q8) {                                                                                           \
             for (int k = 0; k < 8; k++) c[k] = load64(blk + 32 + 64 * k);                                  \
         } else {                                                                                            \
-            for (int k = 0; k < 4; k++) {                                                                  \
-                const __m512i v = load64(blk + 32 + 64 * k);                                                \
-                c[k] = _mm512_and_si512(v, _mm512_set1_epi8(15));                                          \
-                c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));                \
-            }                                                                                               \
+            for (int k = 0; k < 4; k++) nibbles(&c[k], &c[4 + k], load64(blk + 32 + 64 * k));              \
         }                                                                                                   \
         for (int64_t r = 0; r < nr; r++) {                                                                  \
             const int8_t *xq = x->q + r * x->n_in + 32 * b;                                                 \
@@ -160,11 +162,7 @@ static inline int32_t xsum(const fd_qx *x, int64_t r, int64_t b, int h) {
         }                                                                                                   \
         for (int p = 0; p < 4; p++) { /* sub-blocks 2p (low nibbles) and 2p + 1 (high) */                  \
             __m512i lo[8], hi[8];                                                                           \
-            for (int k = 0; k < 8; k++) {                                                                  \
-                const __m512i v = load64(qs + 64 * (8 * p + k));                                            \
-                lo[k] = _mm512_and_si512(v, _mm512_set1_epi8(15));                                         \
-                hi[k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15));                   \
-            }                                                                                               \
+            for (int k = 0; k < 8; k++) nibbles(&lo[k], &hi[k], load64(qs + 64 * (8 * p + k)));           \
             for (int64_t r = 0; r < nr; r++) {                                                              \
                 const int64_t b0 = 8 * sb + 2 * p;                                                          \
                 const int8_t *x0 = x->q + r * x->n_in + 32 * b0, *x1 = x0 + 32;                             \

@@ -76,7 +76,7 @@ cdef fd_matrix _matrix(object a, int64_t rows, int64_t cols, str name, bint spli
         m.data, m.format = &view[0, 0], FD_FMT_F32
         return m
     if name == "embed":  # rows are looked up one by one: GGUF's layout
-        if a.layout != "gguf" and not a.has_gguf_blocks:
+        if not a.has_gguf_blocks:
             raise ValueError("CompiledModel: the embedding table needs GGUF's layout (repack(keep_gguf=True))")
         blocks, m.format = a.data, a.info.code
     else:
