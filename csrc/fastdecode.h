@@ -204,6 +204,14 @@ FD_LEVELS(void, fd_linear_f32, (float *out, const float *x, const float *w, cons
 FD_LEVELS(void, fd_linear_cols_f32, (float *out, const float *x, const float *w, const float *bias, int64_t rows,
                                      int64_t n_in, int64_t n_out, int64_t lo, int64_t hi))
 
+/* Many rows of x (a prefill chunk): the output columns [lo, hi) of
+ * out [rows, n_out] = x W^T + bias, with W [n_out, n_in] float32 (fmt
+ * FD_FMT_F32) or in a GGUF-layout format of quant.c, whose rows are decoded
+ * to float32 FD_GEMM_WROWS at a time into wbuf [FD_GEMM_WROWS, n_in]. */
+#define FD_GEMM_WROWS 8
+FD_LEVELS(void, fd_gemm_cols, (float *out, const float *x, const void *w, int fmt, const float *bias, int64_t rows,
+                               int64_t n_in, int64_t n_out, int64_t lo, int64_t hi, float *wbuf))
+
 /* ---- norm.c ------------------------------------------------------------ */
 /* out, x: [rows, n]; w, b: [n] (b may be NULL). rms == 0: LayerNorm,
  * (x - mean) / sqrt(var + eps) * w + b; rms != 0: RMSNorm,

@@ -100,6 +100,73 @@ void FD_FN(fd_linear_cols_f32)(float *out, const float *x, const float *w, const
     }
 }
 
+/* ----------------------------------------------------------------------------
+ * Many rows (a prefill chunk, a large batch): register tiles
+ *
+ * dot_rows above loads a vector of x for every multiply-add and so runs at
+ * the loads' rate. A tile of TILE_R rows of x by TILE_C rows of W holds
+ * TILE_R x TILE_C sums in registers: each vector loaded feeds TILE_C (or
+ * TILE_R) multiply-adds, and the arithmetic units set the pace, as in a
+ * BLAS sgemm. The TILE_C rows of W stay in L1 while every group of TILE_R
+ * rows of x passes (a 64-token chunk of x stays in L2).
+ * ---------------------------------------------------------------------------- */
+#if FD_VLEN >= 16
+#define TILE_R 4 /* 24 sums + 4 x + 1 w of the 32 zmm registers */
+#define TILE_C 6
+#else
+#define TILE_R 2 /* 8 sums + 2 x + 1 w of the 16 ymm registers */
+#define TILE_C 4
+#endif
+_Static_assert(TILE_C <= FD_GEMM_WROWS, "fd_gemm_cols' wbuf holds FD_GEMM_WROWS rows");
+
+/* out[r * ldo + c] = x[r] . w[c] + bias[c] for r < nr <= TILE_R, c < nc <= TILE_C;
+ * x: [nr, k]; w: [nc, k]; bias: [nc] or NULL */
+static inline __attribute__((always_inline)) void tile(float *out, int64_t ldo, const float *x, const float *w,
+                                                       const float *bias, int64_t k, int nr, int nc) {
+    vf acc[TILE_R][TILE_C];
+    for (int r = 0; r < nr; r++)
+        for (int c = 0; c < nc; c++) acc[r][c] = vf_set1(0.0f);
+    int64_t i = 0;
+    for (; i + FD_VLEN <= k; i += FD_VLEN) {
+        vf xv[TILE_R];
+        for (int r = 0; r < nr; r++) xv[r] = vf_load(x + r * k + i);
+        for (int c = 0; c < nc; c++) {
+            const vf wv = vf_load(w + c * k + i);
+            for (int r = 0; r < nr; r++) acc[r][c] = vf_fmadd(xv[r], wv, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int c = 0; c < nc; c++) {
+            float s = vf_reduce_add(acc[r][c]);
+            for (int64_t j = i; j < k; j++) s += x[r * k + j] * w[c * k + j];
+            out[r * ldo + c] = s + (bias ? bias[c] : 0.0f);
+        }
+}
+
+/* Output columns [lo, hi) of out [rows, n_out] = x [rows, n_in] W^T + bias,
+ * on the calling thread. w: [n_out, n_in] float32 (fmt FD_FMT_F32) or
+ * [n_out, fd_quant_row_bytes(fmt, n_in)] in a GGUF-layout format, whose
+ * rows are decoded TILE_C at a time into wbuf [FD_GEMM_WROWS, n_in]. */
+void FD_FN(fd_gemm_cols)(float *out, const float *x, const void *w, int fmt, const float *bias, int64_t rows,
+                         int64_t n_in, int64_t n_out, int64_t lo, int64_t hi, float *wbuf) {
+    const int64_t rb = fmt == FD_FMT_F32 ? n_in * (int64_t)sizeof(float) : fd_quant_row_bytes(fmt, n_in);
+    for (int64_t o = lo; o < hi; o += TILE_C) {
+        const int nc = hi - o < TILE_C ? (int)(hi - o) : TILE_C;
+        const uint8_t *wo = (const uint8_t *)w + o * rb;
+        const float *wc = (const float *)wo;
+        if (fmt != FD_FMT_F32) {
+            FD_FN(fd_dequantize_rows)(wbuf, wo, fmt, nc, n_in);
+            wc = wbuf;
+        }
+        const float *bc = bias ? bias + o : NULL;
+        int64_t r = 0;
+        if (nc == TILE_C) /* whole tiles: every count a constant, every sum a register */
+            for (; r + TILE_R <= rows; r += TILE_R) tile(out + r * n_out + o, n_out, x + r * n_in, wc, bc, n_in, TILE_R, TILE_C);
+        for (; r < rows; r += TILE_R)
+            tile(out + r * n_out + o, n_out, x + r * n_in, wc, bc, n_in, rows - r < TILE_R ? (int)(rows - r) : TILE_R, nc);
+    }
+}
+
 typedef struct {
     float *out;
     const float *x, *w, *bias;

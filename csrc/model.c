@@ -26,6 +26,15 @@
 
 static inline int64_t up16(int64_t n) { return (n + 15) / 16 * 16; } /* floats to a 64-byte boundary */
 
+/* From this many rows (prefill chunks, large batches) a float32 or 16-bit
+ * projection goes through register tiles (fd_gemm_cols: compute-bound)
+ * instead of passes of 8 rows over W (bound by loads of x); the block
+ * formats keep their int8 kernels, faster than float32 arithmetic. */
+#define FD_GEMM_MIN_ROWS 16
+static inline int tiled(const fd_matrix *w, int64_t rows) {
+    return rows >= FD_GEMM_MIN_ROWS && (w->format == FD_FMT_F32 || w->format == FD_FMT_BF16 || w->format == FD_FMT_F16);
+}
+
 /* ----------------------------------------------------------------------------
  * Scratch: the activations of one step, carved from the caller's block
  * ---------------------------------------------------------------------------- */
@@ -43,17 +52,20 @@ typedef struct {
     int8_t *xq;          /* [N, n_in] a block-format projection's input in int8 (n_in <= max(d, Hq D, F)) */
     float *xd, *xds;     /* [N, n_in / 32] its scales, scale * sums */
     int32_t *xs;         /* [N, n_in / 16] its sums over 16 */
+    float *wbuf;         /* [threads, FD_GEMM_WROWS, n_in]: each share's decoded weight rows (fd_gemm_cols) */
+    int64_t wstride;     /* FD_GEMM_WROWS n_in: floats of wbuf per share */
 } step_buffers;
 
 static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, int threads, float *base) {
     const int64_t hd = m->hq * m->head_dim, q = (m->hq + 2 * m->hkv) * m->head_dim;
     int64_t in = m->d > hd ? m->d : hd;
     in = in > m->ffn ? in : m->ffn;
-    const int64_t sizes[16] = {n * m->d, n * m->d * threads, n * m->d, n * q, n * hd, n * hd, n * hd,
+    const int64_t sizes[17] = {n * m->d, n * m->d * threads, n * m->d, n * q, n * hd, n * hd, n * hd,
                                n * m->ffn * (m->gated ? 2 : 1), n * m->ffn, n * m->head_dim, n * m->d, 2 * n,
-                               n * in / 4 + 1, n * in / 32 + 1, n * in / 32 + 1, n * in / 16 + 1};
-    int64_t total = 0, at[16];
-    for (int i = 0; i < 16; i++) {
+                               n * in / 4 + 1, n * in / 32 + 1, n * in / 32 + 1, n * in / 16 + 1,
+                               n >= FD_GEMM_MIN_ROWS ? threads * FD_GEMM_WROWS * in : 0};
+    int64_t total = 0, at[17];
+    for (int i = 0; i < 17; i++) {
         at[i] = total;
         total += up16(sizes[i]);
     }
@@ -65,6 +77,7 @@ static int64_t carve(step_buffers *s, const fd_model *m, int64_t n, int threads,
         s->xq = (int8_t *)(base + at[12]);
         s->xd = base + at[13], s->xds = base + at[14];
         s->xs = (int32_t *)(base + at[15]);
+        s->wbuf = base + at[16], s->wstride = FD_GEMM_WROWS * in;
     }
     return total;
 }
@@ -103,7 +116,7 @@ static inline int64_t position(const step_job *j, int64_t n, int *real) {
 /* A block-format projection's input x [rows, w->cols] to int8 blocks in the
  * scratch (rows shared out, then a barrier); nothing for other formats. */
 static void quantize_input(step_job *j, const float *x, const fd_matrix *w, int64_t rows, int t, int nt) {
-    if (!fd_fmt_blocks(w->format)) return;
+    if (!fd_fmt_blocks(w->format) || tiled(w, rows)) return;
     const int64_t k = w->cols, nb = k / FD_QK;
     step_buffers *s = &j->s;
     for (int64_t r = t; r < rows; r += nt)
@@ -112,11 +125,14 @@ static void quantize_input(step_job *j, const float *x, const fd_matrix *w, int6
 }
 
 /* out[:, lo:hi] of out [rows, w->rows] = x [rows, w->cols] W^T + bias (x
- * already through quantize_input); with residual: residual[:, lo:hi] += it */
+ * already through quantize_input), by share t; with residual:
+ * residual[:, lo:hi] += it */
 static void cols(step_job *j, float *out, const float *x, const fd_matrix *w, const float *bias, int64_t rows,
-                 float *residual, int64_t lo, int64_t hi) {
+                 float *residual, int64_t lo, int64_t hi, int t) {
     const int64_t n = w->rows, k = w->cols;
-    if (w->format == FD_FMT_F32) {
+    if (tiled(w, rows)) {
+        FD_FN(fd_gemm_cols)(out, x, w->data, w->format, bias, rows, k, n, lo, hi, j->s.wbuf + t * j->s.wstride);
+    } else if (w->format == FD_FMT_F32) {
         FD_FN(fd_linear_cols_f32)(out, x, (const float *)w->data, bias, rows, k, n, lo, hi);
     } else {
         const step_buffers *s = &j->s;
@@ -132,7 +148,7 @@ static void cols(step_job *j, float *out, const float *x, const fd_matrix *w, co
 static void project(step_job *j, float *out, const float *x, const fd_matrix *w, const float *bias, int64_t rows,
                     float *residual, int t, int nt) {
     quantize_input(j, x, w, rows, t, nt);
-    cols(j, out, x, w, bias, rows, residual, fd_split16(w->rows, t, nt), fd_split16(w->rows, t + 1, nt));
+    cols(j, out, x, w, bias, rows, residual, fd_split16(w->rows, t, nt), fd_split16(w->rows, t + 1, nt), t);
 }
 
 static void norm_rows(float *out, const float *x, const float *w, const float *b, int64_t rows, const fd_model *m,
@@ -280,8 +296,8 @@ static void step_share(void *ctx, int t, int nt) {
         fd_barrier_wait(bar, nt);
         norm_rows(xn, s->x, L->mlp_norm, L->mlp_norm_bias, N, m, 0, 1);
         quantize_input(j, xn, &L->up, N, t, nt);
-        cols(j, s->h, xn, &L->up, L->up_bias, N, NULL, f0, f1); /* this share's columns, then its gates' partners */
-        if (m->gated) cols(j, s->h, xn, &L->up, L->up_bias, N, NULL, F + f0, F + f1);
+        cols(j, s->h, xn, &L->up, L->up_bias, N, NULL, f0, f1, t); /* this share's columns, then its gates' partners */
+        if (m->gated) cols(j, s->h, xn, &L->up, L->up_bias, N, NULL, F + f0, F + f1, t);
         activate(j, f0, f1);
         fd_barrier_wait(bar, nt);
         project(j, s->tmp, s->act, &L->down, L->down_bias, N, s->x, t, nt);

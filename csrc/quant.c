@@ -89,24 +89,29 @@ static void decode_q6_K(float *restrict buf, const uint8_t *restrict blk) {
         }
 }
 
+/* 16 weights (or FD_VLEN) from 16-bit storage at p, as float32 */
+static inline vf load16(const uint8_t *p, int bf16) {
+#if defined(FD_LEVEL_avx512)
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+#elif defined(FD_LEVEL_avx2)
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+#else
+    return bf16 ? fd_f32_from_bits((uint32_t)(p[0] | p[1] << 8) << 16) : fd_f16_to_f32(p);
+#endif
+}
+
 /* buf: [n]; row: n_in 16-bit values (bf16 != 0: bfloat16, else float16) */
 static void decode_16(float *restrict buf, const uint8_t *restrict row, int64_t k, int64_t n, int bf16) {
     const uint8_t *p = row + 2 * k;
-    if (bf16) {
-        for (int64_t i = 0; i < n; i++)
-            buf[i] = fd_f32_from_bits((uint32_t)((const uint16_t *)p)[i] << 16);
-        return;
-    }
     int64_t i = 0;
-#if defined(FD_LEVEL_avx512)
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(buf + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * i))));
-#elif defined(FD_LEVEL_avx2)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+#if FD_VLEN > 1
+    for (; i + FD_VLEN <= n; i += FD_VLEN)
+        vf_store(buf + i, load16(p + 2 * i, bf16));
 #endif
     for (; i < n; i++)
-        buf[i] = fd_f16_to_f32(p + 2 * i);
+        buf[i] = bf16 ? fd_f32_from_bits((uint32_t)((const uint16_t *)p)[i] << 16) : fd_f16_to_f32(p + 2 * i);
 }
 
 /* buf: [n] = weights k..k+n of row (format fmt) */
@@ -146,19 +151,6 @@ void FD_FN(fd_dequantize_rows)(float *out, const uint8_t *w, int fmt, int64_t ro
 /* ----------------------------------------------------------------------------
  * The product
  * ---------------------------------------------------------------------------- */
-
-/* 16 weights (or FD_VLEN) from 16-bit storage at p, as float32 */
-static inline vf load16(const uint8_t *p, int bf16) {
-#if defined(FD_LEVEL_avx512)
-    __m256i h = _mm256_loadu_si256((const __m256i *)p);
-    return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
-#elif defined(FD_LEVEL_avx2)
-    __m128i h = _mm_loadu_si128((const __m128i *)p);
-    return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
-#else
-    return bf16 ? fd_f32_from_bits((uint32_t)(p[0] | p[1] << 8) << 16) : fd_f16_to_f32(p);
-#endif
-}
 
 /* acc: [nr] = row . x[r]; row: [n_in] bf16 or f16; x: [nr, n_in], nr <= FD_QROWS */
 static void dot_16(float *acc, const uint8_t *row, int bf16, const float *x, int64_t nr, int64_t n_in) {

@@ -102,3 +102,19 @@ def test_a_failed_mapping_is_a_memory_error(monkeypatch):
     monkeypatch.setattr(arrays.mmap, "mmap", refuse)
     with pytest.raises(MemoryError, match="empty_aligned"):
         fd.empty_aligned(LARGE)
+
+
+@pytest.mark.parametrize("huge", ["1", "0"], ids=["huge-pages", "no-huge-pages"])
+@pytest.mark.parametrize("shape", [(7, 33), LARGE], ids=["small", "large"])
+def test_zeros_aligned_is_zero_aligned_and_writable(shape, huge, monkeypatch):
+    """Large arrays come from fresh anonymous pages (zero without a pass of
+    zeros); small ones, and every array with huge pages off, from np.zeros."""
+    monkeypatch.setenv("FASTDECODE_HUGE_PAGES", huge)
+    for _ in range(3):  # memory handed back and taken again is still zero
+        a = arrays.zeros_aligned(shape)
+        assert a.shape == shape and a.dtype == np.float32 and a.ctypes.data % 64 == 0 and a.flags.writeable
+        assert not a.any()
+        a[...] = 3.0
+        del a
+    with pytest.raises(ValueError, match="alignment"):
+        arrays.zeros_aligned(shape, alignment=48)

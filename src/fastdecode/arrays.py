@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-__all__ = ["empty_aligned"]
+__all__ = ["empty_aligned", "zeros_aligned"]
 
 HUGE_PAGE = 2 << 20  # the transparent huge page of x86-64 (and of aarch64 with 4 KiB pages)
 
@@ -63,17 +63,35 @@ def empty_aligned(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
     ``FASTDECODE_HUGE_PAGES=0`` turns that off).
     """
     dtype = np.dtype(dtype)
+    _check_alignment(alignment, dtype)
+    return _aligned(shape, dtype, alignment, zeroed=False)
+
+
+def zeros_aligned(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
+    """``np.zeros(shape, dtype)`` placed as :func:`empty_aligned` places it.
+    Arrays of 2 MiB or more come zeroed from the kernel page by page as they
+    are first written (no pass of zeros over them: a KV cache allocated per
+    ``generate()`` call costs nothing before the prompt fills it)."""
+    dtype = np.dtype(dtype)
+    _check_alignment(alignment, dtype)
+    return _aligned(shape, dtype, alignment, zeroed=True)
+
+
+def _check_alignment(alignment, dtype):
     if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1 \
             or alignment & (alignment - 1) or alignment < dtype.itemsize:
         raise ValueError(f"alignment must be a power of two >= the item size {dtype.itemsize}; got {alignment!r}")
+
+
+def _aligned(shape, dtype, alignment, zeroed):
     shape = (shape,) if np.isscalar(shape) else tuple(shape)
     if any(not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0 for n in shape):
         raise ValueError(f"shape must be non-negative ints; got {shape}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if _huge_pages_on(nbytes):
+    if _huge_pages_on(nbytes):  # fresh anonymous pages: zero already
         raw = _huge_page_bytes(nbytes, max(alignment, HUGE_PAGE))
     else:
-        raw = np.empty(nbytes + alignment, dtype=np.uint8)
+        raw = (np.zeros if zeroed else np.empty)(nbytes + alignment, dtype=np.uint8)
         start = -raw.ctypes.data % alignment
         raw = raw[start:start + nbytes]
     return raw.view(dtype).reshape(shape)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from ..arrays import empty_aligned
+from ..arrays import zeros_aligned
 from .config import ModelConfig, rope_frequencies
 from .weights import Layer, Weights
 
@@ -45,10 +45,8 @@ class KVCache:
         # 64-byte aligned, so with D a multiple of 16 every cached row starts a cache line
         # (np.zeros puts it 16 bytes off: each vector load then spans two lines). Zeroed,
         # because the NumPy reference multiplies the unfilled positions by zero weights.
-        self.k = empty_aligned(shape, F32)
-        self.v = empty_aligned(shape, F32)
-        self.k[...] = 0
-        self.v[...] = 0
+        self.k = zeros_aligned(shape, F32)
+        self.v = zeros_aligned(shape, F32)
         self.lengths = np.zeros(batch, np.int64)
         self.max_len = max_len
 
