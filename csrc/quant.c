@@ -82,10 +82,27 @@ static void decode_q6_K(float *restrict buf, const uint8_t *restrict blk) {
     for (int j = 0; j < 16; j++)
         ds[j] = d * (float)sc[j];
     for (int h = 0; h < 2; h++) /* each half: 128 weights from ql[64h..], qh[32h..] */
-        for (int i = 0; i < 128; i++) {
-            int lo = (ql[64 * h + i % 64] >> (4 * (i / 64))) & 15;
-            int hi = (qh[32 * h + i % 32] >> (2 * (i / 32))) & 3;
-            buf[128 * h + i] = ds[(128 * h + i) / 16] * (float)((lo | hi << 4) - 32);
+        for (int i = 0; i < 128; i += FD_VLEN) { /* FD_VLEN <= 16 weights share a scale */
+            const uint8_t *l = ql + 64 * h + i % 64, *u = qh + 32 * h + i % 32;
+            const int ls = 4 * (i / 64), us = 2 * (i / 32);
+            float *o = buf + 128 * h + i;
+#if defined(FD_LEVEL_avx512)
+            __m512i lo = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)l)), _mm512_set1_epi32(ls));
+            __m512i hi = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)u)), _mm512_set1_epi32(us));
+            __m512i q = _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(15)),
+                                        _mm512_slli_epi32(_mm512_and_si512(hi, _mm512_set1_epi32(3)), 4));
+            q = _mm512_sub_epi32(q, _mm512_set1_epi32(32));
+            _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_set1_ps(ds[(128 * h + i) / 16]), _mm512_cvtepi32_ps(q)));
+#elif defined(FD_LEVEL_avx2)
+            __m256i lo = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)l)), _mm256_set1_epi32(ls));
+            __m256i hi = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)u)), _mm256_set1_epi32(us));
+            __m256i q = _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(15)),
+                                        _mm256_slli_epi32(_mm256_and_si256(hi, _mm256_set1_epi32(3)), 4));
+            q = _mm256_sub_epi32(q, _mm256_set1_epi32(32));
+            _mm256_storeu_ps(o, _mm256_mul_ps(_mm256_set1_ps(ds[(128 * h + i) / 16]), _mm256_cvtepi32_ps(q)));
+#else
+            o[0] = ds[(128 * h + i) / 16] * (float)((((l[0] >> ls) & 15) | ((u[0] >> us) & 3) << 4) - 32);
+#endif
         }
 }
 

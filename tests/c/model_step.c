@@ -2,7 +2,9 @@
  *
  * Builds two tiny random models (GPT-2-like: LayerNorm with biases, learned
  * positions, GELU; Llama-like: RMSNorm, RoPE, GQA 4/2, gated SiLU, Qwen2's
- * QKV bias) and, for each, runs a ragged 2-row prefill (3 and 7 tokens) and
+ * QKV bias; its attention output projection in bf16) and, for each, runs a
+ * ragged 2-row prefill (5 and 9 tokens: 18 rows, so the projections go
+ * through fd_gemm_cols' register tiles, with row and column tails) and
  * 12 decode steps (sampling with top-p in the last ones), first serially,
  * then from 4 threads at once, each with its own cache and scratch, with
  * the pool at 3 threads (so steps share it, and those that find it busy run
@@ -10,7 +12,7 @@
  * bit for bit; a sanitizer report aborts first. tests/test_compiled.py
  * builds it with -fsanitize=thread and with address,undefined.
  *
- *   B rows 2, T <= 7, d 32, Hq 4, D 8, F 48, V 97, L 2, max_len 24
+ *   B rows 2, T <= 9, d 32, Hq 4, D 8, F 48, V 97, L 2, max_len 24
  */
 #include "fastdecode.h"
 
@@ -46,11 +48,24 @@ static fd_matrix matrix(int64_t rows, int64_t cols) {
     return m;
 }
 
+static fd_matrix matrix_bf16(int64_t rows, int64_t cols) { /* the top 16 bits of each float */
+    float *f = randoms(rows * cols, 0.0f, 0.6f);
+    uint16_t *h = aligned_alloc(64, (size_t)((rows * cols * 2 + 63) / 64 * 64));
+    for (int64_t i = 0; i < rows * cols; i++) {
+        uint32_t u;
+        memcpy(&u, f + i, 4);
+        h[i] = (uint16_t)(u >> 16);
+    }
+    free(f);
+    fd_matrix m = {h, rows, cols, FD_FMT_BF16};
+    return m;
+}
+
 static fd_model build(int llama, fd_layer *layers, double *freq) {
     const int64_t hkv = llama ? 2 : HQ, q = (HQ + 2 * hkv) * HD, up = llama ? 2 * FFN : FFN;
     for (int l = 0; l < LAYERS; l++) {
         fd_layer L = {randoms(D_MODEL, 1.0f, 0.2f), llama ? NULL : randoms(D_MODEL, 0.0f, 0.2f), matrix(q, D_MODEL),
-                      randoms(q, 0.0f, 0.2f), matrix(D_MODEL, HQ * HD), llama ? NULL : randoms(D_MODEL, 0, 0.2f),
+                      randoms(q, 0.0f, 0.2f), llama ? matrix_bf16(D_MODEL, HQ * HD) : matrix(D_MODEL, HQ * HD), llama ? NULL : randoms(D_MODEL, 0, 0.2f),
                       randoms(D_MODEL, 1.0f, 0.2f), llama ? NULL : randoms(D_MODEL, 0.0f, 0.2f), matrix(up, D_MODEL),
                       llama ? NULL : randoms(up, 0.0f, 0.2f), matrix(D_MODEL, FFN),
                       llama ? NULL : randoms(D_MODEL, 0.0f, 0.2f), 1.0f / sqrtf(HD) / (llama ? 1 : l + 1)};
@@ -76,11 +91,12 @@ static void *decode(void *arg) {
     const fd_model *m = r->m;
     const int64_t cache = LAYERS * B * m->hkv * MAX_LEN * HD;
     float *k = calloc((size_t)cache, 4), *v = calloc((size_t)cache, 4);
-    const int64_t floats = fd_model_scratch_floats(m, B * 7);
+    const int64_t floats = fd_model_scratch_floats(m, B * 9);
     float *scratch = aligned_alloc(64, (size_t)((floats * 4 + 63) / 64 * 64));
-    int64_t tokens[B * 7] = {0, 0, 0, 0, 5, 6, 7, 1, 2, 3, 4, 5, 6, 96}, counts[B] = {3, 7}, start[B] = {0, 0};
+    int64_t tokens[B * 9] = {0, 0, 0, 0, 5, 6, 7, 8, 9, 1, 2, 3, 4, 5, 6, 96, 10, 11}, counts[B] = {5, 9};
+    int64_t start[B] = {0, 0};
     int64_t prev[B * (STEPS + 8)], offsets[B + 1];
-    r->failed = fd_model_step_f32(r->logits[0], r->ids[0], m, tokens, counts, B, 7, k, v, MAX_LEN, start, scratch,
+    r->failed = fd_model_step_f32(r->logits[0], r->ids[0], m, tokens, counts, B, 9, k, v, MAX_LEN, start, scratch,
                                   floats, NULL, NULL, 0, NULL);
     for (int s = 1; s <= STEPS && !r->failed; s++) {
         int64_t one[B] = {1, 1};
