@@ -126,7 +126,7 @@ def test_each_row_of_a_batch_is_the_row_alone():
 
 def test_long_prompt_in_chunks_splits_attention(monkeypatch):
     """600 positions with 2 threads: decode attention is cut into key chunks
-    and merged (fd_attention_merge_f32); the prompt goes in 10 chunks."""
+    and merged (fd_attention_merge_f32); the prompt goes in 5 chunks."""
     model = fd.load(_long_checkpoint())
     before = fd.get_num_threads()
     fd.set_num_threads(2)

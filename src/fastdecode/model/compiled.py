@@ -35,11 +35,12 @@ from .transformer import ContextOverflowError, KVCache
 from .weights import Weights
 
 # Tokens per row in one prefill call. Each call streams every weight once
-# (the projections take FD_LINEAR_OBLK weight rows at a time through all of a
-# chunk's tokens, from L2), so longer chunks read the weights fewer times;
-# the scratch grows by ~(4 d + Q + 3 Hq D + 3 F) floats per token (GPT-2
-# 124M: 80 KiB per token, 5 MiB at 64). docs/compiled.md has the times.
-PREFILL_CHUNK = 64
+# (register tiles of 6 weight rows, decoded to float32 for 16-bit and q6_K
+# weights, meet all of a chunk's tokens), so longer chunks read and decode
+# the weights fewer times; the scratch grows by ~(4 d + Q + 3 Hq D + 3 F)
+# floats per token (GPT-2 124M: 80 KiB per token, 10 MiB at 128).
+# docs/compiled.md has the times.
+PREFILL_CHUNK = 128
 
 _ONES = {}
 
