@@ -59,6 +59,14 @@ def generate(dataset, *, model: str, column: str = "prompt", concurrency: int | 
         max_restarts=max_restarts, max_task_retries=-1)
 
 
+def _batch_size(rows: int, actors: int, max_batch: int) -> int:
+    """Rows per call: 4 x max_batch (a call's tail, its last rows finishing
+    with slots empty, is then a small part of it; a lost actor redoes one
+    call), but no more than an even share per actor, so that every actor
+    gets work."""
+    return max(1, min(4 * max_batch, -(-rows // actors)))
+
+
 def job_engine(model: str, config, *, address=None, concurrency=None, num_cpus=1, backend=None, weights=None,
                max_batch=16, prefill_chunk=128, seed=None):
     """The ``fastdecode batch --ray`` engine for :func:`fastdecode.batch_io.run_job`:
@@ -73,10 +81,12 @@ def job_engine(model: str, config, *, address=None, concurrency=None, num_cpus=1
             ray.init(address=address, log_to_driver=False)
         settings = {f: getattr(config, f) for f in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
                                                     "min_p", "repetition_penalty", "stop", "ignore_eos")}
-        blocks = max(1, min(len(rows) // max_batch, 8 * (concurrency or int(ray.cluster_resources().get("CPU", 1)))))
-        out = generate(ray.data.from_items(rows, override_num_blocks=blocks), model=model, column="record", jsonl=True, concurrency=concurrency,
-                       num_cpus=num_cpus, max_batch=max_batch, prefill_chunk=prefill_chunk, seed=seed,
-                       backend=backend, weights=weights, **settings)
+        actors = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
+        size = _batch_size(len(rows), actors, max_batch)
+        out = generate(ray.data.from_items(rows, override_num_blocks=-(-len(rows) // size)), model=model,
+                       column="record", jsonl=True, concurrency=actors, num_cpus=num_cpus, batch_size=size,
+                       max_batch=max_batch, prefill_chunk=prefill_chunk, seed=seed, backend=backend, weights=weights,
+                       **settings)
         for row in out.iter_rows():
             rid = json.loads(row["record"])["id"]
             if row["error"] is not None:
