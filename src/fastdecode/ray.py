@@ -46,16 +46,23 @@ def generate(dataset, *, model: str, column: str = "prompt", concurrency: int | 
     ``prompt_tokens``, ``generated_tokens``, ``finish_reason`` and
     ``error`` added (lazy, as Ray Data is). ``concurrency``: actors
     (default: the cluster's CPUs / num_cpus). ``batch_size``: rows per
-    call (default 4 x max_batch; a lost actor's batch is redone whole).
+    call (default 4 x max_batch; a lost actor's batch is redone whole;
+    below max_batch, an actor's batch never fills). An actor is handed a
+    batch only when idle (``max_tasks_in_flight_per_actor=1``): a call
+    takes seconds to minutes, and a batch queued behind a busy actor would
+    leave another idle (the first actor up could otherwise take two).
     ``settings``: generation settings for every row (a column of the same
     name overrides them per row), ``max_new_tokens`` included."""
     ray = _ray()
+    from ray.data import ActorPoolStrategy
+
     if concurrency is None:
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
     return dataset.map_batches(
         Predictor, fn_constructor_kwargs=dict(model=model, column=column, id_column=id_column, max_batch=max_batch,
                                               seed=seed, num_threads=num_cpus, **settings),
-        batch_size=batch_size or 4 * max_batch, batch_format="numpy", concurrency=concurrency, num_cpus=num_cpus,
+        batch_size=batch_size or 4 * max_batch, batch_format="numpy", num_cpus=num_cpus,
+        compute=ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1),
         max_restarts=max_restarts, max_task_retries=-1)
 
 
