@@ -73,8 +73,9 @@ def contenders(model, path: str, items: list, batches, threads: int, engines, we
         frame = pd.DataFrame({"prompt": [i["prompt"] for i in items],
                               "max_new_tokens": [i["max_new_tokens"] for i in items]})
 
-    def fresh():  # a new run column: new data, so a new Dask graph (keys) and Ray dataset every run
-        return frame.assign(run=next(runs))
+    def fresh():  # -> the blocks, rows dealt round-robin; a new run column: a new Dask graph (keys) every run
+        run = frame.assign(run=next(runs))
+        return [run.iloc[i::parts] for i in range(parts)]
 
     def checked(out):  # -> tokens generated; every row there, none failed
         if len(out) != len(items) or out["error"].notna().any():
@@ -91,8 +92,7 @@ def contenders(model, path: str, items: list, batches, threads: int, engines, we
         ray.init(num_cpus=threads, log_to_driver=False, include_dashboard=False)
 
         def on_ray():
-            run = fresh()
-            ds = ray.data.from_pandas([run.iloc[i::parts] for i in range(parts)])
+            ds = ray.data.from_pandas(fresh())
             out = fastdecode.ray.generate(ds, model=path, concurrency=threads, num_cpus=1, max_batch=big,
                                           batch_size=-(-len(items) // parts), weights=weights, ignore_eos=True)
             return checked(out.to_pandas())
@@ -111,7 +111,7 @@ def contenders(model, path: str, items: list, batches, threads: int, engines, we
         def on_dask():
             client.run(fastdecode.batch_io.forget_models)  # every run loads the model, as Ray's fresh actors do
             with dask.config.set({"dataframe.convert-string": False}):  # else the token-id lists arrive as text
-                df = dd.from_pandas(fresh(), npartitions=parts)
+                df = dd.concat([dd.from_pandas(block, npartitions=1) for block in fresh()])  # the same blocks
             return checked(fastdecode.dask.generate(df, model=path, max_batch=big, num_threads=1, weights=weights,
                                                     ignore_eos=True).compute())
         fns[f"Dask, {threads} workers x 1 thread, B={big}"] = on_dask
