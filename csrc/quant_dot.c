@@ -31,12 +31,33 @@
  * x to int8 blocks
  * ---------------------------------------------------------------------------- */
 
+#if defined(FD_LEVEL_avx512)
+#include <immintrin.h>
+#endif
+
 /* q: [rows, n_in]; d, ds: [rows, n_in / 32]; s: [rows, n_in / 16]; x: [rows, n_in].
  * A block holding NaN or inf gets d = NaN (q = 0), so the product is NaN. */
 void FD_FN(fd_quantize_x)(int8_t *q, float *d, float *ds, int32_t *s, const float *x, int64_t rows, int64_t n_in) {
     const int64_t nb = rows * n_in / FD_QK;
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * FD_QK;
+#if defined(FD_LEVEL_avx512)
+        { /* the C below's values; GCC does not vectorize its loops (~5% of a decode step at B = 16) */
+            const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+            const __m512 a0 = _mm512_abs_ps(x0), a1 = _mm512_abs_ps(x1), big = _mm512_set1_ps(3.402823466e38f);
+            const int finite = (_mm512_cmp_ps_mask(a0, big, _CMP_LE_OQ) & _mm512_cmp_ps_mask(a1, big, _CMP_LE_OQ)) == 0xFFFF;
+            const float amax = finite ? _mm512_reduce_max_ps(_mm512_max_ps(a0, a1)) : 0.0f;
+            const __m512 id = _mm512_set1_ps(finite && amax > 0.0f ? 127.0f / amax : 0.0f);
+            d[b] = finite ? amax / 127.0f : NAN;
+            const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
+            _mm_storeu_si128((__m128i *)(q + b * FD_QK), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(q + b * FD_QK + 16), _mm512_cvtepi32_epi8(q1));
+            s[2 * b] = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtepi32_epi8(q0)));
+            s[2 * b + 1] = _mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtepi32_epi8(q1)));
+            ds[b] = d[b] * (float)(s[2 * b] + s[2 * b + 1]);
+            continue;
+        }
+#endif
         float amax = 0.0f;
         int finite = 1;
         for (int i = 0; i < FD_QK; i++) {

@@ -6,7 +6,7 @@
  *
  * Dimensions: n_out = rows of W, n_in = weights per row
  * (a multiple of the block), nb = n_in / 32 int8 blocks of x, a group = 16
- * rows of W (lane l = row 16 g + l), rows = rows of x (nr <= FD_QROWS a pass).
+ * rows of W (lane l = row 16 g + l), rows = rows of x (nr <= X16_ROWS a pass).
  *
  * Layout: groups one after another, then the last n_out % 16 rows as GGUF
  * lays them out; a group is its blocks (32 weights, or
@@ -37,6 +37,10 @@
 #include "quant.h"
 
 #define X16 16 /* rows of W per group */
+/* Rows of x per pass over a group of W (runs of 16, 8, 4, 2, 1), and how
+ * many blocks ahead a many-row pass prefetches W (docs/batch.md) */
+#define X16_ROWS 16
+#define X16_AHEAD 4
 
 /* ----------------------------------------------------------------------------
  * GGUF rows <-> groups
@@ -113,17 +117,20 @@ static inline int32_t xsum(const fd_qx *x, int64_t r, int64_t b, int h) {
 #define GROUP_Q8_Q4(DOT, Q8SIGNED)                                                                         \
     const int64_t nb = x->n_in / 32, q8 = fmt == FD_FMT_Q8_0_X16, gb = q8 ? 544 : 288;                    \
     const int32_t off = q8 ? (Q8SIGNED ? 0 : -128) : -8;                                                    \
-    __m512 a[FD_QROWS];                                                                                     \
+    __m512 a[X16_ROWS];                                                                                     \
     for (int64_t r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();                                           \
     for (int64_t b = 0; b < nb; b++) {                                                                      \
         const uint8_t *blk = grp + b * gb;                                                                  \
         const __m512 d = scales16(blk);                                                                     \
+        if (nr >= 4) /* many rows: a stream too slow for the hardware prefetcher to run ahead */           \
+            for (int i = 0; i < gb; i += 64) _mm_prefetch((const char *)blk + X16_AHEAD * gb + i, _MM_HINT_T0); \
         __m512i c[8]; /* c[k] meets x 4k .. 4k+3 (q4_0: high nibbles from 16) */                           \
         if (q8) {                                                                                           \
             for (int k = 0; k < 8; k++) c[k] = load64(blk + 32 + 64 * k);                                  \
         } else {                                                                                            \
             for (int k = 0; k < 4; k++) nibbles(&c[k], &c[4 + k], load64(blk + 32 + 64 * k));              \
         }                                                                                                   \
+        _Pragma("GCC unroll 16") /* nr constant: the accumulators in registers */                          \
         for (int64_t r = 0; r < nr; r++) {                                                                  \
             const int8_t *xq = x->q + r * x->n_in + 32 * b;                                                 \
             __m512i s0 = _mm512_set1_epi32(off * xsum(x, r, b, 2)), s1 = _mm512_setzero_si512();           \
@@ -142,7 +149,7 @@ static inline int32_t xsum(const fd_qx *x, int64_t r, int64_t b, int h) {
  * 16 lanes once per super-block, to floats d sc_j and dmin m_j. */
 #define GROUP_Q4_K(DOT)                                                                                    \
     const int64_t nb = x->n_in / 32;                                                                        \
-    __m512 a[FD_QROWS];                                                                                     \
+    __m512 a[X16_ROWS];                                                                                     \
     for (int64_t r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();                                           \
     for (int64_t sb = 0; sb < nb / 8; sb++) {                                                               \
         const uint8_t *blk = grp + sb * 2304, *qs = blk + 256;                                              \
@@ -191,7 +198,7 @@ static inline int32_t xsum(const fd_qx *x, int64_t r, int64_t b, int h) {
  * sub-block j = 8 h + 2 s (+1 for the second 16 weights, chunks k >= 4). */
 #define GROUP_Q6_K(DOT)                                                                                    \
     const int64_t nb = x->n_in / 32;                                                                        \
-    __m512 a[FD_QROWS];                                                                                     \
+    __m512 a[X16_ROWS];                                                                                     \
     for (int64_t r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();                                           \
     for (int64_t sb = 0; sb < nb / 8; sb++) {                                                               \
         const uint8_t *blk = grp + sb * 3360, *ql = blk, *qh = blk + 2048;                                  \
@@ -265,17 +272,33 @@ static inline __attribute__((always_inline)) void store_group(float *out, const 
             out[(r0 + r) * n_out + g * X16 + l] = acc[16 * r + l] + (bias ? bias[g * X16 + l] : 0.0f);
 }
 
-/* One pass of nr rows of x (part) over groups g0 .. g1 with GROUP as the
- * kernel (one row of x gets its own copy, nr a constant: its accumulators
- * stay in registers). */
-#define X16_PASS(NAME, ATTR, GROUP)                                                                          \
-    ATTR static void NAME(float *out, const fd_qx *part, const uint8_t *w, const float *bias, int fmt,       \
-                          int64_t r0, int64_t nr, int64_t n_out, int64_t g0, int64_t g1, int64_t gbytes) {   \
+/* x's rows r0 .. r0 + nr as a fd_qx of their own */
+static inline fd_qx rows_of(const fd_qx *xq, int64_t r0) {
+    const int64_t nb = xq->n_in / FD_QK;
+    return (fd_qx){xq->q + r0 * xq->n_in, xq->d + r0 * nb, xq->ds + r0 * nb, xq->s + r0 * 2 * nb, xq->n_in};
+}
+
+/* All rows of x against groups g0 .. g1 with GROUP as the kernel: each
+ * group meets every row while it is in L1/L2 (read from memory once per
+ * call, however many rows), in runs of 16, 8, 4, 2, 1 rows, each run a
+ * constant count so that its accumulators stay in registers. */
+#define X16_RUN(GROUP, N)                                                                                   \
+    if (rows - r0 >= N) {                                                                                   \
+        const fd_qx part = rows_of(xq, r0);                                                                 \
+        GROUP(acc, w + g * gbytes, fmt, &part, N);                                                          \
+        store_group(out, acc, bias, r0, N, n_out, g);                                                       \
+        r0 += N;                                                                                            \
+        continue;                                                                                           \
+    }
+#define X16_PASS(NAME, ATTR, GROUP)                                                                         \
+    ATTR static void NAME(float *out, const fd_qx *xq, const uint8_t *w, const float *bias, int fmt,        \
+                          int64_t rows, int64_t n_out, int64_t g0, int64_t g1, int64_t gbytes) {            \
         for (int64_t g = g0; g < g1; g++) {                                                                 \
-            float acc[FD_QROWS * X16];                                                                      \
-            if (nr == 1) GROUP(acc, w + g * gbytes, fmt, part, 1);                                          \
-            else GROUP(acc, w + g * gbytes, fmt, part, nr);                                                 \
-            store_group(out, acc, bias, r0, nr, n_out, g);                                                  \
+            float acc[X16_ROWS * X16];                                                                      \
+            for (int64_t r0 = 0; r0 < rows;) {                                                              \
+                _Static_assert(X16_ROWS == 16, "the runs below");                                           \
+                X16_RUN(GROUP, 16) X16_RUN(GROUP, 8) X16_RUN(GROUP, 4) X16_RUN(GROUP, 2) X16_RUN(GROUP, 1)  \
+            }                                                                                               \
         }                                                                                                   \
     }
 #if defined(FD_LEVEL_avx512)
@@ -297,21 +320,21 @@ X16_PASS(pass_q6K_bw, , q6K_bw)
 void FD_FN(fd_x16_cols)(float *out, const fd_qx *xq, const uint8_t *w, const float *bias, int fmt, int64_t rows,
                         int64_t n_in, int64_t n_out, int64_t lo, int64_t hi) {
     const int base = fd_x16_base(fmt);
-    const int64_t nb = n_in / FD_QK, rb = fd_quant_row_bytes(base, n_in), gbytes = X16 * rb;
+    const int64_t rb = fd_quant_row_bytes(base, n_in), gbytes = X16 * rb;
     const int64_t g0 = (lo + X16 - 1) / X16, g1 = (hi + X16 - 1) / X16 < n_out / X16 ? (hi + X16 - 1) / X16 : n_out / X16;
     const int64_t t0 = lo > n_out / X16 * X16 ? lo : n_out / X16 * X16; /* the tail rows in lo .. hi */
-#if !defined(FD_LEVEL_avx512)
+#if defined(FD_LEVEL_avx512)
+    const int vnni = fd_vnni_enabled();
+    if (base == FD_FMT_Q4_K) (vnni ? pass_q4K_vnni : pass_q4K_bw)(out, xq, w, bias, fmt, rows, n_out, g0, g1, gbytes);
+    else if (base == FD_FMT_Q6_K) (vnni ? pass_q6K_vnni : pass_q6K_bw)(out, xq, w, bias, fmt, rows, n_out, g0, g1, gbytes);
+    else (vnni ? pass_q8q4_vnni : pass_q8q4_bw)(out, xq, w, bias, fmt, rows, n_out, g0, g1, gbytes);
+#else
     uint8_t *row = malloc((size_t)(gbytes / X16 + 1));
 #endif
     for (int64_t r0 = 0; r0 < rows; r0 += FD_QROWS) {
         const int64_t nr = rows - r0 < FD_QROWS ? rows - r0 : FD_QROWS;
-        const fd_qx part = {xq->q + r0 * n_in, xq->d + r0 * nb, xq->ds + r0 * nb, xq->s + r0 * 2 * nb, n_in};
-#if defined(FD_LEVEL_avx512)
-        const int vnni = fd_vnni_enabled();
-        if (base == FD_FMT_Q4_K) (vnni ? pass_q4K_vnni : pass_q4K_bw)(out, &part, w, bias, fmt, r0, nr, n_out, g0, g1, gbytes);
-        else if (base == FD_FMT_Q6_K) (vnni ? pass_q6K_vnni : pass_q6K_bw)(out, &part, w, bias, fmt, r0, nr, n_out, g0, g1, gbytes);
-        else (vnni ? pass_q8q4_vnni : pass_q8q4_bw)(out, &part, w, bias, fmt, r0, nr, n_out, g0, g1, gbytes);
-#else
+        const fd_qx part = rows_of(xq, r0);
+#if !defined(FD_LEVEL_avx512)
         for (int64_t g = g0; g < g1; g++)
             for (int l = 0; l < X16; l++) {
                 float acc[FD_QROWS];

@@ -81,6 +81,29 @@ def test_predictor_is_independent_of_the_split(model_dir, serial):
     assert {r["id"]: (r["generated_text"], r["token_ids"], r["finish_reason"]) for r in rows} == serial
 
 
+def test_forget_models_makes_the_next_batch_load_afresh(model_dir):
+    from fastdecode import batch_io
+
+    predictor = Predictor(model_dir, max_new_tokens=2)
+    predictor(pd.DataFrame({"prompt": ["Hello"]}))
+    loaded = batch_io._MODELS[(model_dir, None)]
+    predictor(pd.DataFrame({"prompt": ["Hello"]}))
+    assert batch_io._MODELS[(model_dir, None)] is loaded  # once per process
+    batch_io.forget_models()
+    assert not batch_io._MODELS
+    out = predictor(pd.DataFrame({"prompt": ["Hello"]}))
+    assert out["generated_tokens"][0] == 2 and batch_io._MODELS[(model_dir, None)] is not loaded
+
+
+def test_batch_cli_on_ray_gives_every_actor_rows():
+    """`fastdecode batch --ray`: 4 x max_batch rows a call, but never more than an even share per actor."""
+    from fastdecode.ray import _batch_size
+
+    assert _batch_size(10_000, 2, 16) == 64
+    assert _batch_size(256, 2, 64) == 128  # not 256: one call for one actor, none for the other
+    assert _batch_size(5, 4, 16) == 2 and _batch_size(1, 8, 16) == 1
+
+
 def test_predictor_reports_bad_rows(model_dir):
     frame = pd.DataFrame({"prompt": ["fine", "too long " * 200], "max_new_tokens": [3, 3]})
     out = Predictor(model_dir)(frame)

@@ -263,6 +263,29 @@ def test_int8_activations_error_is_bounded(rng):
         np.testing.assert_array_less(np.abs(got - x.astype(np.float64) @ w.T), bound)
 
 
+@pytest.mark.skipif(not __import__("shutil").which("gcc"), reason="gcc is not installed")
+@pytest.mark.skipif("avx512" not in fd.backend_info().get("simd_levels", ()), reason="the CPU has no AVX-512")
+def test_quantize_x_avx512_equals_portable(tmp_path):
+    """x to int8 blocks (fd_quantize_x, csrc/quant_dot.c): the AVX-512 path gives the portable C's bytes."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flags = ["-O3", "-fno-math-errno", "-std=gnu11", "-I", os.path.join(root, "csrc"), "-DFD_HAVE_X86_LEVELS=1",
+             "-DFD_HAVE_PTHREADS=1"]  # the build's (CMakeLists.txt)
+    levels = {"portable": [], "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]}
+    objects = []
+    for level, extra in levels.items():
+        objects.append(str(tmp_path / f"quant_dot_{level}.o"))
+        subprocess.run(["gcc", *flags, *extra, f"-DFD_LEVEL_{level}=1", "-c", os.path.join(root, "csrc", "quant_dot.c"),
+                        "-o", objects[-1]], check=True)
+    exe = str(tmp_path / "quantize_x_levels")
+    subprocess.run(["gcc", *flags, os.path.join(root, "tests", "c", "quantize_x_levels.c"), *objects, "-lm", "-o", exe],
+                   check=True)
+    run = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
+
+
 def test_nonfinite_x_gives_nan(backend, rng):
     qt = fd.quantize(weights(rng, (4, 64)), "q8_0")
     x = np.ones((2, 64), np.float32)

@@ -42,7 +42,7 @@ from . import batch
 from .generation import GenerationConfig
 
 __all__ = ["parse_record", "result_record", "completed_ids", "read_records", "generate_records", "run_job",
-           "Predictor"]
+           "Predictor", "forget_models"]
 
 SETTINGS = frozenset(f.name for f in dataclasses.fields(GenerationConfig)) - {"logits_processors"}
 KEYS = SETTINGS | {"id", "prompt", "messages", "seed"}
@@ -239,6 +239,12 @@ def _progress(total, initial, enabled):
 
 _OUTPUTS = ("generated_text", "token_ids", "prompt_tokens", "generated_tokens", "finish_reason", "error")
 _MODELS: dict = {}  # (path, weight format) -> Model, one per process (a Ray actor, a Dask worker)
+
+
+def forget_models() -> None:
+    """Drop this process's loaded models (the next batch loads afresh), e.g.
+    ``client.run(forget_models)`` on every Dask worker."""
+    _MODELS.clear()
 
 
 class Predictor:

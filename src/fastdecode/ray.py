@@ -46,17 +46,32 @@ def generate(dataset, *, model: str, column: str = "prompt", concurrency: int | 
     ``prompt_tokens``, ``generated_tokens``, ``finish_reason`` and
     ``error`` added (lazy, as Ray Data is). ``concurrency``: actors
     (default: the cluster's CPUs / num_cpus). ``batch_size``: rows per
-    call (default 4 x max_batch; a lost actor's batch is redone whole).
+    call (default 4 x max_batch; a lost actor's batch is redone whole;
+    below max_batch, an actor's batch never fills). An actor is handed a
+    batch only when idle (``max_tasks_in_flight_per_actor=1``): a call
+    takes seconds to minutes, and a batch queued behind a busy actor would
+    leave another idle (the first actor up could otherwise take two).
     ``settings``: generation settings for every row (a column of the same
     name overrides them per row), ``max_new_tokens`` included."""
     ray = _ray()
+    from ray.data import ActorPoolStrategy
+
     if concurrency is None:
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
     return dataset.map_batches(
         Predictor, fn_constructor_kwargs=dict(model=model, column=column, id_column=id_column, max_batch=max_batch,
                                               seed=seed, num_threads=num_cpus, **settings),
-        batch_size=batch_size or 4 * max_batch, batch_format="numpy", concurrency=concurrency, num_cpus=num_cpus,
+        batch_size=batch_size or 4 * max_batch, batch_format="numpy", num_cpus=num_cpus,
+        compute=ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1),
         max_restarts=max_restarts, max_task_retries=-1)
+
+
+def _batch_size(rows: int, actors: int, max_batch: int) -> int:
+    """Rows per call: 4 x max_batch (a call's tail, its last rows finishing
+    with slots empty, is then a small part of it; a lost actor redoes one
+    call), but no more than an even share per actor, so that every actor
+    gets work."""
+    return max(1, min(4 * max_batch, -(-rows // actors)))
 
 
 def job_engine(model: str, config, *, address=None, concurrency=None, num_cpus=1, backend=None, weights=None,
@@ -73,10 +88,12 @@ def job_engine(model: str, config, *, address=None, concurrency=None, num_cpus=1
             ray.init(address=address, log_to_driver=False)
         settings = {f: getattr(config, f) for f in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p",
                                                     "min_p", "repetition_penalty", "stop", "ignore_eos")}
-        blocks = max(1, min(len(rows) // max_batch, 8 * (concurrency or int(ray.cluster_resources().get("CPU", 1)))))
-        out = generate(ray.data.from_items(rows, override_num_blocks=blocks), model=model, column="record", jsonl=True, concurrency=concurrency,
-                       num_cpus=num_cpus, max_batch=max_batch, prefill_chunk=prefill_chunk, seed=seed,
-                       backend=backend, weights=weights, **settings)
+        actors = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
+        size = _batch_size(len(rows), actors, max_batch)
+        out = generate(ray.data.from_items(rows, override_num_blocks=-(-len(rows) // size)), model=model,
+                       column="record", jsonl=True, concurrency=actors, num_cpus=num_cpus, batch_size=size,
+                       max_batch=max_batch, prefill_chunk=prefill_chunk, seed=seed, backend=backend, weights=weights,
+                       **settings)
         for row in out.iter_rows():
             rid = json.loads(row["record"])["id"]
             if row["error"] is not None:

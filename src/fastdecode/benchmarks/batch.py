@@ -7,12 +7,16 @@ tokens) is run by every contender in each round, the order rotated between
 rounds; the table gives the median generated tokens/s and the median of the
 paired ratios to one-by-one generate() of the same round. The model is
 loaded without a prefix cache, so a later round's generate() cannot reuse
-an earlier round's prompts. Ray and Dask runs are end to end (Ray: a new
-actor pool starts and loads the model each run; Dask: the workers persist,
-the model is loaded once per worker), at the same total CPU count as
-in-process. Each scale-out run gets a dataset of its own (a fresh run
-column), so Dask computes a new graph every time, and every run's output is
-checked to hold all N rows and all the job's tokens.
+an earlier round's prompts. Ray and Dask runs are end to end, with the
+model load counted in every run (Ray: a new actor pool starts and loads the
+model; Dask: the workers persist but drop their model before each run), at
+the same total CPU count as in-process: `threads` actors or workers of one
+CPU each, each handed one block of N / threads rows (one call, B rows
+decoding at once). They are compared with the same job in process, the
+model load included ("in process, load + generate_many B=..."). Each
+scale-out run gets a dataset of its own (a fresh run column), so Dask
+computes a new graph every time, and every run's output is checked to hold
+all N rows and all the job's tokens.
 """
 from __future__ import annotations
 
@@ -28,6 +32,10 @@ import numpy as np
 
 from . import harness
 from .decode import checkpoint
+
+
+IN_PROCESS = "in process, load + generate_many B={b}"  # the scale-out runs' reference
+SCALE_OUT = ("Ray", "Dask")
 
 
 def job(n: int, prompt_range, new_range, vocab: int, seed: int = 0) -> list:
@@ -50,6 +58,13 @@ def contenders(model, path: str, items: list, batches, threads: int, engines, we
     fns = {"generate one by one": one_by_one}
     for b in batches:
         fns[f"generate_many B={b}"] = lambda b=b: sum(len(r.token_ids) for r in model.generate_many(items, max_batch=b))
+    big = max(batches)
+    if engines:  # what the scale-out runs are compared with: the same job in process, the model load included
+
+        def loaded():
+            fresh_model = fastdecode.load(path, weights=weights, prefix_cache_mb=0)
+            return sum(len(r.token_ids) for r in fresh_model.generate_many(items, max_batch=big))
+        fns[IN_PROCESS.format(b=big)] = loaded
     runs = itertools.count()
     frame = None
     if engines:
@@ -58,8 +73,9 @@ def contenders(model, path: str, items: list, batches, threads: int, engines, we
         frame = pd.DataFrame({"prompt": [i["prompt"] for i in items],
                               "max_new_tokens": [i["max_new_tokens"] for i in items]})
 
-    def fresh():  # a new run column: new data, so a new Dask graph (keys) and Ray dataset every run
-        return frame.assign(run=next(runs))
+    def fresh():  # -> the blocks, rows dealt round-robin; a new run column: a new Dask graph (keys) every run
+        run = frame.assign(run=next(runs))
+        return [run.iloc[i::parts] for i in range(parts)]
 
     def checked(out):  # -> tokens generated; every row there, none failed
         if len(out) != len(items) or out["error"].notna().any():
@@ -67,8 +83,7 @@ def contenders(model, path: str, items: list, batches, threads: int, engines, we
                                f"{out['error'].dropna().head(3).tolist()}")
         return int(out["generated_tokens"].sum())
 
-    big = max(batches)
-    parts = threads * 4
+    parts = threads  # one block per actor / worker: each decodes len(items) / threads rows in one call, B rows at once
     if "ray" in engines:
         import ray
 
@@ -77,8 +92,7 @@ def contenders(model, path: str, items: list, batches, threads: int, engines, we
         ray.init(num_cpus=threads, log_to_driver=False, include_dashboard=False)
 
         def on_ray():
-            run = fresh()
-            ds = ray.data.from_pandas([run.iloc[i::parts] for i in range(parts)])
+            ds = ray.data.from_pandas(fresh())
             out = fastdecode.ray.generate(ds, model=path, concurrency=threads, num_cpus=1, max_batch=big,
                                           batch_size=-(-len(items) // parts), weights=weights, ignore_eos=True)
             return checked(out.to_pandas())
@@ -88,14 +102,16 @@ def contenders(model, path: str, items: list, batches, threads: int, engines, we
         import dask.dataframe as dd
         import distributed
 
+        import fastdecode.batch_io
         import fastdecode.dask
 
         cluster = distributed.LocalCluster(n_workers=threads, threads_per_worker=1, dashboard_address=None)
         client = distributed.Client(cluster)
 
         def on_dask():
+            client.run(fastdecode.batch_io.forget_models)  # every run loads the model, as Ray's fresh actors do
             with dask.config.set({"dataframe.convert-string": False}):  # else the token-id lists arrive as text
-                df = dd.from_pandas(fresh(), npartitions=parts)
+                df = dd.concat([dd.from_pandas(block, npartitions=1) for block in fresh()])  # the same blocks
             return checked(fastdecode.dask.generate(df, model=path, max_batch=big, num_threads=1, weights=weights,
                                                     ignore_eos=True).compute())
         fns[f"Dask, {threads} workers x 1 thread, B={big}"] = on_dask
@@ -120,8 +136,13 @@ def measure(fns: dict, rounds: int, tokens: int) -> dict:
     if close:
         close()
     base = times[names[0]]
-    return {name: {"tokens_per_s": tokens / statistics.median(t), "seconds": t,
-                   "ratio": statistics.median(b / x for b, x in zip(base, t))} for name, t in times.items()}
+    local = next((times[name] for name in names if name.startswith(IN_PROCESS.split("{")[0])), None)
+    results = {name: {"tokens_per_s": tokens / statistics.median(t), "seconds": t,
+                      "ratio": statistics.median(b / x for b, x in zip(base, t))} for name, t in times.items()}
+    for name, t in times.items():
+        if name.startswith(SCALE_OUT) and local:
+            results[name]["vs_in_process"] = statistics.median(b / x for b, x in zip(local, t))
+    return results
 
 
 def main(argv=None) -> int:
@@ -153,9 +174,11 @@ def main(argv=None) -> int:
           f"{args.new_tokens} new tokens each (eos ignored: {tokens} in all), {args.threads} threads, backend "
           f"{fastdecode.get_backend()}, {host.get('cpu', platform.machine())}; median of {args.rounds} rounds, "
           "order rotated\n")
-    print("| contender | generated tokens/s | x one by one (median of paired ratios) |\n|---|---:|---:|")
+    print("| contender | generated tokens/s | x one by one (median of paired ratios) | x in process (load included) |"
+          "\n|---|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f} |")
+        vs = f"{r['vs_in_process']:.2f}" if "vs_in_process" in r else ""
+        print(f"| {name} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f} | {vs} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "machine": host, "tokens": tokens, "results": results}, f, indent=1)

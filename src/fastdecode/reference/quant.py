@@ -30,7 +30,7 @@ tests/test_formats.py checks both bounds against gguf's dequantization.
 """
 import numpy as np
 
-INT8_X_MAX_ROWS = 64  # up to this many rows of x take int8 activations (C: 8 rows per pass over W)
+INT8_X_MAX_ROWS = 64  # up to this many rows of x take int8 activations (C: 16 rows per pass over W)
 INT8_X_FORMATS = ("q8_0", "q4_0", "q4_K", "q6_K")
 
 
