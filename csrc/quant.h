@@ -54,11 +54,16 @@ static inline int fd_x16_base(int fmt) { return fmt - FD_FMT_Q8_0_X16; }
 static inline int64_t fd_x16_block(int fmt) { return fd_x16_base(fmt) >= FD_FMT_Q4_K ? 256 : 32; }
 /* where byte j of row r's block (GGUF's layout) lies in its group's block:
  * 2-byte fields (the f16 scales; q4_K's first two, q6_K's last) as 16
- * values; every other byte in 4-byte lanes of 64-byte chunks */
+ * values; every other byte in 4-byte lanes of 64-byte chunks (q6_K's in
+ * the order its kernel reads them: quant_x16.c) */
 static inline int64_t fd_x16_index(int base, int64_t j, int r) {
     int64_t o, w = 4;
-    if (base == FD_FMT_Q6_K) {
-        o = j < 208 ? 0 : 208, w = j < 208 ? 4 : 2;
+    if (base == FD_FMT_Q6_K) { /* d; then per half h: scales, and per k ql 4 k.., ql 32 + 4 k.., qh 4 k.. */
+        if (j >= 208) return 2 * r + j - 208;
+        const int64_t h = j < 128 ? j / 64 : j < 192 ? (j - 128) / 32 : (j - 192) / 8;
+        const int64_t at = j < 128 ? 128 + 192 * (j % 32 / 4) + 64 * (j % 64 / 32)
+                           : j < 192 ? 256 + 192 * (j % 32 / 4) : 64 * ((j - 192) % 8 / 4);
+        return 32 + 1664 * h + at + 4 * r + j % 4;
     } else {
         const int64_t lead = base == FD_FMT_Q4_K ? 4 : 2; /* bytes of leading f16 fields */
         o = j < lead ? j / 2 * 2 : lead, w = j < lead ? 2 : 4;

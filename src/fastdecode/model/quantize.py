@@ -135,16 +135,15 @@ def repack(weights) -> None:
 
 
 def repack_tensor(w, keep_gguf: bool = False, whole_groups: bool = False):
-    """``w`` in the layout ``fastdecode.load`` gives it: a q8_0, q4_0 or q4_K
-    :class:`~fastdecode.QuantizedTensor` is repacked
+    """``w`` in the layout ``fastdecode.load`` gives it: a q8_0, q4_0, q4_K
+    or q6_K :class:`~fastdecode.QuantizedTensor` is repacked
     (:meth:`~fastdecode.QuantizedTensor.repack`) when the CPU has AVX-512
     and ``FASTDECODE_REPACK`` is not ``0`` (``whole_groups``: only with a
     multiple of 32 rows, so a gated MLP's gate/up halves split on whole
-    groups); q6_K stays (its kernel spends more on unpacking 6-bit codes
-    than the layout saves at one row). Anything else is returned as it is."""
+    groups). Anything else is returned as it is."""
     from .. import backend
 
-    if isinstance(w, formats.QuantizedTensor) and w.format in ("q8_0", "q4_0", "q4_K") \
+    if isinstance(w, formats.QuantizedTensor) and w.format in ("q8_0", "q4_0", "q4_K", "q6_K") \
             and not (whole_groups and w.shape[0] % 32) \
             and os.environ.get("FASTDECODE_REPACK", "1") != "0" and backend._native is not None \
             and backend._native.cpu_max_level() == "avx512":
