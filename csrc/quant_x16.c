@@ -35,6 +35,7 @@
  * take each row back out to GGUF's layout and use quant_dot.c.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "quant.h"
 
@@ -69,7 +70,36 @@ void FD_FN(fd_x16_convert)(uint8_t *x16, uint8_t *gguf, int fmt, int64_t n_out, 
         }
 }
 
+/* out: [n_in] = row r of w ([n_out, row bytes] in format fmt: GGUF's
+ * layout, or x16) decoded, as fd_dequantize_rows: an embedding lookup. An
+ * x16 row is gathered block by block (no allocation: a step calls this per
+ * token). */
+void FD_FN(fd_lookup_row)(float *out, const uint8_t *w, int fmt, int64_t r, int64_t n_out, int64_t n_in) {
+    const int x16 = fd_fmt_x16(fmt), base = x16 ? fd_x16_base(fmt) : fmt;
+    const int64_t rb = fd_quant_row_bytes(fmt, n_in);
+    if (!x16 || r >= n_out / X16 * X16) {
+        FD_FN(fd_dequantize_rows)(out, w + r * rb, base, 1, n_in);
+        return;
+    }
+    const int64_t blk = fd_x16_block(fmt), nblk = n_in / blk, bb = rb / nblk;
+    const uint8_t *grp = w + r / X16 * X16 * rb;
+    uint8_t one[210]; /* one block of the row: at most q6_K's 210 bytes */
+    for (int64_t b = 0; b < nblk; b++) {
+        fd_x16_block_of(one, grp + b * X16 * bb, base, bb, (int)(r % X16));
+        FD_FN(fd_dequantize_rows)(out + b * blk, one, base, 1, blk);
+    }
+}
+
 #if FD_ENTRY_POINTS
+void fd_x16_rows(uint8_t *gguf, const uint8_t *x16, int fmt, const int64_t *ids, int64_t n, int64_t n_out,
+                 int64_t n_in) {
+    const int64_t rb = fd_quant_row_bytes(fmt, n_in);
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] >= n_out / X16 * X16) memcpy(gguf + i * rb, x16 + ids[i] * rb, (size_t)rb);
+        else fd_x16_row(gguf + i * rb, x16 + ids[i] / X16 * X16 * rb, fmt, (int)(ids[i] % X16), n_in);
+    }
+}
+
 void fd_x16_pack(uint8_t *x16, const uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in) {
     fd_x16_convert_portable(x16, (uint8_t *)gguf, fmt, n_out, n_in, 1); /* reads gguf only */
 }

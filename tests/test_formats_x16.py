@@ -138,13 +138,32 @@ def test_keep_gguf_serves_lookups_and_products(fmt, rng):
     np.testing.assert_array_equal(qt[np.array([0, 34])], fd.dequantize(qt)[[0, 34]])
 
 
+@pytest.mark.parametrize("fmt", X16)
+def test_lookups_gather_rows_from_the_groups(simd, fmt, rng):
+    """qt[ids] of a repacked tensor without GGUF's copy: rows in groups and
+    in the tail, negative ids, any shape of ids; bit for bit the rows of the
+    dequantized tensor; ids out of range are an IndexError."""
+    qt = fd.quantize(weights(rng, (37, n_in_of(fmt, 2))), fmt)  # 2 groups and 5 tail rows
+    deq = fd.dequantize(qt)
+    assert qt.repack().layout == "x16" and not qt.has_gguf_blocks
+    ids = np.array([[0, 15, 16], [31, 32, 36], [-1, -37, 17]])
+    np.testing.assert_array_equal(qt[ids].view(np.uint32), deq[ids].view(np.uint32))
+    np.testing.assert_array_equal(qt[5], deq[5])
+    with pytest.raises(IndexError):
+        qt[np.array([37])]
+    with pytest.raises(IndexError):
+        native.x16_rows(np.empty((1, qt.kernel_view()[0].shape[1]), np.uint8), qt.kernel_view()[0],
+                        qt.info.code, np.array([37], np.int64))
+
+
 def test_loaded_models_are_repacked_where_the_cpu_has_avx512(monkeypatch):
     m = fd.load("default", weights="q8_0")
     mats = [layer.qkv for layer in m.weights.layers]
     want = "x16" if native.cpu_max_level() == "avx512" else "gguf"
     assert {w.layout for w in mats} == {want}
     if m.weights.head is m.weights.embed and isinstance(m.weights.head, formats.QuantizedTensor):
-        assert m.weights.head.layout == want and m.weights.head.has_gguf_blocks  # lookups keep GGUF's rows
+        assert m.weights.head.layout == want  # held once: lookups gather their rows from the groups
+        assert m.weights.head.has_gguf_blocks == (want == "gguf")
     head = fd.load("default", weights="q4_k_m").weights.head
     assert (head.format, head.layout) == ("q6_K", want)  # q4_k_m's q6_K head too
     monkeypatch.setenv("FASTDECODE_REPACK", "0")

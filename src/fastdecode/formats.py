@@ -207,7 +207,12 @@ class QuantizedTensor:
         flat = ids.reshape(-1)
         if flat.size and (flat.min() < -self.shape[0] or flat.max() >= self.shape[0]):
             raise IndexError(f"row ids must lie in [-{self.shape[0]}, {self.shape[0]}); got {flat.min()}..{flat.max()}")
-        part = QuantizedTensor(self.format, (flat.size, self.shape[1]), self.data[flat])
+        if self._blocks is not None:
+            blocks = self._blocks[flat]
+        else:  # only those rows back to GGUF's layout
+            blocks = np.empty((flat.size, self._x16.shape[1]), np.uint8)
+            _backend._native.x16_rows(blocks, self._x16, self._info.code, np.ascontiguousarray(flat % self.shape[0], np.int64))
+        part = QuantizedTensor(self.format, (flat.size, self.shape[1]), blocks)
         return dequantize(part).reshape(ids.shape + (self.shape[1],))
 
 

@@ -126,12 +126,15 @@ def quantize_weights(weights, spec):
 def repack(weights) -> None:
     """The projections of ``weights`` and the head rearranged in place for
     the AVX-512 int8 kernels, as :func:`repack_tensor` says. A head that is
-    also the embedding table keeps GGUF's copy for the lookups (its bytes
-    twice in memory; a step still reads each once)."""
-    for layer in weights.layers:
-        for m in MATRICES:
-            repack_tensor(getattr(layer, m), whole_groups=True)
-    repack_tensor(weights.head, keep_gguf=weights.head is weights.embed)
+    also the embedding table is repacked once: lookups take its rows out of
+    the interleaved groups (``QuantizedTensor.__getitem__``, model.c's
+    ``fd_lookup_row``), so its bytes are held once."""
+    quantized = [getattr(layer, m) for layer in weights.layers for m in MATRICES] + [weights.head]
+    before = [getattr(w, "layout", None) for w in quantized]
+    for i, w in enumerate(quantized):
+        repack_tensor(w, whole_groups=i < len(quantized) - 1)
+    if [getattr(w, "layout", None) for w in quantized] != before:
+        _release_freed_memory()  # GGUF's copies, freed as each tensor was repacked
 
 
 def repack_tensor(w, keep_gguf: bool = False, whole_groups: bool = False):
