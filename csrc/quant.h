@@ -53,9 +53,9 @@ void FD_FN(fd_linear_quant_cols)(float *out, const float *x, const fd_qx *xq, co
 static inline int fd_x16_base(int fmt) { return fmt - FD_FMT_Q8_0_X16; }
 static inline int64_t fd_x16_block(int fmt) { return fd_x16_base(fmt) >= FD_FMT_Q4_K ? 256 : 32; }
 /* where byte j of row r's block (GGUF's layout) lies in its group's block:
- * 2-byte fields (the f16 scales; q4_K's first two, q6_K's last) as 16
- * values; every other byte in 4-byte lanes of 64-byte chunks (q6_K's in
- * the order its kernel reads them: quant_x16.c) */
+ * 2-byte fields (the f16 scales: q4_K's first two, q6_K's d, put first)
+ * as 16 values; every other byte in 4-byte lanes of 64-byte chunks (q6_K's
+ * in the order its kernel reads them: quant_x16.c) */
 static inline int64_t fd_x16_index(int base, int64_t j, int r) {
     int64_t o, w = 4;
     if (base == FD_FMT_Q6_K) { /* d; then per half h: scales, and per k ql 4 k.., ql 32 + 4 k.., qh 4 k.. */

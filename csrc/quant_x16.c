@@ -258,7 +258,7 @@ static inline __attribute__((always_inline)) void q6K_codes(__m512i c[4], const 
                 }                                                                                           \
             _Pragma("GCC unroll 8")                                                                         \
             for (int k = 0; k < 8; k++) {                                                                   \
-                q6K_codes(cs[k], p, k);                                                             \
+                q6K_codes(cs[k], p, k);                                                                     \
                 const int8_t *x0 = x->q + 32 * b0 + 4 * k;                                                  \
                 for (int s = 0; s < 4; s++) u[0][s][k >= 4] = DOT(u[0][s][k >= 4], cs[k][s], bcast4(x0 + 32 * s)); \
             }                                                                                               \
