@@ -62,7 +62,7 @@ def x16_rows(unsigned char[:, ::1] out, const unsigned char[:, ::1] src, int fmt
         raise ValueError("x16_rows: rows of whole blocks")
     for i in range(ids.shape[0]):
         if not 0 <= ids[i] < n_out:
-            raise IndexError(f"x16_rows: row {ids[i]} is not in [0, {n_out})")
+            raise ValueError(f"x16_rows: ids[{i}] = {ids[i]} is not in [0, {n_out})")
     if ids.shape[0] * n_in == 0:
         return
     cdef int code = X16_FORMATS[fmt]
