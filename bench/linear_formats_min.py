@@ -5,6 +5,11 @@ call is the one no other process interrupted, so min/min ratios (a
 format's read rate of its packed bytes against the probe's best read
 rate) stay meaningful when medians are dominated by the scheduler.
 
+The order is shuffled every round (seeded): in a fixed rotation each
+contender always followed the same one, and a call right after NumPy's
+matmul (OpenBLAS's threads still polling on the second core) ran 25-40 us
+slower at 2 threads, which fell on q8_0 alone (docs/performance-formats.md).
+
 Workers poll between calls for --spin-us microseconds (default 300: as
 generate() runs its decode steps; fd.set_worker_spin), so a second thread
 joins a call at once; 0 times the sleep-at-once default of a lone call.
@@ -38,8 +43,9 @@ def main(argv=None) -> int:
             for case in cases:
                 fns = {**case.contenders, **case.probes}
                 times = {k: [] for k in fns}
+                order = np.random.default_rng(0)
                 for i in range(args.calls):
-                    for k in list(fns)[i % len(fns):] + list(fns)[:i % len(fns)]:
+                    for k in order.permutation(list(fns)):
                         t0 = time.perf_counter()
                         fns[k]()
                         times[k].append(time.perf_counter() - t0)

@@ -266,6 +266,9 @@ FD_LEVELS(void, fd_dequantize_rows, (float *out, const uint8_t *w, int fmt, int6
  * and back; byte for byte. */
 void fd_x16_pack(uint8_t *x16, const uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in);
 void fd_x16_unpack(uint8_t *gguf, const uint8_t *x16, int fmt, int64_t n_out, int64_t n_in);
+/* gguf: [n, row bytes] = rows ids[0..n) of x16 (as above) in GGUF's layout; 0 <= ids[i] < n_out */
+void fd_x16_rows(uint8_t *gguf, const uint8_t *x16, int fmt, const int64_t *ids, int64_t n, int64_t n_out,
+                 int64_t n_in);
 
 /* ---- model.c: the compiled decode step ---------------------------------- */
 /* A weight matrix [rows, cols] (torch's Linear layout) and its format: the

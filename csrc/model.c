@@ -173,8 +173,7 @@ static void embed(step_job *j, int t, int nt) {
             const float *e = (const float *)m->embed.data + j->tokens[n] * d;
             for (int64_t c = 0; c < d; c++) x[c] = e[c];
         } else {
-            const uint8_t *e = (const uint8_t *)m->embed.data + j->tokens[n] * fd_quant_row_bytes(m->embed.format, d);
-            FD_FN(fd_dequantize_rows)(x, e, m->embed.format, 1, d);
+            FD_FN(fd_lookup_row)(x, m->embed.data, m->embed.format, j->tokens[n], m->embed.rows, d);
         }
         if (m->positions)
             for (int64_t c = 0; c < d; c++) x[c] += m->positions[pos * d + c];

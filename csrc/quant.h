@@ -53,32 +53,41 @@ void FD_FN(fd_linear_quant_cols)(float *out, const float *x, const fd_qx *xq, co
 static inline int fd_x16_base(int fmt) { return fmt - FD_FMT_Q8_0_X16; }
 static inline int64_t fd_x16_block(int fmt) { return fd_x16_base(fmt) >= FD_FMT_Q4_K ? 256 : 32; }
 /* where byte j of row r's block (GGUF's layout) lies in its group's block:
- * 2-byte fields (the f16 scales; q4_K's first two, q6_K's last) as 16
- * values; every other byte in 4-byte lanes of 64-byte chunks */
+ * 2-byte fields (the f16 scales: q4_K's first two, q6_K's d, put first)
+ * as 16 values; every other byte in 4-byte lanes of 64-byte chunks (q6_K's
+ * in the order its kernel reads them: quant_x16.c) */
 static inline int64_t fd_x16_index(int base, int64_t j, int r) {
     int64_t o, w = 4;
-    if (base == FD_FMT_Q6_K) {
-        o = j < 208 ? 0 : 208, w = j < 208 ? 4 : 2;
+    if (base == FD_FMT_Q6_K) { /* d; then per half h: scales, and per k ql 4 k.., ql 32 + 4 k.., qh 4 k.. */
+        if (j >= 208) return 2 * r + j - 208;
+        const int64_t h = j < 128 ? j / 64 : j < 192 ? (j - 128) / 32 : (j - 192) / 8;
+        const int64_t at = j < 128 ? 128 + 192 * (j % 32 / 4) + 64 * (j % 64 / 32)
+                           : j < 192 ? 256 + 192 * (j % 32 / 4) : 64 * ((j - 192) % 8 / 4);
+        return 32 + 1664 * h + at + 4 * r + j % 4;
     } else {
         const int64_t lead = base == FD_FMT_Q4_K ? 4 : 2; /* bytes of leading f16 fields */
         o = j < lead ? j / 2 * 2 : lead, w = j < lead ? 2 : 4;
     }
     return 16 * o + (j - o) / w * 16 * w + w * r + (j - o) % w;
 }
+/* blk: [bb] = lane l's block of the group's block at g16 (16 bb bytes), in GGUF's layout */
+static inline void fd_x16_block_of(uint8_t *blk, const uint8_t *g16, int base, int64_t bb, int l) {
+    for (int64_t j = 0; j < bb; j++)
+        blk[j] = (uint8_t)(g16[fd_x16_index(base, j, l)] ^ (base == FD_FMT_Q8_0 && j >= 2 ? 128 : 0));
+}
 /* row: [fd_quant_row_bytes(base, n_in)] = row l of the group grp, in GGUF's layout */
 static inline void fd_x16_row(uint8_t *row, const uint8_t *grp, int fmt, int l, int64_t n_in) {
     const int base = fd_x16_base(fmt);
     const int64_t nblk = n_in / fd_x16_block(fmt), bb = fd_quant_row_bytes(base, n_in) / nblk;
-    for (int64_t b = 0; b < nblk; b++)
-        for (int64_t j = 0; j < bb; j++)
-            row[b * bb + j] = (uint8_t)(grp[b * 16 * bb + fd_x16_index(base, j, l)] ^
-                                        (base == FD_FMT_Q8_0 && j >= 2 ? 128 : 0));
+    for (int64_t b = 0; b < nblk; b++) fd_x16_block_of(row + b * bb, grp + b * 16 * bb, base, bb, l);
 }
 /* x16 <-> gguf ([n_out, row bytes] each), to_x16 saying which way */
 void FD_FN(fd_x16_convert)(uint8_t *x16, uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in, int to_x16);
 /* out[:, lo:hi] of [rows, n_out] (lo, hi multiples of 16); xq: x in int8 blocks; w: the groups */
 void FD_FN(fd_x16_cols)(float *out, const fd_qx *xq, const uint8_t *w, const float *bias, int fmt, int64_t rows,
                         int64_t n_in, int64_t n_out, int64_t lo, int64_t hi);
+/* out: [n_in] = row r (< n_out) of w ([n_out, row bytes], GGUF's layout or x16) decoded */
+void FD_FN(fd_lookup_row)(float *out, const uint8_t *w, int fmt, int64_t r, int64_t n_out, int64_t n_in);
 /* the block formats, whose products take x in int8 blocks */
 static inline int fd_fmt_blocks(int fmt) { return (fmt >= FD_FMT_Q8_0 && fmt <= FD_FMT_Q6_K) || fmt >= FD_FMT_Q8_0_X16; }
 static inline int fd_fmt_x16(int fmt) { return fmt >= FD_FMT_Q8_0_X16; }

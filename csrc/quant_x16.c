@@ -19,7 +19,9 @@
  *   q8_0 (544 bytes): d[16]; codes: 8 chunks
  *   q4_0 (288):       d[16]; qs: 4 chunks (low nibbles: weights 4k.., high: 16+4k..)
  *   q4_K (2304):      d[16]; dmin[16]; scales: 3 chunks; qs: 32 chunks
- *   q6_K (3360):      ql: 32 chunks; qh: 16 chunks; scales: 4 chunks; d[16]
+ *   q6_K (3360):      d[16]; then per half h (1664 bytes): scales 8 h ..
+ *                     8 h + 7 (2 chunks), and for k < 8: ql 64 h + 4 k..,
+ *                     ql 64 h + 32 + 4 k.., qh 32 h + 4 k.. (3 chunks)
  * Nothing is added: a block of a group is 16 times a row's block bytes.
  *
  * Why: with one weight row per 32-bit lane, 4 bytes of x broadcast to every
@@ -33,6 +35,7 @@
  * take each row back out to GGUF's layout and use quant_dot.c.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "quant.h"
 
@@ -71,7 +74,36 @@ void FD_FN(fd_x16_convert)(uint8_t *x16, uint8_t *gguf, int fmt, int64_t n_out, 
         }
 }
 
+/* out: [n_in] = row r of w ([n_out, row bytes] in format fmt: GGUF's
+ * layout, or x16) decoded, as fd_dequantize_rows: an embedding lookup. An
+ * x16 row is gathered block by block (no allocation: a step calls this per
+ * token). */
+void FD_FN(fd_lookup_row)(float *out, const uint8_t *w, int fmt, int64_t r, int64_t n_out, int64_t n_in) {
+    const int x16 = fd_fmt_x16(fmt), base = x16 ? fd_x16_base(fmt) : fmt;
+    const int64_t rb = fd_quant_row_bytes(fmt, n_in);
+    if (!x16 || r >= n_out / X16 * X16) {
+        FD_FN(fd_dequantize_rows)(out, w + r * rb, base, 1, n_in);
+        return;
+    }
+    const int64_t blk = fd_x16_block(fmt), nblk = n_in / blk, bb = rb / nblk;
+    const uint8_t *grp = w + r / X16 * X16 * rb;
+    uint8_t one[210]; /* one block of the row: at most q6_K's 210 bytes */
+    for (int64_t b = 0; b < nblk; b++) {
+        fd_x16_block_of(one, grp + b * X16 * bb, base, bb, (int)(r % X16));
+        FD_FN(fd_dequantize_rows)(out + b * blk, one, base, 1, blk);
+    }
+}
+
 #if FD_ENTRY_POINTS
+void fd_x16_rows(uint8_t *gguf, const uint8_t *x16, int fmt, const int64_t *ids, int64_t n, int64_t n_out,
+                 int64_t n_in) {
+    const int64_t rb = fd_quant_row_bytes(fmt, n_in);
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] >= n_out / X16 * X16) memcpy(gguf + i * rb, x16 + ids[i] * rb, (size_t)rb);
+        else fd_x16_row(gguf + i * rb, x16 + ids[i] / X16 * X16 * rb, fmt, (int)(ids[i] % X16), n_in);
+    }
+}
+
 void fd_x16_pack(uint8_t *x16, const uint8_t *gguf, int fmt, int64_t n_out, int64_t n_in) {
     fd_x16_convert_portable(x16, (uint8_t *)gguf, fmt, n_out, n_in, 1); /* reads gguf only */
 }
@@ -192,46 +224,67 @@ static inline int32_t xsum(const fd_qx *x, int64_t r, int64_t b, int h) {
     }                                                                                                       \
     for (int64_t r = 0; r < nr; r++) _mm512_storeu_ps(acc + 16 * r, a[r]);
 
-/* q6_K: quarter q (32 weights, x block 8 sb + q; half h = q / 4, s = q % 4):
- * code = low 4 bits from nibble s / 2 of ql chunks 16 h + 8 (s % 2) + k,
- * high 2 bits at bit 2 s of qh chunks 8 h + k (k < 8); w = d sc_j (code - 32),
- * sub-block j = 8 h + 2 s (+1 for the second 16 weights, chunks k >= 4). */
+/* q6_K, half h of a super-block (128 weights, x blocks 8 sb + 4 h + s,
+ * s < 4) at p: chunk k (< 8) of L0 (ql bytes 64 h + 4 k ..), L1 (ql
+ * 64 h + 32 + 4 k ..) and H (qh 32 h + 4 k ..) hold, for the 16 rows, 4
+ * weights of each quarter s: low 4 bits in L0's (s = 0, 2) or L1's (s = 1,
+ * 3) low (s < 2) or high nibbles, high 2 bits at bit 2 s of H. The four
+ * codes of a chunk cost two shifts, an and and a ternlog each. */
+static inline __attribute__((always_inline)) void q6K_codes(__m512i c[4], const uint8_t *p, int k) {
+    const __m512i L0 = load64(p + 128 + 192 * k), L1 = load64(p + 192 + 192 * k), H = load64(p + 256 + 192 * k);
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    c[0] = _mm512_ternarylogic_epi32(L0, m4, _mm512_and_si512(_mm512_slli_epi16(H, 4), m30), 0xEA); /* A & B | C */
+    c[1] = _mm512_ternarylogic_epi32(L1, m4, _mm512_and_si512(_mm512_slli_epi16(H, 2), m30), 0xEA);
+    c[2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(L0, 4), m4, _mm512_and_si512(H, m30), 0xEA);
+    c[3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(L1, 4), m4, _mm512_and_si512(_mm512_srli_epi16(H, 2), m30), 0xEA);
+}
+
+/* q6_K: w = d sc_j (code - 32), sub-block j = 8 h + 2 s (+1 for chunks
+ * k >= 4). The super-block is read once, in address order (a layout whose
+ * fields lie apart, as GGUF's ql, qh, scales, read at 8-10 GB/s from DRAM
+ * on Zen 4 against 23-25 in order: docs/performance-formats.md). One row
+ * of x meets the codes as they are made; more rows read them back from
+ * cs[] (L1). */
 #define GROUP_Q6_K(DOT)                                                                                    \
     const int64_t nb = x->n_in / 32;                                                                        \
     __m512 a[X16_ROWS];                                                                                     \
     for (int64_t r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();                                           \
     for (int64_t sb = 0; sb < nb / 8; sb++) {                                                               \
-        const uint8_t *blk = grp + sb * 3360, *ql = blk, *qh = blk + 2048;                                  \
-        const __m512 d = scales16(blk + 3328);                                                              \
-        _Pragma("GCC unroll 8") /* h, s, j constants: immediate shifts */                                    \
-        for (int q = 0; q < 8; q++) {                                                                       \
-            const int h = q / 4, s = q % 4, j = 8 * h + 2 * s;                                             \
-            const __m512i S = load64(blk + 3072 + 64 * (j / 4)); /* int8 scales j .. j+1 at bytes j % 4 */  \
-            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(S, 24 - 8 * (j % 4)), 24);             \
-            const __m512i sc1 = _mm512_srai_epi32(_mm512_slli_epi32(S, 16 - 8 * (j % 4)), 24);             \
-            __m512i c[8];                                                                                   \
-            for (int k = 0; k < 8; k++) {                                                                  \
-                __m512i lo = load64(ql + 64 * (16 * h + 8 * (s % 2) + k));                                  \
-                lo = _mm512_and_si512(s / 2 ? _mm512_srli_epi16(lo, 4) : lo, _mm512_set1_epi8(15));        \
-                __m512i hi = _mm512_srli_epi16(load64(qh + 64 * (8 * h + k)), 2 * s);                       \
-                hi = _mm512_slli_epi16(_mm512_and_si512(hi, _mm512_set1_epi8(3)), 4);                      \
-                c[k] = _mm512_or_si512(lo, hi);                                                            \
-            }                                                                                               \
-            const int64_t b = 8 * sb + q;                                                                   \
-            for (int64_t r = 0; r < nr; r++) {                                                              \
-                const int8_t *xq = x->q + r * x->n_in + 32 * b;                                             \
-                __m512i u0 = _mm512_set1_epi32(-32 * xsum(x, r, b, 0)), u1 = _mm512_setzero_si512();       \
-                __m512i v0 = _mm512_set1_epi32(-32 * xsum(x, r, b, 1)), v1 = _mm512_setzero_si512();       \
-                for (int k = 0; k < 4; k += 2) {                                                            \
-                    u0 = DOT(u0, c[k], bcast4(xq + 4 * k));                                                 \
-                    u1 = DOT(u1, c[k + 1], bcast4(xq + 4 * k + 4));                                         \
-                    v0 = DOT(v0, c[4 + k], bcast4(xq + 16 + 4 * k));                                        \
-                    v1 = DOT(v1, c[5 + k], bcast4(xq + 20 + 4 * k));                                        \
+        const uint8_t *blk = grp + sb * 3360;                                                               \
+        const __m512 d = scales16(blk);                                                                     \
+        for (int h = 0; h < 2; h++) {                                                                       \
+            const int64_t b0 = 8 * sb + 4 * h;                                                              \
+            const uint8_t *p = blk + 32 + 1664 * h;                                                         \
+            const __m512i S0 = load64(p), S1 = load64(p + 64);                                              \
+            __m512i u[FD_QROWS][4][2]; /* [r][s][k >= 4]: int32 sums */                                     \
+            __m512i cs[8][4]; /* [k][s]: the codes, for rows after the first */                            \
+            for (int64_t r = 0; r < nr; r++)                                                               \
+                for (int s = 0; s < 4; s++) {                                                               \
+                    u[r][s][0] = _mm512_set1_epi32(-32 * xsum(x, r, b0 + s, 0));                           \
+                    u[r][s][1] = _mm512_set1_epi32(-32 * xsum(x, r, b0 + s, 1));                           \
                 }                                                                                           \
-                const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(sc0, _mm512_add_epi32(u0, u1)),      \
-                                                   _mm512_mullo_epi32(sc1, _mm512_add_epi32(v0, v1)));     \
-                a[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x->d[r * nb + b])),                 \
-                                       _mm512_cvtepi32_ps(t), a[r]);                                        \
+            _Pragma("GCC unroll 8")                                                                         \
+            for (int k = 0; k < 8; k++) {                                                                   \
+                q6K_codes(cs[k], p, k);                                                                     \
+                const int8_t *x0 = x->q + 32 * b0 + 4 * k;                                                  \
+                for (int s = 0; s < 4; s++) u[0][s][k >= 4] = DOT(u[0][s][k >= 4], cs[k][s], bcast4(x0 + 32 * s)); \
+            }                                                                                               \
+            for (int64_t r = 1; r < nr; r++)                                                                \
+                for (int k = 0; k < 8; k++) {                                                               \
+                    const int8_t *xr = x->q + r * x->n_in + 32 * b0 + 4 * k;                                \
+                    for (int s = 0; s < 4; s++) u[r][s][k >= 4] = DOT(u[r][s][k >= 4], cs[k][s], bcast4(xr + 32 * s)); \
+                }                                                                                           \
+            _Pragma("GCC unroll 4")                                                                         \
+            for (int s = 0; s < 4; s++) { /* int8 scales of sub-blocks 8 h + 2 s, +1: bytes 2 (s % 2) of S[s / 2] */ \
+                const __m512i S = s < 2 ? S0 : S1;                                                          \
+                const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(S, 24 - 16 * (s % 2)), 24);       \
+                const __m512i sc1 = _mm512_srai_epi32(_mm512_slli_epi32(S, 16 - 16 * (s % 2)), 24);       \
+                for (int64_t r = 0; r < nr; r++) {                                                          \
+                    const __m512i t = _mm512_add_epi32(_mm512_mullo_epi32(sc0, u[r][s][0]),                \
+                                                       _mm512_mullo_epi32(sc1, u[r][s][1]));               \
+                    a[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x->d[r * nb + b0 + s])),        \
+                                           _mm512_cvtepi32_ps(t), a[r]);                                    \
+                }                                                                                           \
             }                                                                                               \
         }                                                                                                   \
     }                                                                                                       \

@@ -48,6 +48,35 @@ def test_repack_keeps_the_gguf_bytes(fmt, shape, rng):
     np.testing.assert_array_equal(qt[rows], deq[rows])
 
 
+@pytest.mark.parametrize("fmt", X16)
+def test_x16_dequantize_is_gguf_bit_for_bit_every_level(simd, fmt, rng):
+    """Rows decoded from the interleaved groups (and the 5 tail rows) at each
+    SIMD level equal gguf.quants' dequantization of GGUF's bytes."""
+    import gguf.quants as gq
+
+    qt = fd.quantize(weights(rng, (53, n_in_of(fmt, 2))), fmt)
+    want = np.asarray(gq.dequantize(qt.data, qt.info.gguf_type), np.float32)
+    qt.repack()
+    np.testing.assert_array_equal(fd.dequantize(qt).view(np.uint32), want.view(np.uint32))
+
+
+def test_q6_K_group_reads_in_address_order(rng):
+    """q6_K's 16-row super-block (quant_x16.c's drawing): d[16], then per half
+    h the scales of sub-blocks 8 h .. 8 h + 7, then for k < 8 the chunks of ql
+    bytes 64 h + 4 k.., 64 h + 32 + 4 k.. and qh bytes 32 h + 4 k.."""
+    qt = fd.quantize(weights(rng, (16, 256)), "q6_K")
+    g = qt.data.copy()  # [16, 210]: ql[128], qh[64], scales[16], d
+    blk = qt.repack().kernel_view()[0].reshape(-1)
+    lanes = lambda field: field.reshape(16, -1, 4).transpose(1, 0, 2).reshape(-1)  # 4-byte lanes, row l at 4 l
+    want = [g[:, 208:].reshape(-1)]
+    for h in range(2):
+        want.append(lanes(g[:, 192 + 8 * h:200 + 8 * h]))
+        for k in range(8):
+            for field in (g[:, 64 * h + 4 * k:], g[:, 64 * h + 32 + 4 * k:], g[:, 128 + 32 * h + 4 * k:]):
+                want.append(lanes(field[:, :4]))
+    np.testing.assert_array_equal(blk, np.concatenate(want))
+
+
 @pytest.mark.parametrize("fmt,shape", [("f16", (32, 256)), ("bf16", (32, 64)), ("q6_K", (12, 256)),
                                        ("q8_0", (15, 64)), ("q4_0", (8, 64))])
 def test_repack_leaves_other_tensors_alone(fmt, shape, rng):
@@ -109,13 +138,35 @@ def test_keep_gguf_serves_lookups_and_products(fmt, rng):
     np.testing.assert_array_equal(qt[np.array([0, 34])], fd.dequantize(qt)[[0, 34]])
 
 
+@pytest.mark.parametrize("fmt", X16)
+def test_lookups_gather_rows_from_the_groups(simd, fmt, rng):
+    """qt[ids] of a repacked tensor without GGUF's copy: rows in groups and
+    in the tail, negative ids, any shape of ids; bit for bit the rows of the
+    dequantized tensor; ids out of range are an IndexError (the wrapper
+    below it: ValueError)."""
+    qt = fd.quantize(weights(rng, (37, n_in_of(fmt, 2))), fmt)  # 2 groups and 5 tail rows
+    deq = fd.dequantize(qt)
+    assert qt.repack().layout == "x16" and not qt.has_gguf_blocks
+    ids = np.array([[0, 15, 16], [31, 32, 36], [-1, -37, 17]])
+    np.testing.assert_array_equal(qt[ids].view(np.uint32), deq[ids].view(np.uint32))
+    np.testing.assert_array_equal(qt[5], deq[5])
+    with pytest.raises(IndexError):
+        qt[np.array([37])]
+    with pytest.raises(ValueError):
+        native.x16_rows(np.empty((1, qt.kernel_view()[0].shape[1]), np.uint8), qt.kernel_view()[0],
+                        qt.info.code, np.array([37], np.int64))
+
+
 def test_loaded_models_are_repacked_where_the_cpu_has_avx512(monkeypatch):
     m = fd.load("default", weights="q8_0")
     mats = [layer.qkv for layer in m.weights.layers]
     want = "x16" if native.cpu_max_level() == "avx512" else "gguf"
     assert {w.layout for w in mats} == {want}
     if m.weights.head is m.weights.embed and isinstance(m.weights.head, formats.QuantizedTensor):
-        assert m.weights.head.layout == want and m.weights.head.has_gguf_blocks  # lookups keep GGUF's rows
+        assert m.weights.head.layout == want  # held once: lookups gather their rows from the groups
+        assert m.weights.head.has_gguf_blocks == (want == "gguf")
+    head = fd.load("default", weights="q4_k_m").weights.head
+    assert (head.format, head.layout) == ("q6_K", want)  # q4_k_m's q6_K head too
     monkeypatch.setenv("FASTDECODE_REPACK", "0")
     assert {w.layout for w in (layer.qkv for layer in fd.load("default", weights="q8_0").weights.layers)} == {"gguf"}
     assert isinstance(mats[0], formats.QuantizedTensor)

@@ -345,7 +345,7 @@ def quantized_args(draw):
 
     fmt = draw(st.sampled_from(list(formats.FORMATS)))
     info = formats.FORMATS[fmt]
-    n_out, n_blocks = draw(st.integers(0, 9)), draw(st.integers(0, 3))
+    n_out, n_blocks = draw(st.one_of(st.integers(0, 9), st.sampled_from([16, 19, 33]))), draw(st.integers(0, 3))
     n_in = n_blocks * info.block + draw(st.sampled_from([0, 0, 0, 1, 16]))
     nbytes = n_out * (n_in // info.block) * info.block_bytes + draw(st.sampled_from([0, 0, 0, -1, 1, 34]))
     data = np.frombuffer(draw(st.binary(min_size=max(nbytes, 0), max_size=max(nbytes, 0))), np.uint8)
@@ -354,20 +354,31 @@ def quantized_args(draw):
     rows = draw(st.integers(0, 10))
     x = draw(junk_arrays(float_bias=0.9, shape=draw(st.sampled_from([(rows, n_in), (n_in,), (rows, n_in + 1)]))))
     b = draw(st.one_of(st.none(), junk_arrays(float_bias=0.9, shape=(n_out + draw(st.sampled_from([0, 0, 1])),))))
-    return fmt, (n_out, n_in), data, x, b
+    ids = draw(st.lists(st.integers(-n_out - 2, n_out + 1), max_size=4))
+    return fmt, (n_out, n_in), data, x, b, draw(st.booleans()), np.array(ids, np.int64)
 
 
 @FUZZ
 @given(args=quantized_args(), backend=st.sampled_from(BACKENDS))
 def test_fuzz_quantized_linear(args, backend):
+    """Also repacked (16 rows interleaved, where the C backend has the
+    layout) and looked up by row ids (out of range: IndexError)."""
     count("linear(QuantizedTensor)")
-    fmt, shape, data, x, b = args
+    fmt, shape, data, x, b, repack, ids = args
     qt = expect_clean(fd.QuantizedTensor, ["format", "shape", "data", "in"], fmt, shape, data)
     if qt is None:
         return
     snap = snapshot(x, b, qt.data)
+    if repack:
+        qt.repack()
     with fd.use_backend(backend):
         y = expect_clean(fd.linear, ["x", "weight", "bias", "out"], x, qt, b)
+        try:
+            rows = qt[ids]
+        except IndexError:
+            assert ids.size and (ids.min() < -shape[0] or ids.max() >= shape[0])
+        else:
+            assert rows.shape == ids.shape + (shape[1],) and rows.dtype == np.float32
     assert unchanged(snap), "an input was modified"
     if y is not None:
         assert y.shape == np.asarray(x).shape[:-1] + (shape[0],) and y.dtype == np.float32

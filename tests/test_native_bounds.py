@@ -88,6 +88,13 @@ def cases():
     yield "linear_quant x", lambda: n.linear_quant(z(2, 4), z(2, 64), u8(4, 34), None, 0)
     yield "linear_quant bias", lambda: n.linear_quant(z(2, 4), z(2, 32), u8(4, 34), z(3), 0)
     yield "linear_quant format", lambda: n.linear_quant(z(2, 4), z(2, 32), u8(4, 34), None, -1)
+    ids = np.array([0, 17], np.int64)
+    yield "x16_rows count", lambda: n.x16_rows(u8(3, 34), u8(32, 34), 0, ids)
+    yield "x16_rows row bytes", lambda: n.x16_rows(u8(2, 33), u8(32, 34), 0, ids)
+    yield "x16_rows partial block", lambda: n.x16_rows(u8(2, 35), u8(32, 35), 0, ids)
+    yield "x16_rows format", lambda: n.x16_rows(u8(2, 34), u8(32, 34), 4, ids)
+    yield "x16_rows id", lambda: n.x16_rows(u8(2, 34), u8(32, 34), 0, np.array([0, 32], np.int64))
+    yield "x16_rows negative id", lambda: n.x16_rows(u8(2, 34), u8(32, 34), 0, np.array([-1, 0], np.int64))
     yield "weight order not contiguous", lambda: n.set_weight_order([z(4, 6)[:, ::2]])
     # an output that overlaps an input without being it (NumPy's b[:-1] / b[1:])
     b = np.ones(11, f32)
@@ -120,7 +127,7 @@ def test_every_native_kernel_wrapper_is_covered():
 
     kernels = {"softmax_rows", "exp_f32", "sample_rows", "process_rows", "argmax_rows", "repetition_penalty_rows",
                "attention_f32", "read_sum_f32", "linear_f32", "norm_rows", "set_weight_order", "dequantize_rows",
-               "linear_quant"}
+               "linear_quant", "x16_rows"}
     called = set(re.findall(r"n\.(\w+)\(", inspect.getsource(cases)))
     assert kernels <= called
     public = {name for name in dir(_native) if not name.startswith("_") and callable(getattr(_native, name))}

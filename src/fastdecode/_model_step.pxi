@@ -75,12 +75,7 @@ cdef fd_matrix _matrix(object a, int64_t rows, int64_t cols, str name, bint spli
                              f"[{view.shape[0]}, {view.shape[1]}]")
         m.data, m.format = &view[0, 0], FD_FMT_F32
         return m
-    if name == "embed":  # rows are looked up one by one: GGUF's layout
-        if not a.has_gguf_blocks:
-            raise ValueError("CompiledModel: the embedding table needs GGUF's layout (repack(keep_gguf=True))")
-        blocks, m.format = a.data, a.info.code
-    else:
-        blocks, m.format = a.kernel_view()
+    blocks, m.format = a.kernel_view()  # an embedding table's rows are looked up in either layout
     if m.format >= 6 and name == "up" and split16 and rows % 32:  # gate/up partners split on whole groups
         raise ValueError(f"CompiledModel: a gated up projection in the 16-row interleaved layout needs a "
                          f"multiple of 32 rows; got {rows}")

@@ -9,6 +9,8 @@ cdef extern from "fastdecode.h":
     void fd_dequantize_rows(float *out, const unsigned char *w, int fmt, int64_t rows, int64_t n_in) nogil
     void fd_x16_pack(unsigned char *x16, const unsigned char *gguf, int fmt, int64_t n_out, int64_t n_in) nogil
     void fd_x16_unpack(unsigned char *gguf, const unsigned char *x16, int fmt, int64_t n_out, int64_t n_in) nogil
+    void fd_x16_rows(unsigned char *gguf, const unsigned char *x16, int fmt, const int64_t *ids, int64_t n,
+                     int64_t n_out, int64_t n_in) nogil
     int fd_set_vnni(int on) nogil
 
 # weights per block of FD_FMT_Q8_0 .. FD_FMT_F16, then FD_FMT_Q8_0_X16 .. FD_FMT_Q6_K_X16
@@ -48,6 +50,24 @@ def x16_convert(unsigned char[:, ::1] out, const unsigned char[:, ::1] src, int 
             fd_x16_pack(&out[0, 0], &src[0, 0], code, n_out, n_in)
         else:
             fd_x16_unpack(&out[0, 0], &src[0, 0], code, n_out, n_in)
+
+
+def x16_rows(unsigned char[:, ::1] out, const unsigned char[:, ::1] src, int fmt, const int64_t[::1] ids):
+    """out [n, row bytes] = rows ids (each in [0, n_out)) of src, x16 groups
+    [n_out, row bytes] of block format fmt (0-3), in GGUF's layout."""
+    if fmt not in X16_FORMATS or out.shape[1] != src.shape[1] or out.shape[0] != ids.shape[0]:
+        raise ValueError("x16_rows: blocks of q8_0, q4_0, q4_K or q6_K, one row of out per id")
+    cdef int64_t n_out = src.shape[0], n_in = src.shape[1] // X16_BLOCK_BYTES[fmt] * QUANT_BLOCKS[fmt], i
+    if src.shape[1] != _quant_row_bytes(fmt, n_in):
+        raise ValueError("x16_rows: rows of whole blocks")
+    for i in range(ids.shape[0]):
+        if not 0 <= ids[i] < n_out:
+            raise ValueError(f"x16_rows: ids[{i}] = {ids[i]} is not in [0, {n_out})")
+    if ids.shape[0] * n_in == 0:
+        return
+    cdef int code = X16_FORMATS[fmt]
+    with nogil:
+        fd_x16_rows(&out[0, 0], &src[0, 0], code, &ids[0], ids.shape[0], n_out, n_in)
 
 
 def linear_quant(float[:, ::1] out, const float[:, ::1] x, const unsigned char[:, ::1] w, const float[::1] bias,

@@ -37,6 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import backend as _backend
+from ._validate import _may_share, apart, bias_array, check_out, copy_in, float_array, kernel_target
+
 __all__ = ["FORMATS", "QuantizedTensor", "quantize", "dequantize", "from_gguf", "format_info"]
 
 
@@ -204,7 +207,12 @@ class QuantizedTensor:
         flat = ids.reshape(-1)
         if flat.size and (flat.min() < -self.shape[0] or flat.max() >= self.shape[0]):
             raise IndexError(f"row ids must lie in [-{self.shape[0]}, {self.shape[0]}); got {flat.min()}..{flat.max()}")
-        part = QuantizedTensor(self.format, (flat.size, self.shape[1]), self.data[flat])
+        if self._blocks is not None:
+            blocks = self._blocks[flat]
+        else:  # only those rows back to GGUF's layout
+            blocks = np.empty((flat.size, self._x16.shape[1]), np.uint8)
+            _backend._native.x16_rows(blocks, self._x16, self._info.code, np.ascontiguousarray(flat % self.shape[0], np.int64))
+        part = QuantizedTensor(self.format, (flat.size, self.shape[1]), blocks)
         return dequantize(part).reshape(ids.shape + (self.shape[1],))
 
 
@@ -279,37 +287,38 @@ def from_gguf(qtype, shape, data) -> QuantizedTensor:
 # The product with a quantized weight (fastdecode.ops.linear hands it here)
 # ---------------------------------------------------------------------------
 
+_F32 = np.dtype(np.float32)
+
 def linear(x, weight: QuantizedTensor, bias=None, out=None) -> np.ndarray:
     """``x @ dequantize(weight).T + bias``: x float32 ``[..., in]``, bias
     float32 ``[out]`` or None; returns float32 ``[..., out]``. Validates
     everything the kernels read, then runs the active backend's
-    ``linear_quant``."""
-    from . import backend
-    from ._validate import apart, bias_array, check_out, copy_in, float_array, kernel_target
-
+    ``linear_quant``. (Runs once per projection of a Python decode step:
+    its checks are kept to a few microseconds.)"""
     x = float_array(x, "x", 1)
-    if x.dtype != np.float32:
+    if x.dtype != _F32:
         raise TypeError(f"x must be float32 for a {weight.format} weight (its products are float32); got {x.dtype}")
     n_out, n_in = weight.shape
     if x.shape[-1] != n_in:
         raise ValueError(f"x has {x.shape[-1]} features (last axis) but weight takes {n_in} (shape {weight.shape})")
-    blocks = weight.kernel_view()[0]
-    if blocks.shape != (n_out, weight.info.row_bytes(n_in)) or not blocks.flags.c_contiguous \
+    blocks = weight._x16 if weight._x16 is not None else weight._blocks
+    if blocks.shape != (n_out, weight._info.row_bytes(n_in)) or not blocks.flags.c_contiguous \
             or blocks.dtype != np.uint8:  # someone reshaped the blocks after construction
         raise ValueError(f"weight.data no longer holds the blocks of a {weight.format} tensor of shape {weight.shape}")
-    bias = bias_array(bias, n_out, np.dtype(np.float32))
-    bias = None if bias is None else np.ascontiguousarray(bias)
+    if bias is not None:
+        bias = np.ascontiguousarray(bias_array(bias, n_out, _F32))
     shape = x.shape[:-1] + (n_out,)
-    result = np.empty(shape, np.float32) if out is None else check_out(out, shape, np.float32)
+    result = np.empty(shape, np.float32) if out is None else check_out(out, shape, _F32)
     if result.size == 0:
         return result
     if n_in == 0:
         result[...] = 0 if bias is None else bias
         return result
-    x2 = np.ascontiguousarray(x).reshape(result.size // n_out, n_in)  # [N, in]
-    x2, bias = apart(result, x2, bias)  # written while they are read (NumPy's overlap rule)
-    if np.may_share_memory(result, blocks):
-        weight = QuantizedTensor(weight.format, weight.shape, weight.data.copy())
+    x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(result.size // n_out, n_in)  # [N, in]
+    if out is not None:
+        x2, bias = apart(result, x2, bias)  # written while they are read (NumPy's overlap rule)
+        if _may_share(result, blocks):
+            weight = QuantizedTensor(weight.format, weight.shape, weight.data.copy())
     target = kernel_target(result, (x2.shape[0], n_out))
-    backend.active().linear_quant(target, x2, weight, bias)
+    _backend.active().linear_quant(target, x2, weight, bias)
     return copy_in(result, target)

@@ -126,25 +126,27 @@ def quantize_weights(weights, spec):
 def repack(weights) -> None:
     """The projections of ``weights`` and the head rearranged in place for
     the AVX-512 int8 kernels, as :func:`repack_tensor` says. A head that is
-    also the embedding table keeps GGUF's copy for the lookups (its bytes
-    twice in memory; a step still reads each once)."""
-    for layer in weights.layers:
-        for m in MATRICES:
-            repack_tensor(getattr(layer, m), whole_groups=True)
-    repack_tensor(weights.head, keep_gguf=weights.head is weights.embed)
+    also the embedding table is repacked once: lookups take its rows out of
+    the interleaved groups (``QuantizedTensor.__getitem__``, model.c's
+    ``fd_lookup_row``), so its bytes are held once."""
+    quantized = [getattr(layer, m) for layer in weights.layers for m in MATRICES] + [weights.head]
+    before = [getattr(w, "layout", None) for w in quantized]
+    for i, w in enumerate(quantized):
+        repack_tensor(w, whole_groups=i < len(quantized) - 1)
+    if [getattr(w, "layout", None) for w in quantized] != before:
+        _release_freed_memory()  # GGUF's copies, freed as each tensor was repacked
 
 
 def repack_tensor(w, keep_gguf: bool = False, whole_groups: bool = False):
-    """``w`` in the layout ``fastdecode.load`` gives it: a q8_0, q4_0 or q4_K
-    :class:`~fastdecode.QuantizedTensor` is repacked
+    """``w`` in the layout ``fastdecode.load`` gives it: a q8_0, q4_0, q4_K
+    or q6_K :class:`~fastdecode.QuantizedTensor` is repacked
     (:meth:`~fastdecode.QuantizedTensor.repack`) when the CPU has AVX-512
     and ``FASTDECODE_REPACK`` is not ``0`` (``whole_groups``: only with a
     multiple of 32 rows, so a gated MLP's gate/up halves split on whole
-    groups); q6_K stays (its kernel spends more on unpacking 6-bit codes
-    than the layout saves at one row). Anything else is returned as it is."""
+    groups). Anything else is returned as it is."""
     from .. import backend
 
-    if isinstance(w, formats.QuantizedTensor) and w.format in ("q8_0", "q4_0", "q4_K") \
+    if isinstance(w, formats.QuantizedTensor) and w.format in ("q8_0", "q4_0", "q4_K", "q6_K") \
             and not (whole_groups and w.shape[0] % 32) \
             and os.environ.get("FASTDECODE_REPACK", "1") != "0" and backend._native is not None \
             and backend._native.cpu_max_level() == "avx512":
