@@ -256,7 +256,7 @@ static inline __attribute__((always_inline)) void q6K_codes(__m512i c[4], const 
             const int64_t b0 = 8 * sb + 4 * h;                                                              \
             const uint8_t *p = blk + 32 + 1664 * h;                                                         \
             const __m512i S0 = load64(p), S1 = load64(p + 64);                                              \
-            __m512i u[FD_QROWS][4][2]; /* [r][s][k >= 4]: int32 sums */                                     \
+            __m512i u[X16_ROWS][4][2]; /* [r][s][k >= 4]: int32 sums */                                     \
             __m512i cs[8][4]; /* [k][s]: the codes, for rows after the first */                            \
             for (int64_t r = 0; r < nr; r++)                                                               \
                 for (int s = 0; s < 4; s++) {                                                               \
